@@ -1,0 +1,3 @@
+from ichbench.cli.app import main
+
+main()

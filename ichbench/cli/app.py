@@ -1,0 +1,76 @@
+"""The `ichbench` command: built by a factory so tests never reload modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ichbench import __version__
+from ichbench.cli.common import err
+from ichbench.errors import ExitCode, IchbenchError
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ichbench {__version__}")
+        raise typer.Exit()
+
+
+def create_app() -> typer.Typer:
+    app = typer.Typer(
+        name="ichbench",
+        help="Train, compare and query intracranial-hemorrhage classifiers on head CT.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="Print the version and exit."),
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    ) -> None:
+        if debug:
+            os.environ["ICHBENCH_DEBUG"] = "1"
+
+    from ichbench.cli import data_cmd, grid_cmd, plugins_cmd, run_cmd, store_cmd
+
+    plugins_cmd.register(app)
+    data_cmd.register(app)
+    run_cmd.register(app)
+    grid_cmd.register(app)
+    store_cmd.register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: domain errors become one `Error: ...` line and a documented exit code."""
+    app = create_app()
+    try:
+        app(args=argv, standalone_mode=False)
+    except IchbenchError as exc:
+        if os.environ.get("ICHBENCH_DEBUG"):
+            raise
+        err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/]")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(int(ExitCode.USAGE))
+        if os.environ.get("ICHBENCH_DEBUG"):
+            raise
+        err.print(f"[bold red]Error:[/] {type(exc).__name__}: {exc} (rerun with --debug for the "
+                  "traceback)", highlight=False, soft_wrap=True)
+        sys.exit(int(ExitCode.INTERNAL))

@@ -1,0 +1,126 @@
+"""A run's configuration: what the user asked for, completed by a preset.
+
+Options left unset (None) take the preset's value; the resolved configuration, not
+the command line, is what the store records and hashes, so two runs with the same
+effective settings share a config hash whatever their spelling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ichbench.errors import UsageError
+from ichbench.spec import parse_spec
+
+PRESETS: dict[str, dict] = {
+    # Short on a laptop CPU: a tiny network on small images for a few epochs.
+    "quick": {
+        "backbone": "tinycnn",
+        "image_size": 64,
+        "epochs": 6,
+        "batch_size": 32,
+        "lr": 2e-3,
+        "patience": 3,
+        "pretrained": False,
+    },
+    # The study as published: ImageNet-pretrained ResNet50 at 224 px, augmentation of
+    # ICH slices to 3.3x and an ICH loss weight of 4 (used when no --strategy/--weight).
+    "paper": {
+        "backbone": "resnet50",
+        "image_size": 224,
+        "epochs": 30,
+        "batch_size": 32,
+        "lr": 1e-4,
+        "patience": 7,
+        "pretrained": True,
+        "strategies": ["augment:3.3"],
+        "weights": ["ich:4"],
+    },
+}
+
+TUNABLE = ("backbone", "image_size", "epochs", "batch_size", "lr", "patience", "pretrained")
+
+
+@dataclass
+class RunConfig:
+    data: str = "synthetic"
+    backbone: str | None = None
+    strategies: list[str] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)  # `ich:4`, `healthy:0.5`
+    ensemble: str = "mean"
+    patient_rule: str = "any"
+    folds: int = 5
+    test_size: float = 0.2
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    patience: int | None = None
+    image_size: int | None = None
+    windows: list[str] = field(default_factory=lambda: ["brain"])
+    preset: str = "auto"
+    seed: int = 0
+    weights_file: str | None = None
+    pretrained: bool | None = None
+    exclude: list[int] = field(default_factory=lambda: [58, 79])
+    device: str = "auto"
+
+    def resolved(self, device: str) -> RunConfig:
+        """Fill unset options from the preset chosen for `device`; validate the rest."""
+        preset = self.preset
+        if preset == "auto":
+            preset = "paper" if device.startswith("cuda") else "quick"
+        if preset not in PRESETS:
+            raise UsageError(f"Unknown preset {self.preset!r}; expected auto, quick or paper")
+        values = PRESETS[preset]
+        changes = {k: values[k] for k in TUNABLE if getattr(self, k) is None}
+        cfg = replace(self, preset=preset, device=device, **changes)
+        if not self.strategies and not self.weights:
+            cfg.strategies = list(values.get("strategies", []))
+            cfg.weights = list(values.get("weights", []))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.image_size is not None and self.image_size < 8:
+            raise UsageError(f"--image-size {self.image_size}: must be at least 8 pixels")
+        for name in ("epochs", "batch_size", "folds"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            raise UsageError(f"--lr {self.lr}: must be positive")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError(f"--patience {self.patience}: must be at least 1")
+        if self.weights_file and not Path(self.weights_file).is_file():
+            raise UsageError(f"--weights {self.weights_file}: no such file")
+        for text in self.weights:
+            spec = parse_spec(text)
+            if len(spec.args) != 1:
+                raise UsageError(f"--weight {text!r}: expected CLASS:W, e.g. ich:4 or "
+                                 "healthy:0.5")
+
+    def strategy_specs(self) -> list[str]:
+        """Strategies in command-line order, then the class weights as `weight:CLASS,W`."""
+        return list(self.strategies) + [
+            "weight:" + ",".join((parse_spec(w).name,) + parse_spec(w).args) for w in self.weights
+        ]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def identity(self) -> dict:
+        """The settings that determine the result (not where it is stored)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("device",)}
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

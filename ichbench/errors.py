@@ -1,0 +1,55 @@
+"""Domain errors. The core raises them; the CLI turns each into one `Error: ...` line.
+
+Exit codes are part of the public interface (documented in the README), so scripts
+driving ichbench can tell a bad input from a broken plugin from a store problem.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    DATA = 3
+    PLUGIN = 4
+    STORE = 5
+    INTERRUPTED = 130
+
+
+class IchbenchError(Exception):
+    """Base of every error the CLI reports as a single line."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class UsageError(IchbenchError):
+    """A command-line value that cannot be used (bad option, bad argument)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DataError(IchbenchError):
+    """A dataset that is missing, malformed or inconsistent; names the file or patient."""
+
+    exit_code = ExitCode.DATA
+
+
+class PluginError(IchbenchError):
+    """A plugin that fails to load, collides with another, or is asked for by a wrong name."""
+
+    exit_code = ExitCode.PLUGIN
+
+
+class StoreError(IchbenchError):
+    """The DuckDB store cannot be opened, written or queried as asked."""
+
+    exit_code = ExitCode.STORE
+
+
+class LeakageError(IchbenchError):
+    """A patient appears in two of train / validation / test: the worst bug this tool can have."""
+
+    exit_code = ExitCode.INTERNAL

@@ -1,0 +1,178 @@
+"""What plugin factories return: the contracts between the core and every plugin.
+
+A factory receives the parsed `Spec` (name and string arguments), validates the
+arguments (raising `UsageError` that names the plugin and its expected form) and
+returns an object satisfying one of the protocols below. The core only ever talks to
+plugins through these protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+# --------------------------------------------------------------------------- data
+
+SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
+
+
+@dataclass
+class SliceDataset:
+    """A preprocessed dataset: one row per slice, arrays memory-mapped from the cache.
+
+    Images are uint8 in [0, 255] (the window mapped to [0, 1], times 255), shape
+    (N, C, H, W), one channel per window. Rows are ordered by patient, then slice.
+    """
+
+    name: str
+    dataset_hash: str
+    images: np.ndarray  # uint8 (N, C, H, W)
+    labels: np.ndarray  # int64 (N,) 1 = ICH
+    patient_ids: np.ndarray  # int64 (N,)
+    slice_numbers: np.ndarray  # int64 (N,) 1-based, as in the label CSV
+    positions: np.ndarray  # float32 (N,) relative slice position in [0, 1]
+    subtypes: np.ndarray  # uint8 (N, 5) in SUBTYPES order
+    masks: np.ndarray | None = None  # uint8 (N, H, W), 1 = hemorrhage, where the dataset has masks
+    windows: tuple[str, ...] = ("brain",)
+    source: str = ""  # a path or description of where it came from
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def patients(self) -> np.ndarray:
+        return np.unique(self.patient_ids)
+
+    def patient_labels(self) -> dict[int, int]:
+        """A patient is ICH if any of its slices is."""
+        out: dict[int, int] = {}
+        for pid, label in zip(self.patient_ids.tolist(), self.labels.tolist()):
+            out[pid] = max(out.get(pid, 0), label)
+        return out
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Preprocessing settings; part of the cache key."""
+
+    image_size: int = 64
+    windows: tuple[str, ...] = ("brain",)
+    exclude: tuple[int, ...] = (58, 79)
+
+
+@runtime_checkable
+class DatasetSource(Protocol):
+    """Returned by a dataset factory. `load` goes through the preprocessing cache."""
+
+    name: str
+
+    def load(self, options: LoadOptions, cache_dir: Path,
+             progress: Callable[[int, int], None] | None = None) -> SliceDataset: ...
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+@dataclass
+class TrainPlan:
+    """The training set of one fold as strategies reshape it.
+
+    `indices` point into the SliceDataset rows (repeats allowed); `augment[i]` asks the
+    trainer to apply a random transform to sample i on the fly (never stored). The plan
+    only ever holds rows of the fold's training patients: the core checks that.
+    """
+
+    indices: np.ndarray  # int64
+    augment: np.ndarray  # bool, same length
+    class_weights: tuple[float, float] = (1.0, 1.0)  # (healthy, ich)
+    loss_factory: Callable[[torch.Tensor], nn.Module] | None = None  # weights -> loss
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def with_(self, **changes: Any) -> TrainPlan:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy may look at: the dataset and the fold's training patients only."""
+
+    dataset: SliceDataset
+    train_patients: np.ndarray
+    rng: np.random.Generator
+    histogram_bins: int = 10
+
+    def bleeding_histogram(self) -> np.ndarray:
+        """Fraction of ICH slices per relative-position bin, over the training patients only."""
+        rows = np.isin(self.dataset.patient_ids, self.train_patients)
+        pos = self.dataset.positions[rows]
+        ich = self.dataset.labels[rows] == 1
+        bins = np.minimum((pos * self.histogram_bins).astype(int), self.histogram_bins - 1)
+        counts = np.bincount(bins[ich], minlength=self.histogram_bins).astype(float)
+        total = counts.sum()
+        return counts / total if total else np.full(self.histogram_bins, 1 / self.histogram_bins)
+
+    def position_bins(self, indices: np.ndarray) -> np.ndarray:
+        pos = self.dataset.positions[indices]
+        return np.minimum((pos * self.histogram_bins).astype(int), self.histogram_bins - 1)
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """An imbalance strategy: reshapes the plan (rows, augmentation flags, loss weights)."""
+
+    def apply(self, plan: TrainPlan, ctx: StrategyContext) -> TrainPlan: ...
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+@dataclass
+class BuiltModel:
+    """A network with two logits, and the truth about its initial weights."""
+
+    model: nn.Module
+    pretrained: bool
+    pretrained_source: str | None  # e.g. "file:/path", "timm-hub:resnet50.a1_in1k", "pypi:..."
+    input_size: int | None = None  # forced input size (inception_v3: 299), None = any
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    in_chans: int = 1
+    num_classes: int = 2
+    pretrained: bool = True  # try to get pretrained weights; never pretend
+    weights: Path | None = None  # a local file; the network is never touched when given
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    name: str
+
+    def build(self, options: BuildOptions) -> BuiltModel: ...
+
+
+# --------------------------------------------------------------------------- aggregators
+
+
+@runtime_checkable
+class EnsembleRule(Protocol):
+    """Combines fold models' slice probabilities (folds, slices) into scores and decisions."""
+
+    def combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class PatientRule(Protocol):
+    """Turns one patient's slices (ordered by slice number) into one score and decision."""
+
+    def decide(self, scores: np.ndarray, decisions: np.ndarray,
+               threshold: float) -> tuple[float, bool]: ...

@@ -1,0 +1,124 @@
+"""What the runner hands the store: plain records, one per table row family.
+
+The store (ichbench.store) is the only module that turns these into SQL; the runner
+never writes SQL and the store never computes a metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+METRIC_NAMES = ("sensitivity", "specificity", "precision", "f1", "accuracy", "auc")
+
+
+@dataclass
+class MetricRow:
+    """One row of `metrics`: a model ('fold' or 'vote') on a split at a scope."""
+
+    model: str  # 'fold' | 'vote'
+    fold: int | None  # None for the vote
+    scope: str  # 'slice' | 'patient'
+    split: str  # 'val' | 'test'
+    threshold: float
+    sensitivity: float | None
+    specificity: float | None
+    precision: float | None
+    f1: float | None
+    accuracy: float | None
+    auc: float | None
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    n: int
+    # 95% confidence intervals, (lo, hi) per metric name in METRIC_NAMES
+    ci: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    ci_method: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k not in ("ci",)}
+        for name in METRIC_NAMES:
+            lo, hi = self.ci.get(name, (None, None))
+            row[f"{name}_lo"] = lo
+            row[f"{name}_hi"] = hi
+        return row
+
+
+@dataclass
+class Predictions:
+    """Columnar predictions: one entry per (split, slice)."""
+
+    split: np.ndarray  # str: 'val' | 'test'
+    patient_id: np.ndarray  # int64
+    slice: np.ndarray  # int64, 1-based slice number
+    label: np.ndarray  # int64
+    prob: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return int(self.prob.shape[0])
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_f1: float
+    wall_s: float
+
+
+@dataclass
+class FoldRecord:
+    fold: int
+    threshold: float  # the fold's own threshold: argmax of its validation curve
+    best_epoch: int
+    train_ich_before: int
+    train_healthy_before: int
+    train_ich: int  # after the strategies: samples per epoch
+    train_healthy: int
+    added: int
+    removed: int
+    train_patients: list[int]
+    val_patients: list[int]
+    wall_s: float
+    curve: np.ndarray  # F1 at THRESHOLDS on the validation fold
+    metrics: list[MetricRow]
+    predictions: Predictions
+    epochs: list[EpochRecord] = field(default_factory=list)
+    checkpoint: str | None = None  # path of the kept checkpoint, relative to the run folder
+    status: str = "finished"
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    dataset: str
+    dataset_hash: str
+    config: dict[str, Any]
+    config_hash: str
+    backbone: str
+    strategies: list[str]
+    seed: int
+    preset: str
+    device: str
+    pretrained: bool
+    pretrained_source: str | None
+    versions: dict[str, str]
+    git_sha: str | None
+    test_patients: list[int]
+    folds: dict[int, dict[str, list[int]]]  # fold -> {'train': [...], 'val': [...]}
+    split_hash: str
+    grid_id: str | None = None
+    status: str = "running"
+
+
+@dataclass
+class VoteRecord:
+    threshold: float  # argmax of the mean validation curve
+    mean_curve: np.ndarray
+    metrics: list[MetricRow]
+    predictions: Predictions  # the ensemble's test probabilities (fold NULL in the store)
+    wall_s: float = 0.0

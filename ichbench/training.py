@@ -1,0 +1,156 @@
+"""Training and inference for one fold: cross-entropy, Adam, best validation F1 kept.
+
+The whole preprocessed dataset is held as one uint8 tensor on the training device, so
+a batch is an index operation, not a Python loop over files: on a GPU the data never
+leaves it, and no worker processes are needed to keep the model busy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ichbench.augment import augment_batch
+from ichbench.events import Emitter
+from ichbench.interfaces import TrainPlan
+from ichbench.records import EpochRecord
+from ichbench.vote import f1_curve
+
+MEAN, STD = 0.5, 0.5
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    patience: int
+    seed: int
+    device: torch.device
+    input_size: int | None = None  # resize batches to this (a backbone's fixed input size)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+class DeviceImages:
+    """The dataset's images and labels as tensors resident on the device."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.device = device
+
+    def batch(self, index: torch.Tensor, augment: torch.Tensor | None, settings: TrainSettings,
+              generator: torch.Generator | None) -> torch.Tensor:
+        x = self.images[index].float().div_(255.0)
+        if augment is not None and bool(augment.any()):
+            x[augment] = augment_batch(x[augment], generator)
+        if settings.input_size and x.shape[-1] != settings.input_size:
+            x = F.interpolate(x, size=(settings.input_size, settings.input_size),
+                              mode="bilinear", align_corners=False, antialias=False)
+        x = (x - MEAN) / STD
+        if settings.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _autocast(settings: TrainSettings):
+    if settings.cuda:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _logits(output) -> torch.Tensor:
+    # some backbones (inception) return (logits, aux) in training mode
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DeviceImages, rows: np.ndarray,
+            settings: TrainSettings) -> np.ndarray:
+    """Probability of ICH for each row, in the order given."""
+    model.eval()
+    out = []
+    index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(data.device)
+    for start in range(0, len(index), settings.batch_size * 2):
+        chunk = index[start:start + settings.batch_size * 2]
+        with _autocast(settings):
+            logits = _logits(model(data.batch(chunk, None, settings, None)))
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def make_loss(plan: TrainPlan, device: torch.device) -> nn.Module:
+    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=device)
+    if plan.loss_factory is not None:
+        return plan.loss_factory(weights)
+    return nn.CrossEntropyLoss(weight=weights)
+
+
+def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: np.ndarray,
+               settings: TrainSettings, emit: Emitter, fold: int
+               ) -> tuple[dict, int, list[EpochRecord]]:
+    """Train on the plan's rows; return the state dict of the epoch with the best
+    validation F1 (maximum over the threshold grid), that epoch, and the history."""
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed * 1009 + fold)
+    aug_generator = torch.Generator(device=data.device).manual_seed(settings.seed * 7 + fold)
+    model.to(data.device)
+    if settings.cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    loss_fn = make_loss(plan, data.device)
+    rows = torch.from_numpy(plan.indices.astype(np.int64))
+    augment = torch.from_numpy(plan.augment.astype(bool))
+    val_labels = data.labels[torch.from_numpy(np.asarray(val_rows, dtype=np.int64))]
+    val_labels_np = val_labels.cpu().numpy()
+    n_batches = max(1, int(np.ceil(len(rows) / settings.batch_size)))
+
+    best_state, best_f1, best_epoch, stale = None, -1.0, 0, 0
+    history: list[EpochRecord] = []
+    for epoch in range(1, settings.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(rows), generator=generator)
+        total_loss = 0.0
+        for b in range(n_batches):
+            pick = order[b * settings.batch_size:(b + 1) * settings.batch_size]
+            if len(pick) < 2 and len(rows) >= 2:
+                continue  # batch norm cannot train on a single sample
+            index = rows[pick].to(data.device)
+            x = data.batch(index, augment[pick].to(data.device), settings, aug_generator)
+            y = data.labels[index]
+            with _autocast(settings):
+                loss = loss_fn(_logits(model(x)).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(pick)
+            emit("batch_finished", fold=fold, epoch=epoch, batch=b + 1, batches=n_batches)
+        probs = predict(model, data, val_rows, settings)
+        val_f1 = float(f1_curve(val_labels_np, probs).max())
+        val_loss = float(F.nll_loss(torch.log(torch.from_numpy(
+            np.stack([1 - probs, probs], 1)).clamp_min(1e-7)), torch.from_numpy(val_labels_np)))
+        improved = val_f1 > best_f1
+        if improved:
+            best_f1, best_epoch, stale = val_f1, epoch, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            stale += 1
+        record = EpochRecord(epoch, total_loss / max(len(rows), 1), val_loss, val_f1,
+                             time.perf_counter() - started)
+        history.append(record)
+        emit("epoch_finished", fold=fold, epoch=epoch, epochs=settings.epochs,
+             train_loss=record.train_loss, val_loss=val_loss, val_f1=val_f1, best=improved)
+        if stale >= settings.patience:
+            break
+    assert best_state is not None
+    return best_state, best_epoch, history

@@ -1,0 +1,83 @@
+"""The patient-level split: stratified, grouped, seeded, and leak-free."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ichbench.errors import LeakageError, UsageError
+from ichbench.split import Fold, Split, check_no_leakage, make_split
+
+
+def slices_of(patient_labels: list[int], rng: np.random.Generator):
+    pids, labels = [], []
+    for pid, ich in enumerate(patient_labels, start=49):
+        n = int(rng.integers(5, 15))
+        lab = np.zeros(n, dtype=int)
+        if ich:
+            lab[rng.integers(0, n): n][: int(rng.integers(1, n))] = 1
+            lab[n // 2] = 1
+        pids += [pid] * n
+        labels += lab.tolist()
+    return np.array(pids), np.array(labels)
+
+
+def test_split_is_patient_level_and_stratified():
+    rng = np.random.default_rng(0)
+    pids, labels = slices_of([1] * 18 + [0] * 22, rng)
+    split = make_split(pids, labels, n_folds=5, test_size=0.2, seed=3)
+    assert len(split.test) == 8
+    patient_label = {p: labels[pids == p].max() for p in np.unique(pids)}
+    test_ich = sum(patient_label[p] for p in split.test)
+    assert 3 <= test_ich <= 5  # 45% of 8, stratified
+    vals = [p for f in split.folds for p in f.val]
+    assert sorted(vals + list(split.test)) == sorted(np.unique(pids).tolist())
+    for fold in split.folds:
+        assert set(fold.train) | set(fold.val) | set(split.test) == set(np.unique(pids).tolist())
+
+
+def test_split_is_seeded():
+    rng = np.random.default_rng(1)
+    pids, labels = slices_of([1] * 15 + [0] * 15, rng)
+    a = make_split(pids, labels, seed=7)
+    b = make_split(pids, labels, seed=7)
+    c = make_split(pids, labels, seed=8)
+    assert a.hash == b.hash
+    assert a.hash != c.hash
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_ich=st.integers(7, 30), n_healthy=st.integers(7, 30), folds=st.integers(2, 6),
+    seed=st.integers(0, 10_000), test_size=st.floats(0.1, 0.35),
+)
+def test_no_patient_crosses_train_val_test(n_ich, n_healthy, folds, seed, test_size):
+    rng = np.random.default_rng(seed)
+    pids, labels = slices_of([1] * n_ich + [0] * n_healthy, rng)
+    try:
+        split = make_split(pids, labels, n_folds=folds, test_size=test_size, seed=seed)
+    except UsageError:
+        return  # too few patients of a class for this many folds: refused, not leaked
+    test = set(split.test)
+    for fold in split.folds:
+        train, val = set(fold.train), set(fold.val)
+        assert not train & val and not train & test and not val & test
+        assert train | val | test == set(np.unique(pids).tolist())
+
+
+def test_leakage_guard_raises():
+    split = Split(test=(1, 2), folds=(Fold(0, (3, 4, 5), (6, 2)),), seed=0)
+    with pytest.raises(LeakageError, match="patient.*2.*validation and test"):
+        check_no_leakage(split)
+    split = Split(test=(1,), folds=(Fold(0, (3, 4), (4, 5)),), seed=0)
+    with pytest.raises(LeakageError, match="train and validation"):
+        check_no_leakage(split)
+
+
+def test_too_many_folds_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    pids, labels = slices_of([1] * 4 + [0] * 4, rng)
+    with pytest.raises(UsageError, match="--folds 5"):
+        make_split(pids, labels, n_folds=5)
