@@ -151,14 +151,15 @@ class Runner:
             plan = strategy.apply(plan, ctx)
         stray = np.setdiff1d(np.unique(dataset.patient_ids[plan.indices]), train_patients)
         if len(stray):
-            raise LeakageError(f"A strategy put rows of non-training patients {stray[:10].tolist()} "
-                               f"into the training set of fold {fold}")
+            raise LeakageError(f"A strategy put rows of non-training patients "
+                               f"{stray[:10].tolist()} into the training set of fold {fold}")
         return plan
 
     # ----------------------------------------------------------------- run
-    def run(self, resume: str | None = None) -> RunResult:
+    def run(self, resume: str | None = None, dataset: SliceDataset | None = None) -> RunResult:
+        """Run (or, given `resume`, finish) the protocol; `dataset` if already loaded."""
         started = time.perf_counter()
-        dataset = self.load_data()
+        dataset = dataset if dataset is not None else self.load_data()
         split = make_split(dataset.patient_ids, dataset.labels, n_folds=self.cfg.folds,
                            test_size=self.cfg.test_size, seed=self.cfg.seed)
         in_chans = dataset.images.shape[1]

@@ -21,7 +21,7 @@ class Spec:
 
 
 def parse_spec(text: str) -> Spec:
-    """`augment:3.3` -> Spec('augment', ('3.3',)); `timm:resnet18` -> Spec('timm', ('resnet18',))."""
+    """`augment:3.3` -> Spec('augment', ('3.3',)); `timm:resnet18` -> Spec('timm', ...)."""
     raw = text.strip()
     if not raw:
         raise UsageError("Empty plugin spec: expected NAME or NAME:ARG[,ARG...]")

@@ -45,8 +45,8 @@ class DeviceImages:
     """The dataset's images and labels as tensors resident on the device."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.images = torch.from_numpy(np.array(images, copy=True)).to(device)
+        self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
         self.device = device
 
     def batch(self, index: torch.Tensor, augment: torch.Tensor | None, settings: TrainSettings,

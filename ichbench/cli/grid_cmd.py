@@ -37,10 +37,11 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="List the configurations only."),
     ) -> None:
         """Run the cartesian product of the given options; rank by mean validation F1."""
-        from ichbench.cli.run_cmd import execute
+        from ichbench.cli.progress import RunProgress
         from ichbench.errors import UsageError
         from ichbench.grid import Grid, axes_from_options, load_toml
         from ichbench.paths import default_db
+        from ichbench.runner import Runner
         from ichbench.store import Store
 
         if executor != "local":
@@ -65,12 +66,17 @@ def register(app: typer.Typer) -> None:
         store = Store(db or default_db())
         for i, cfg in enumerate(configs, start=1):
             label = " ".join(_describe(cfg))
-            existing = _existing_run(store, cfg)
-            if existing and existing[1] == "finished":
-                err.print(f"[{i}/{len(configs)}] {label}: already finished as {existing[0]}")
-                continue
-            err.print(f"[{i}/{len(configs)}] {label}")
-            execute(cfg, store, resume=existing[0] if existing else None, grid_id=plan.grid_id)
+            with RunProgress() as progress:
+                runner = Runner(cfg, store, observers=[progress], grid_id=plan.grid_id)
+                dataset = runner.load_data()
+                existing = [r for r in store.runs_with_config(runner.cfg.hash)
+                            if r["dataset_hash"] == dataset.dataset_hash]
+                if existing and existing[0]["status"] == "finished":
+                    err.print(f"[{i}/{len(configs)}] {label}: already finished as "
+                              f"{existing[0]['run_id']}")
+                    continue
+                err.print(f"[{i}/{len(configs)}] {label}")
+                runner.run(resume=existing[0]["run_id"] if existing else None, dataset=dataset)
         _print_ranking(store, plan.grid_id, configs)
 
 
@@ -81,25 +87,17 @@ def _describe(cfg: RunConfig) -> list[str]:
     return parts or ["(no strategy)"]
 
 
-def _existing_run(store, cfg: RunConfig) -> tuple[str, str] | None:
-    """The newest run of this exact configuration (resolved as the runner would)."""
-    from ichbench.runner import resolve_device
-
-    resolved = cfg.resolved(resolve_device(cfg.device))
-    rows = store.runs_with_config(resolved.hash)
-    return (rows[0]["run_id"], rows[0]["status"]) if rows else None
-
-
 def _print_ranking(store, grid_id: str, configs) -> None:
-    rows = store.grid_ranking(grid_id)
+    rows = [r for r in store.list_runs(grid_id=grid_id) if r["status"] == "finished"]
+    rows.sort(key=lambda r: -(r["mean_val_f1"] or 0.0))
     table = Table(title=f"Grid {grid_id}: ranked by mean validation F1 over folds")
     for col in ("rank", "run", "strategies", "backbone", "mean val F1", "vote test F1",
                 "patient test F1"):
         table.add_column(col)
     for rank, row in enumerate(rows, start=1):
         table.add_row(str(rank), row["run_id"], ", ".join(row["strategies"] or []) or "none",
-                      row["backbone"], _fmt(row["mean_val_f1"]), _fmt(row["vote_test_f1"]),
-                      _fmt(row["patient_test_f1"]))
+                      row["backbone"], _fmt(row["mean_val_f1"]), _fmt(row["slice_f1"]),
+                      _fmt(row["patient_f1"]))
     out.print(table)
 
 

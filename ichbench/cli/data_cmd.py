@@ -1,0 +1,243 @@
+"""`ichbench data synth|check|stats`: make a dataset, validate one, describe one."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ichbench.cli.common import err, out
+from ichbench.errors import DataError, UsageError
+from ichbench.interfaces import SUBTYPES, LoadOptions
+from ichbench.plugins import get_registry
+
+EXCLUDE_HELP = "Patients to leave out, comma-separated ('' for none)."
+DATASET_HELP = "A dataset folder (either release) or a dataset spec such as 'synthetic:40'."
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar on stderr, driven by progress(done, total) callbacks; silent when stderr
+    is not a terminal, so logs and captured output stay clean."""
+    if not err.is_terminal:
+        yield lambda done, total: None
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=True)
+    task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def parse_exclude(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise UsageError(f"--exclude {text!r}: expected patient numbers such as 58,79") from None
+
+
+def parse_windows(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _emit_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _resolve(text: str) -> tuple[Any, Path | None]:
+    """The dataset source and, when it has one, its folder (generated first if synthetic)."""
+    from ichbench.data.resolve import resolve_dataset
+
+    source = resolve_dataset(text, get_registry())
+    folder = getattr(source, "folder", None)
+    if not callable(folder):
+        return source, None
+    with progress_bar("Preparing dataset"):
+        return source, Path(folder())
+
+
+def _load(source: Any, exclude: tuple[int, ...]):
+    from ichbench.paths import cache_dir
+
+    with progress_bar("Decoding") as progress:
+        return source.load(LoadOptions(exclude=exclude), cache_dir(), progress)
+
+
+# --------------------------------------------------------------------------- synth
+
+
+def synth(
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write (must not exist or be "
+                                 "empty, unless --force)."),
+    patients: int = typer.Option(40, "--patients", help="Number of patients."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same bytes."),
+    size: int = typer.Option(128, "--size", help="Slice width and height in pixels."),
+    force: bool = typer.Option(False, "--force", help="Replace a previously generated dataset."),
+) -> None:
+    """Write a synthetic dataset in the PhysioNet v1.3.x NIfTI layout."""
+    from ichbench.data.synth import generate
+
+    start = time.perf_counter()
+    with progress_bar("Generating patients") as progress:
+        summary = generate(out_dir, patients, seed, size, force=force, progress=progress)
+    err.print(
+        f"Wrote {summary.out}: {summary.patients} patients ({summary.ich_patients} ICH), "
+        f"{summary.slices} slices ({summary.ich_slices} ICH), {size} px, seed {seed} "
+        f"in {time.perf_counter() - start:.1f} s", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _counts_table(title: str, rows: list[tuple[str, str, str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("used", justify="right")
+    table.add_column("in label file", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_check(report) -> None:
+    used, full = report.used, report.all
+    rows = [
+        ("Patients", f"{used.patients}", f"{full.patients}"),
+        ("Slices", f"{used.slices:,}", f"{full.slices:,}"),
+        ("ICH slices", f"{used.ich_slices:,}", f"{full.ich_slices:,}"),
+        ("ICH patients", f"{used.ich_patients}", f"{full.ich_patients}"),
+    ] + [(f"  {name} slices", f"{used.subtype_slices[name]:,}",
+          f"{full.subtype_slices[name]:,}") for name in SUBTYPES]
+    out.print(f"[bold]{report.root}[/]: {report.layout} layout, labels "
+              f"{Path(report.label_file).name}", highlight=False, soft_wrap=True)
+    out.print(_counts_table("Contents", rows))
+    excluded = ", ".join(f"{p:03d}" for p in report.excluded) or "none"
+    out.print(f"Excluded: {excluded}   Masks: {report.masks}"
+              + ("   Images decoded: all" if report.deep else ""), highlight=False,
+              soft_wrap=True)
+    for message in report.warnings:
+        out.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
+    for message in report.errors:
+        out.print(f"[red]Problem:[/] {message}", highlight=False, soft_wrap=True)
+    if report.ok:
+        out.print("[green]No fatal problem found.[/]")
+
+
+def check(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    exclude: str = typer.Option("58,79", "--exclude", help=EXCLUDE_HELP),
+    deep: bool = typer.Option(False, "--deep", help="Also decode every image (slower)."),
+    windows: str = typer.Option("brain", "--windows",
+                                help="Windows to decode with --deep, comma-separated."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Validate a dataset folder and summarise what it holds; exits non-zero on a problem."""
+    from ichbench.data.inspect import check_folder, dataset_stats
+
+    excluded = parse_exclude(exclude)
+    source, folder = _resolve(dataset)
+    if folder is None:
+        stats = dataset_stats(_load(source, excluded))
+        data = {"dataset": source.name, "ok": True, "used": stats.as_dict()}
+        if as_json:
+            _emit_json(data)
+        else:
+            out.print(_counts_table(source.name, [
+                ("Patients", str(stats.patients), ""), ("Slices", str(stats.slices), ""),
+                ("ICH slices", str(stats.ich_slices), ""),
+                ("ICH patients", str(stats.ich_patients), "")]))
+        return
+    if deep:
+        with progress_bar("Decoding") as progress:
+            report = check_folder(folder, excluded, deep=True,
+                                  windows=parse_windows(windows), progress=progress)
+    else:
+        report = check_folder(folder, excluded)
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        _print_check(report)
+    if not report.ok:
+        more = f" (and {len(report.errors) - 1} more problem(s))" if len(report.errors) > 1 \
+            else ""
+        raise DataError(report.errors[0] + more)
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def default_png(dataset: str) -> Path:
+    """`DIR_stats.png` in the current folder, from the dataset's last path component."""
+    name = Path(dataset.rstrip("/\\")).name or "dataset"
+    return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", name) + "_stats.png")
+
+
+def _print_stats(title: str, stats) -> None:
+    classes = Table(title=f"{title}: classes", title_justify="left")
+    for column in ("", "healthy", "ICH", "total", "ICH share"):
+        classes.add_column(column, justify="right" if column else "left")
+    for what, healthy, ich in (("slices", stats.healthy_slices, stats.ich_slices),
+                               ("patients", stats.healthy_patients, stats.ich_patients)):
+        total = healthy + ich
+        classes.add_row(what, f"{healthy:,}", f"{ich:,}", f"{total:,}",
+                        f"{ich / total:.1%}" if total else "-")
+    out.print(classes)
+    bins = len(stats.ich_by_position)
+    positions = Table(title="ICH by relative slice position", title_justify="left")
+    for column in ("position", "slices", "ICH slices", "ICH share"):
+        positions.add_column(column, justify="right")
+    for i in range(bins):
+        n, ich = stats.slices_by_position[i], stats.ich_by_position[i]
+        positions.add_row(f"{i / bins:.1f}-{(i + 1) / bins:.1f}", f"{n:,}", f"{ich:,}",
+                          f"{ich / n:.1%}" if n else "-")
+    out.print(positions)
+
+
+def stats(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    png: Path | None = typer.Option(None, "--out", help="PNG to write (default: "
+                                    "DIR_stats.png here; with --json only when given)."),
+    exclude: str = typer.Option("58,79", "--exclude", help=EXCLUDE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Class and slice-position distributions, as tables and a three-panel PNG."""
+    from ichbench.data.inspect import dataset_stats, folder_stats, plot_stats
+
+    excluded = parse_exclude(exclude)
+    source, folder = _resolve(dataset)
+    if folder is not None:
+        result = folder_stats(folder, excluded)
+    else:
+        result = dataset_stats(_load(source, excluded))
+    target = png if png is not None or as_json else default_png(dataset)
+    if target is not None:
+        plot_stats(result, str(getattr(source, "name", dataset)), target)
+    if as_json:
+        _emit_json({"dataset": getattr(source, "name", dataset), "exclude": list(excluded),
+                    **result.as_dict(), "png": str(target) if target else None})
+        return
+    _print_stats(str(getattr(source, "name", dataset)), result)
+    if target is not None:
+        err.print(f"Wrote {target}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    data = typer.Typer(help="Generate, check and describe datasets.", no_args_is_help=True)
+    data.command("synth")(synth)
+    data.command("check")(check)
+    data.command("stats")(stats)
+    app.add_typer(data, name="data")

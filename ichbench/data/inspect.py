@@ -1,0 +1,198 @@
+"""`ichbench data check` and `ichbench data stats`: what a dataset holds and what is wrong.
+
+Both work from the label file and file listings (NIfTI headers at most), so they answer in
+a moment even on the full release. `check --deep` also decodes every image, which finds
+what only decoding can (NaN voxels, a truncated .nii.gz, a JPG that is not an image).
+Sources that are not folders (a third party's dataset plugin) are loaded and summarised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichbench.data.labels import LabelStats, label_stats, label_warnings, read_labels, stats_of
+from ichbench.data.physionet import (
+    JPG,
+    LAYOUT_NAMES,
+    NIFTI,
+    PhysioNetFolder,
+    Progress,
+    check_slices,
+    decode_patient,
+    detect_layout,
+    jpg_masks,
+    jpg_slices,
+    match_problems,
+    scan_patients,
+)
+from ichbench.data.windows import JPG_WINDOWS, check_windows
+from ichbench.errors import DataError
+from ichbench.interfaces import SliceDataset
+
+DEEP_SIZE = 32
+
+
+@dataclass
+class CheckReport:
+    """A dataset folder's summary: counts in the label file, counts used, problems found."""
+
+    root: str
+    layout: str
+    label_file: str
+    all: LabelStats
+    used: LabelStats
+    excluded: list[int]
+    masks: str
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    deep: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root, "layout": self.layout, "label_file": self.label_file,
+            "ok": self.ok, "deep": self.deep, "excluded": self.excluded, "masks": self.masks,
+            "all": self.all.as_dict(), "used": self.used.as_dict(),
+            "warnings": self.warnings, "errors": self.errors,
+        }
+
+
+def _masks_summary(folder: PhysioNetFolder, patients: list[int]) -> str:
+    if folder.layout == NIFTI:
+        with_mask = sum(folder.patients[p].mask is not None for p in patients if
+                        p in folder.patients)
+        if with_mask == len(patients):
+            return "all patients"
+        return f"{with_mask} of {len(patients)} patients" if with_mask else "none"
+    count = sum(len(jpg_masks(folder.patients[p].image)) for p in patients
+                if p in folder.patients)
+    return f"{count} slice mask files" if count else "none"
+
+
+def _jpg_window_warnings(folder: PhysioNetFolder, patient: int) -> list[str]:
+    """A missing bone slice only matters when the bone window is asked for: warn, not fail."""
+    out = []
+    files = folder.patients[patient]
+    count = folder.slice_count(patient)
+    for window in JPG_WINDOWS[1:]:
+        base = files.image / window
+        try:
+            present = jpg_slices(base, patient)
+        except DataError:
+            out.append(f"Patient {patient:03d}: no {window} folder ({base}); loading with the "
+                       f"{window} window fails")
+            continue
+        missing = [k for k in range(1, count + 1) if k not in present]
+        if missing:
+            listed = ", ".join(str(base / f"{k}.jpg") for k in missing[:3])
+            out.append(f"Patient {patient:03d}: {len(missing)} {window} slice(s) missing "
+                       f"({listed}); loading with the {window} window fails")
+    return out
+
+
+def check_folder(root: Path, exclude: tuple[int, ...] = (58, 79), *, deep: bool = False,
+                 windows: tuple[str, ...] = ("brain",),
+                 progress: Progress | None = None) -> CheckReport:
+    """Validate a folder of either layout, collecting every problem rather than the first.
+
+    Raises DataError only when nothing can be summarised (no layout, unreadable labels).
+    """
+    root = Path(root).expanduser()
+    layout, label_path = detect_layout(root)
+    labels = read_labels(label_path)
+    try:
+        patients = scan_patients(root, layout)
+    except DataError as exc:  # e.g. two files for one patient: nothing else is reliable
+        patients, errors = {}, [str(exc)]
+    else:
+        errors = match_problems(root, layout, label_path, labels, patients, exclude)
+    folder = PhysioNetFolder(root, layout, label_path, labels, patients, tuple(exclude))
+    used = folder.used
+    present = [p for p in used.patients() if p in patients]
+    warnings = label_warnings(labels)
+    for pid in present:
+        try:
+            check_slices(folder, pid)
+        except DataError as exc:
+            errors.append(str(exc))
+            continue
+        if layout == JPG:
+            warnings += _jpg_window_warnings(folder, pid)
+    if deep and not errors:
+        errors += _decode_all(folder, present, windows, progress)
+    return CheckReport(
+        root=str(root), layout=LAYOUT_NAMES[layout], label_file=str(label_path),
+        all=label_stats(labels), used=label_stats(used),
+        excluded=sorted(set(exclude) & set(labels.patients())),
+        masks=_masks_summary(folder, present), warnings=warnings, errors=errors, deep=deep,
+    )
+
+
+def _decode_all(folder: PhysioNetFolder, patients: list[int], windows: tuple[str, ...],
+                progress: Progress | None) -> list[str]:
+    chosen = check_windows(windows, layout=folder.layout)
+    errors = []
+    for i, pid in enumerate(patients):
+        try:
+            decode_patient(folder, pid, chosen, DEEP_SIZE, with_masks=True)
+        except DataError as exc:
+            errors.append(str(exc))
+        if progress is not None:
+            progress(i + 1, len(patients))
+    return errors
+
+
+def folder_stats(root: Path, exclude: tuple[int, ...] = (58, 79)) -> LabelStats:
+    """Statistics of a folder's used patients from its label file alone."""
+    layout, label_path = detect_layout(Path(root).expanduser())
+    return label_stats(read_labels(label_path).without(exclude))
+
+
+def dataset_stats(dataset: SliceDataset) -> LabelStats:
+    """Statistics of a loaded dataset (any source, including third-party plugins)."""
+    return stats_of(np.asarray(dataset.patient_ids), np.asarray(dataset.labels),
+                    np.asarray(dataset.subtypes), np.asarray(dataset.positions))
+
+
+def plot_stats(stats: LabelStats, title: str, path: Path) -> Path:
+    """Three panels: slices per class, patients per class, ICH slices by relative position."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    colors = ["#4c72b0", "#c44e52"]
+    for ax, (what, values) in zip(axes[:2], (
+            ("slices", (stats.healthy_slices, stats.ich_slices)),
+            ("patients", (stats.healthy_patients, stats.ich_patients))), strict=True):
+        bars = ax.bar(["healthy", "ICH"], values, color=colors)
+        ax.bar_label(bars)
+        ax.margins(y=0.12)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{what.capitalize()} per class")
+        ax.set_ylabel(what)
+    bins = len(stats.ich_by_position)
+    edges = np.arange(bins) / bins
+    axes[2].bar(edges, stats.slices_by_position, width=1 / bins, align="edge",
+                color="#dddddd", edgecolor="white", label="all slices")
+    axes[2].bar(edges, stats.ich_by_position, width=1 / bins, align="edge",
+                color=colors[1], edgecolor="white", label="ICH slices")
+    axes[2].set_title("Slices by relative position")
+    axes[2].set_xlabel("(slice - 1) / (slices - 1)")
+    axes[2].legend(loc="upper right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

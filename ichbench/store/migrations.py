@@ -1,0 +1,281 @@
+"""Named, append-only schema migrations, applied when a store is opened.
+
+Each migration is a (name, function) pair run in its own transaction and recorded in
+`_migrations(name, applied_at)`. Existing stores only ever move forward: never edit or
+reorder a migration that has shipped; append a new one. tests/test_store.py asserts the
+whole resulting schema so that every change is deliberate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import duckdb
+
+from ichbench.store.baselines import COLUMNS as BASELINE_COLUMNS
+from ichbench.store.baselines import SEED_V1
+
+Migration = tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]
+
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+METRIC_NAMES = ("sensitivity", "specificity", "precision", "f1", "accuracy", "auc")
+
+
+def _ci_columns() -> str:
+    return ",\n".join(f"    {m}_lo DOUBLE, {m}_hi DOUBLE" for m in METRIC_NAMES)
+
+
+def m001_initial_tables(con: duckdb.DuckDBPyConnection) -> None:
+    statuses = ", ".join(f"'{s}'" for s in RUN_STATUSES)
+    con.execute(f"""
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY,
+    status VARCHAR NOT NULL CHECK (status IN ({statuses})),
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    dataset VARCHAR,
+    dataset_hash VARCHAR,
+    config JSON,
+    config_hash VARCHAR,
+    backbone VARCHAR,
+    strategies VARCHAR[],
+    ensemble VARCHAR,
+    patient_rule VARCHAR,
+    seed BIGINT,
+    preset VARCHAR,
+    device VARCHAR,
+    pretrained BOOLEAN,
+    pretrained_source VARCHAR,
+    threshold DOUBLE,
+    wall_s DOUBLE,
+    versions JSON,
+    git_sha VARCHAR,
+    split_hash VARCHAR,
+    grid_id VARCHAR,
+    error VARCHAR
+)""")
+    con.execute("""
+CREATE TABLE splits (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER,
+    patient_id INTEGER NOT NULL,
+    role VARCHAR NOT NULL CHECK (role IN ('train', 'val', 'test')),
+    CHECK ((role = 'test') = (fold IS NULL))
+)""")
+    con.execute("""
+CREATE TABLE folds (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER NOT NULL,
+    status VARCHAR NOT NULL,
+    threshold DOUBLE,
+    best_epoch INTEGER,
+    train_ich_before INTEGER,
+    train_healthy_before INTEGER,
+    train_ich INTEGER,
+    train_healthy INTEGER,
+    added INTEGER,
+    removed INTEGER,
+    train_patients INTEGER[],
+    val_patients INTEGER[],
+    wall_s DOUBLE,
+    checkpoint VARCHAR,
+    written_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (run_id, fold)
+)""")
+    con.execute("""
+CREATE TABLE epochs (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    train_loss DOUBLE,
+    val_loss DOUBLE,
+    val_f1 DOUBLE,
+    wall_s DOUBLE,
+    PRIMARY KEY (run_id, fold, epoch)
+)""")
+    con.execute(f"""
+CREATE TABLE metrics (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER,
+    model VARCHAR NOT NULL CHECK (model IN ('fold', 'vote')),
+    scope VARCHAR NOT NULL CHECK (scope IN ('slice', 'patient')),
+    split VARCHAR NOT NULL CHECK (split IN ('val', 'test')),
+    threshold DOUBLE,
+    sensitivity DOUBLE,
+    specificity DOUBLE,
+    precision DOUBLE,
+    f1 DOUBLE,
+    accuracy DOUBLE,
+    auc DOUBLE,
+    tp INTEGER,
+    fp INTEGER,
+    tn INTEGER,
+    fn INTEGER,
+    n INTEGER,
+{_ci_columns()},
+    ci_method VARCHAR,
+    CHECK ((model = 'vote') = (fold IS NULL))
+)""")
+    con.execute("""
+CREATE TABLE curves (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER,
+    threshold DOUBLE NOT NULL,
+    f1 DOUBLE
+)""")
+    con.execute("""
+CREATE TABLE predictions (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER,
+    split VARCHAR NOT NULL CHECK (split IN ('val', 'test')),
+    patient_id INTEGER NOT NULL,
+    slice INTEGER NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    prob DOUBLE
+)""")
+    con.execute("""
+CREATE TABLE baselines (
+    source VARCHAR NOT NULL,
+    citation VARCHAR NOT NULL,
+    model VARCHAR NOT NULL CHECK (model IN ('fold', 'vote', 'single')),
+    backbone VARCHAR,
+    setting VARCHAR,
+    scope VARCHAR NOT NULL CHECK (scope IN ('slice', 'patient')),
+    split VARCHAR NOT NULL CHECK (split IN ('val', 'test')),
+    fold INTEGER,
+    sensitivity DOUBLE,
+    specificity DOUBLE,
+    precision DOUBLE,
+    f1 DOUBLE,
+    accuracy DOUBLE,
+    note VARCHAR
+)""")
+
+
+def m002_seed_baselines(con: duckdb.DuckDBPyConnection) -> None:
+    placeholders = ", ".join("?" for _ in BASELINE_COLUMNS)
+    con.executemany(
+        f"INSERT INTO baselines ({', '.join(BASELINE_COLUMNS)}) VALUES ({placeholders})",
+        [b.as_tuple() for b in SEED_V1],
+    )
+
+
+def m003_views(con: duckdb.DuckDBPyConnection) -> None:
+    # Vote metrics only ever count for finished runs: an interrupted run's partial
+    # results must never look like a result.
+    con.execute("""
+CREATE VIEW run_summary AS
+WITH vote AS (
+    SELECT m.run_id, m.scope, m.sensitivity, m.specificity, m.precision, m.f1,
+           m.accuracy, m.auc
+    FROM metrics m JOIN runs r USING (run_id)
+    WHERE m.model = 'vote' AND m.split = 'test' AND r.status = 'finished'
+),
+val AS (
+    SELECT run_id, avg(f1) AS mean_val_f1
+    FROM metrics
+    WHERE model = 'fold' AND scope = 'slice' AND split = 'val'
+    GROUP BY run_id
+),
+done AS (
+    SELECT run_id, count(*) AS folds_finished
+    FROM folds WHERE status = 'finished' GROUP BY run_id
+)
+SELECT r.run_id, r.status, r.started_at, r.finished_at, r.dataset, r.backbone,
+       r.strategies, r.ensemble, r.patient_rule, r.preset, r.seed, r.device,
+       r.pretrained, r.grid_id, r.config_hash, r.dataset_hash, r.threshold,
+       coalesce(d.folds_finished, 0) AS folds_finished,
+       s.sensitivity AS slice_sensitivity, s.specificity AS slice_specificity,
+       s.precision AS slice_precision, s.f1 AS slice_f1, s.accuracy AS slice_accuracy,
+       s.auc AS slice_auc,
+       p.sensitivity AS patient_sensitivity, p.specificity AS patient_specificity,
+       p.precision AS patient_precision, p.f1 AS patient_f1, p.accuracy AS patient_accuracy,
+       v.mean_val_f1, r.wall_s, r.error
+FROM runs r
+LEFT JOIN vote s ON s.run_id = r.run_id AND s.scope = 'slice'
+LEFT JOIN vote p ON p.run_id = r.run_id AND p.scope = 'patient'
+LEFT JOIN val v ON v.run_id = r.run_id
+LEFT JOIN done d ON d.run_id = r.run_id
+""")
+    con.execute("""
+CREATE VIEW vote_vs_baselines AS
+WITH vote AS (
+    SELECT r.run_id, r.backbone AS run_backbone, r.strategies, r.preset, r.grid_id,
+           m.scope, m.sensitivity, m.specificity, m.precision, m.f1, m.accuracy
+    FROM metrics m JOIN runs r USING (run_id)
+    WHERE m.model = 'vote' AND m.split = 'test' AND r.status = 'finished'
+)
+SELECT v.run_id, v.run_backbone, v.strategies, v.preset, v.grid_id, v.scope,
+       b.source, b.model AS baseline_model, b.backbone AS baseline_backbone, b.setting,
+       b.fold AS baseline_fold, b.citation,
+       v.f1 AS run_f1, b.f1 AS baseline_f1, v.f1 - b.f1 AS delta_f1,
+       v.sensitivity AS run_sensitivity, b.sensitivity AS baseline_sensitivity,
+       v.sensitivity - b.sensitivity AS delta_sensitivity,
+       v.specificity AS run_specificity, b.specificity AS baseline_specificity,
+       v.specificity - b.specificity AS delta_specificity,
+       v.precision AS run_precision, b.precision AS baseline_precision,
+       v.precision - b.precision AS delta_precision,
+       v.accuracy AS run_accuracy, b.accuracy AS baseline_accuracy,
+       v.accuracy - b.accuracy AS delta_accuracy,
+       v.f1 > b.f1 AS beats_f1,
+       1 + count(*) FILTER (WHERE b.f1 > v.f1)
+           OVER (PARTITION BY v.run_id, v.scope) AS f1_rank,
+       count(*) FILTER (WHERE b.f1 IS NOT NULL)
+           OVER (PARTITION BY v.run_id, v.scope) + 1 AS f1_ranked_of
+FROM vote v
+JOIN baselines b ON b.scope = v.scope AND b.split = 'test'
+""")
+
+
+MIGRATIONS: list[Migration] = [
+    ("m001_initial_tables", m001_initial_tables),
+    ("m002_seed_baselines", m002_seed_baselines),
+    ("m003_views", m003_views),
+]
+
+
+def _ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, "
+        "applied_at TIMESTAMP NOT NULL)"
+    )
+
+
+def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names already recorded; empty for a store that predates the ledger (a fresh file)."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' "
+        "AND table_name = '_migrations'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return set()
+    return {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+
+
+def pending(con: duckdb.DuckDBPyConnection) -> list[str]:
+    done = applied(con)
+    return [name for name, _ in MIGRATIONS if name not in done]
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every pending migration, each in its own transaction; returns their names."""
+    _ensure_ledger(con)
+    done = applied(con)
+    ran: list[str] = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        con.begin()
+        try:
+            fn(con)
+            con.execute(
+                "INSERT INTO _migrations VALUES (?, ?)",
+                [name, datetime.now(timezone.utc).replace(tzinfo=None)],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        ran.append(name)
+    return ran

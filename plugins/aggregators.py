@@ -1,0 +1,195 @@
+"""Built-in aggregation rules: how fold models vote on a slice, and how slices decide a patient.
+
+Ensemble rules turn the fold models' probabilities (folds, slices) into one score and one
+decision per slice at the voting threshold. Patient rules turn one patient's slice scores
+and decisions, in slice order, into one patient score (for AUC) and one decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ichbench.errors import UsageError
+from ichbench.hookspecs import hookimpl
+from ichbench.spec import Spec, expect_args, parse_int
+
+# --------------------------------------------------------------------------- ensemble
+
+
+def _as_folds(probs: np.ndarray) -> np.ndarray:
+    array = np.asarray(probs, dtype=float)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise UsageError(f"ensemble rules expect probabilities shaped (folds, slices), got "
+                         f"{array.shape}")
+    return array
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """Scores are a reduction over folds (mean, median, max); decisions score >= threshold."""
+
+    name: str
+    reduce: Callable[..., np.ndarray]
+
+    def combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.reduce(_as_folds(probs), axis=0)
+        return scores, scores >= threshold
+
+
+@dataclass(frozen=True)
+class Majority:
+    """Each fold votes at the threshold; the score is the fraction of folds voting ICH and a
+    slice is ICH when more than half do."""
+
+    name: str = "majority"
+
+    def combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        scores = (_as_folds(probs) >= threshold).mean(axis=0)
+        return scores, scores > 0.5
+
+
+def _reduce_factory(name: str, reduce: Callable[..., np.ndarray]) -> Callable[[Spec], Reduce]:
+    def factory(spec: Spec) -> Reduce:
+        expect_args(spec, 0, f"{name} (no arguments)")
+        return Reduce(name, reduce)
+
+    return factory
+
+
+def majority_factory(spec: Spec) -> Majority:
+    expect_args(spec, 0, "majority (no arguments)")
+    return Majority()
+
+
+# --------------------------------------------------------------------------- patient
+
+
+def _slices(scores: np.ndarray, decisions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=float).ravel()
+    d = np.asarray(decisions, dtype=bool).ravel()
+    if s.shape != d.shape:
+        raise UsageError(f"patient rules need one decision per slice score, got {s.shape[0]} "
+                         f"scores and {d.shape[0]} decisions")
+    return s, d
+
+
+@dataclass(frozen=True)
+class AnySlice:
+    """The paper's rule: ICH if any slice is; the score is the highest slice score."""
+
+    name: str = "any"
+
+    def decide(self, scores: np.ndarray, decisions: np.ndarray,
+               threshold: float) -> tuple[float, bool]:
+        s, d = _slices(scores, decisions)
+        if s.size == 0:
+            return 0.0, False
+        return float(s.max()), bool(d.any())
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """Length of the longest run of True values."""
+    if not flags.any():
+        return 0
+    padded = np.concatenate([[0], flags.astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return int((edges[1::2] - edges[::2]).max())
+
+
+@dataclass(frozen=True)
+class KConsecutive:
+    """ICH when at least k consecutive slices are positive; the score is the best window's
+    weakest slice (max over windows of k slices of the min score), which crosses the
+    threshold exactly when a window of k slices all do. A patient with fewer than k slices
+    is never positive; its score is then the minimum over all its slices."""
+
+    k: int
+
+    def decide(self, scores: np.ndarray, decisions: np.ndarray,
+               threshold: float) -> tuple[float, bool]:
+        s, d = _slices(scores, decisions)
+        if s.size == 0:
+            return 0.0, False
+        width = min(self.k, s.size)
+        windows = np.lib.stride_tricks.sliding_window_view(s, width)
+        return float(windows.min(axis=1).max()), _longest_run(d) >= self.k
+
+
+@dataclass(frozen=True)
+class TopKMean:
+    """The score is the mean of the k highest slice scores (all of them if fewer); ICH
+    when it reaches the threshold."""
+
+    k: int
+
+    def decide(self, scores: np.ndarray, decisions: np.ndarray,
+               threshold: float) -> tuple[float, bool]:
+        s, _ = _slices(scores, decisions)
+        if s.size == 0:
+            return 0.0, False
+        score = float(np.sort(s)[-self.k:].mean())
+        return score, score >= threshold
+
+
+@dataclass(frozen=True)
+class MaxProb:
+    """ICH when the highest slice score reaches the threshold, ignoring the slice
+    decisions (which differ from score >= threshold under the majority ensemble)."""
+
+    name: str = "max-prob"
+
+    def decide(self, scores: np.ndarray, decisions: np.ndarray,
+               threshold: float) -> tuple[float, bool]:
+        s, _ = _slices(scores, decisions)
+        if s.size == 0:
+            return 0.0, False
+        score = float(s.max())
+        return score, score >= threshold
+
+
+def any_factory(spec: Spec) -> AnySlice:
+    expect_args(spec, 0, "any (no arguments)")
+    return AnySlice()
+
+
+def k_consecutive_factory(spec: Spec) -> KConsecutive:
+    form = "k-consecutive:K with K an integer >= 1"
+    (value,) = expect_args(spec, 1, form)
+    return KConsecutive(parse_int(spec, value, form=form, minimum=1))
+
+
+def topk_mean_factory(spec: Spec) -> TopKMean:
+    form = "topk-mean:K with K an integer >= 1"
+    (value,) = expect_args(spec, 1, form)
+    return TopKMean(parse_int(spec, value, form=form, minimum=1))
+
+
+def max_prob_factory(spec: Spec) -> MaxProb:
+    expect_args(spec, 0, "max-prob (no arguments)")
+    return MaxProb()
+
+
+@hookimpl
+def register_aggregators(register):
+    register("mean", _reduce_factory("mean", np.mean), kind="ensemble",
+             help="Mean of the fold models' probabilities, cut at the threshold (default).")
+    register("median", _reduce_factory("median", np.median), kind="ensemble",
+             help="Median of the fold models' probabilities, cut at the threshold.")
+    register("max", _reduce_factory("max", np.max), kind="ensemble",
+             help="Highest fold probability, cut at the threshold.")
+    register("majority", majority_factory, kind="ensemble",
+             help="Each fold votes at the threshold; ICH when more than half vote ICH.")
+    register("any", any_factory, kind="patient",
+             help="ICH if any slice is ICH (the paper's rule); score = highest slice score.")
+    register("k-consecutive", k_consecutive_factory, kind="patient",
+             help="k-consecutive:K — ICH if at least K consecutive slices are ICH.")
+    register("topk-mean", topk_mean_factory, kind="patient",
+             help="topk-mean:K — ICH if the mean of the K highest slice scores reaches the "
+                  "threshold.")
+    register("max-prob", max_prob_factory, kind="patient",
+             help="ICH if the highest slice score reaches the threshold.")
