@@ -101,6 +101,17 @@ class Plugins:
 
 
 @dataclass
+class Prepared:
+    """A run ready for its folds: data, split and the folds already in the store."""
+
+    run_id: str
+    dataset: SliceDataset
+    split: Split
+    done: set[int]
+    started: float
+
+
+@dataclass
 class RunResult:
     run_id: str
     threshold: float
@@ -123,6 +134,7 @@ class Runner:
         self.device = torch.device(device)
         self.plugins = Plugins.create(self.cfg, self.registry)
         self.timings: dict[str, float] = {"data": 0.0, "train": 0.0, "eval": 0.0, "store": 0.0}
+        self._data: DeviceImages | None = None
 
     # ----------------------------------------------------------------- steps
     def load_data(self) -> SliceDataset:
@@ -158,51 +170,75 @@ class Runner:
     # ----------------------------------------------------------------- run
     def run(self, resume: str | None = None, dataset: SliceDataset | None = None) -> RunResult:
         """Run (or, given `resume`, finish) the protocol; `dataset` if already loaded."""
+        prepared = self.prepare(resume=resume, dataset=dataset)
+        try:
+            folds: dict[int, FoldRecord] = {}
+            for fold in prepared.split.folds:
+                if fold.index in prepared.done:
+                    folds[fold.index] = self.store.load_fold(prepared.run_id, fold.index)
+                    self.emit("fold_skipped", fold=fold.index)
+                    continue
+                record, state = self.fold_trial(prepared.dataset, prepared.split, fold.index)
+                folds[fold.index] = self.record_fold(prepared.run_id, record, state)
+            return self.finish(prepared, folds)
+        except KeyboardInterrupt:
+            self.store.mark_run(prepared.run_id, "interrupted")
+            raise
+        except BaseException as exc:
+            self.store.mark_run(prepared.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def prepare(self, resume: str | None = None,
+                dataset: SliceDataset | None = None) -> Prepared:
+        """Load the data, split it, and create (or reopen) the run in the store."""
         started = time.perf_counter()
         dataset = dataset if dataset is not None else self.load_data()
-        split = make_split(dataset.patient_ids, dataset.labels, n_folds=self.cfg.folds,
-                           test_size=self.cfg.test_size, seed=self.cfg.seed)
-        in_chans = dataset.images.shape[1]
-        first_model = self.build_model(0, in_chans)
+        split = self.split_of(dataset)
         if resume:
-            run_id = resume
+            run_id = self.store.resolve(resume)
             self._check_resumable(run_id, dataset, split)
             done = self.store.finished_folds(run_id)
             self.store.mark_run(run_id, "running")
         else:
             run_id = new_run_id()
-            self.store.create_run(self._run_record(run_id, dataset, split, first_model))
+            probe = self.build_model(0, dataset.images.shape[1])  # provenance of the weights
+            self.store.create_run(self._run_record(run_id, dataset, split, probe))
             done = set()
         self.emit("run_started", run_id=run_id, folds=self.cfg.folds, epochs=self.cfg.epochs,
                   resumed=bool(resume), finished=sorted(done))
-        try:
-            data = DeviceImages(dataset.images, dataset.labels, self.device)
-            folds: dict[int, FoldRecord] = {}
-            for fold in split.folds:
-                if fold.index in done:
-                    folds[fold.index] = self.store.load_fold(run_id, fold.index)
-                    self.emit("fold_skipped", fold=fold.index)
-                    continue
-                built = first_model if fold.index == 0 else self.build_model(fold.index, in_chans)
-                record = self._run_fold(run_id, fold, split, dataset, data, built)
-                t = time.perf_counter()
-                self.store.write_fold(run_id, record)
-                self.timings["store"] += time.perf_counter() - t
-                folds[fold.index] = record
-            vote = self._vote(dataset, split, folds)
-            wall = time.perf_counter() - started
-            t = time.perf_counter()
-            self.store.finish_run(run_id, vote, wall)
-            self.timings["store"] += time.perf_counter() - t
-        except KeyboardInterrupt:
-            self.store.mark_run(run_id, "interrupted")
-            raise
-        except BaseException as exc:
-            self.store.mark_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        self.emit("run_finished", run_id=run_id, threshold=vote.threshold, wall_s=wall,
+        return Prepared(run_id, dataset, split, set(done), started)
+
+    def split_of(self, dataset: SliceDataset) -> Split:
+        return make_split(dataset.patient_ids, dataset.labels, n_folds=self.cfg.folds,
+                          test_size=self.cfg.test_size, seed=self.cfg.seed)
+
+    def fold_trial(self, dataset: SliceDataset, split: Split,
+                   fold_index: int) -> tuple[FoldRecord, dict]:
+        """Train and evaluate one fold without touching the store: what an executor runs
+        anywhere. Returns the record and the kept state dict (on the CPU)."""
+        if self._data is None:
+            self._data = DeviceImages(dataset.images, dataset.labels, self.device)
+        fold = split.folds[fold_index]
+        built = self.build_model(fold_index, dataset.images.shape[1])
+        return self._run_fold(fold, split, dataset, self._data, built)
+
+    def record_fold(self, run_id: str, record: FoldRecord, state: dict) -> FoldRecord:
+        """Save the fold's checkpoint (write, then rename) and its rows (one transaction)."""
+        t = time.perf_counter()
+        record.checkpoint = self._save_checkpoint(run_id, record.fold, state)
+        self.store.write_fold(run_id, record)
+        self.timings["store"] += time.perf_counter() - t
+        return record
+
+    def finish(self, prepared: Prepared, folds: dict[int, FoldRecord]) -> RunResult:
+        vote = self._vote(prepared.dataset, prepared.split, folds)
+        wall = time.perf_counter() - prepared.started
+        t = time.perf_counter()
+        self.store.finish_run(prepared.run_id, vote, wall)
+        self.timings["store"] += time.perf_counter() - t
+        self.emit("run_finished", run_id=prepared.run_id, threshold=vote.threshold, wall_s=wall,
                   timings=dict(self.timings))
-        return RunResult(run_id, vote.threshold, vote, folds, dict(self.timings))
+        return RunResult(prepared.run_id, vote.threshold, vote, folds, dict(self.timings))
 
     def _run_record(self, run_id: str, dataset: SliceDataset, split: Split,
                     built: BuiltModel) -> RunRecord:
@@ -233,8 +269,8 @@ class Runner:
             raise LeakageError(f"Run {run_id}: the recomputed split differs from the stored one; "
                                "refusing to resume")
 
-    def _run_fold(self, run_id: str, fold, split: Split, dataset: SliceDataset,
-                  data: DeviceImages, built: BuiltModel) -> FoldRecord:
+    def _run_fold(self, fold, split: Split, dataset: SliceDataset, data: DeviceImages,
+                  built: BuiltModel) -> tuple[FoldRecord, dict]:
         started = time.perf_counter()
         check_no_leakage(split)
         train_p = np.asarray(fold.train)
@@ -275,7 +311,6 @@ class Runner:
             prob=np.concatenate([val_prob, test_prob]),
         )
         self.timings["eval"] += time.perf_counter() - t
-        checkpoint = self._save_checkpoint(run_id, fold.index, state, in_chans=data.images.shape[1])
         record = FoldRecord(
             fold=fold.index, threshold=threshold, best_epoch=best_epoch,
             train_ich_before=before_ich, train_healthy_before=before_healthy,
@@ -283,12 +318,12 @@ class Runner:
             added=added, removed=removed,
             train_patients=list(fold.train), val_patients=list(fold.val),
             wall_s=time.perf_counter() - started, curve=curve, metrics=metrics,
-            predictions=predictions, epochs=history, checkpoint=checkpoint,
+            predictions=predictions, epochs=history,
         )
         test_f1 = next(m.f1 for m in metrics if m.split == "test" and m.scope == "slice")
         self.emit("fold_finished", fold=fold.index, threshold=threshold,
                   val_f1=float(curve.max()), test_f1=test_f1, wall_s=record.wall_s)
-        return record
+        return record, state
 
     def _metrics(self, model: str, fold: int | None, split_name: str, threshold: float,
                  dataset: SliceDataset, rows: np.ndarray, scores: np.ndarray,
@@ -338,11 +373,12 @@ class Runner:
         return VoteRecord(threshold=threshold, mean_curve=mean_curve, metrics=metrics,
                           predictions=predictions, wall_s=time.perf_counter() - started)
 
-    def _save_checkpoint(self, run_id: str, fold: int, state: dict, in_chans: int) -> str:
+    def _save_checkpoint(self, run_id: str, fold: int, state: dict) -> str:
         folder = run_dir(Path(self.store.path), run_id)
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"fold{fold}.pt"
         tmp = folder / f".fold{fold}.pt.tmp-{os.getpid()}"
+        in_chans = len(self.cfg.windows)
         torch.save({"state_dict": state, "backbone": self.cfg.backbone, "in_chans": in_chans,
                     "image_size": self.cfg.image_size, "windows": list(self.cfg.windows),
                     "fold": fold}, tmp)
