@@ -3,12 +3,17 @@ tiny synthetic datasets generated once per session."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Nothing in the suite may reach the network, session-scoped fixtures included.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["ICHBENCH_LOAD_PLUGINS"] = ""
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +23,7 @@ def isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("ICHBENCH_CACHE", str(base / "cache"))
     monkeypatch.setenv("ICHBENCH_DB", str(base / "runs.duckdb"))
     monkeypatch.setenv("ICHBENCH_LOAD_PLUGINS", "")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("ICHBENCH_DEBUG", raising=False)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ichbench_plugins.aggregators as builtin_aggregators
 import numpy as np
 import pytest
 
+import ichbench_plugins.aggregators as builtin_aggregators
 from ichbench.errors import UsageError
 from ichbench.interfaces import EnsembleRule, PatientRule
 from ichbench.plugins import Plugins, Registry

@@ -6,11 +6,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import ichbench_plugins.backbones as builtin_backbones
 import numpy as np
 import pytest
 import torch
 
+import ichbench_plugins.backbones as builtin_backbones
 from ichbench.errors import UsageError
 from ichbench.interfaces import Backbone, BuildOptions, BuiltModel
 from ichbench.plugins import Plugins, Registry

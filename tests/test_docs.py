@@ -7,11 +7,11 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 import ichbench_plugins.aggregators
 import ichbench_plugins.backbones
 import ichbench_plugins.strategies
-import pytest
-
 from ichbench import hookspecs
 from ichbench.plugins import Plugins
 

@@ -327,3 +327,15 @@ def test_cam_layer_and_final_linear_are_found_generically():
         BuildOptions(in_chans=1, pretrained=False)).model.eval()
     assert cam_layer(tiny, x) is tiny.conv4
     assert embed(tiny, torch.rand(5, 1, 32, 32)).shape == (5, 64)
+
+
+def test_app_reports_an_unknown_run_as_one_error_line(env, capsys):
+    from ichbench.cli.app import main
+    from ichbench.errors import ExitCode
+
+    _, store, _ = env
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "nope", "--db", str(store.path)])
+    assert exit_info.value.code == ExitCode.STORE
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: Unknown run 'nope'")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ichbench_plugins.strategies as builtin_strategies
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ichbench_plugins.strategies as builtin_strategies
 from ichbench.augment import AugmentConfig, augment_batch
 from ichbench.errors import UsageError
 from ichbench.interfaces import SliceDataset, StrategyContext, TrainPlan

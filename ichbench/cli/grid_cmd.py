@@ -1,5 +1,10 @@
 """`ichbench grid`: run every configuration of a grid, skip what the store already has,
-rank by mean validation F1 (the study's selection rule)."""
+rank by mean validation F1 (the study's selection rule).
+
+Trials, one per (configuration, fold), run in this process (`--executor local`, one
+configuration after the other) or over a Ray cluster (`--executor ray`); either way this
+process alone writes the store.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ichbench.cli.common import err, out
 from ichbench.config import RunConfig
+from ichbench.events import Event
+
+EXECUTORS = ("local", "ray")
 
 
 def register(app: typer.Typer) -> None:
@@ -26,26 +35,38 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="A grid TOML file, e.g. "
                                     "benchmarks/paper_grid.toml (its axes add to the options')."),
         data: str = typer.Option("synthetic", "--data"),
-        preset: str = typer.Option("auto", "--preset"),
+        preset: str = typer.Option("auto", "--preset", help="auto: paper where trials get a "
+                                   "GPU, quick otherwise."),
         epochs: int = typer.Option(None, "--epochs"),
         image_size: int = typer.Option(None, "--image-size"),
         folds: int = typer.Option(5, "--folds"),
         seed: int = typer.Option(0, "--seed"),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]; with "
+                                   "--executor ray, cpu keeps trials off the cluster's GPUs."),
         db: Path = typer.Option(None, "--db"),
-        executor: str = typer.Option("local", "--executor", help="local (one process)."),
+        executor: str = typer.Option("local", "--executor", help="local (this process, one "
+                                     "trial at a time) or ray (trials over a Ray cluster, one "
+                                     "GPU each where it has GPUs; needs ichbench[ray])."),
+        address: str = typer.Option(None, "--address", help="With --executor ray: the cluster "
+                                    "to join, 'auto' (started with `ray start`) or HOST:PORT; "
+                                    "default: a local Ray instance."),
+        cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="With --executor "
+                                             "ray: CPUs (and torch threads) each trial takes."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the configurations only."),
     ) -> None:
         """Run the cartesian product of the given options; rank by mean validation F1."""
-        from ichbench.cli.progress import RunProgress
         from ichbench.errors import UsageError
+        from ichbench.executors import import_ray, make_executor
         from ichbench.grid import Grid, axes_from_options, load_toml
         from ichbench.paths import default_db
-        from ichbench.runner import Runner
         from ichbench.store import Store
 
-        if executor != "local":
-            raise UsageError(f"--executor {executor!r}: only 'local' is available")
+        if executor not in EXECUTORS:
+            raise UsageError(f"--executor {executor!r}: expected {' or '.join(EXECUTORS)}")
+        if address and executor != "ray":
+            raise UsageError("--address is only for --executor ray")
+        if executor == "ray":
+            import_ray()  # fail before any work when the extra is missing
         axes = axes_from_options(strategy, weight, backbone)
         fixed: dict = {}
         if config:
@@ -64,20 +85,108 @@ def register(app: typer.Typer) -> None:
                 out.print(" ".join(_describe(cfg)))
             return
         store = Store(db or default_db())
-        for i, cfg in enumerate(configs, start=1):
-            label = " ".join(_describe(cfg))
-            with RunProgress() as progress:
-                runner = Runner(cfg, store, observers=[progress], grid_id=plan.grid_id)
-                dataset = runner.load_data()
-                existing = [r for r in store.runs_with_config(runner.cfg.hash)
-                            if r["dataset_hash"] == dataset.dataset_hash]
-                if existing and existing[0]["status"] == "finished":
-                    err.print(f"[{i}/{len(configs)}] {label}: already finished as "
-                              f"{existing[0]['run_id']}")
-                    continue
-                err.print(f"[{i}/{len(configs)}] {label}")
-                runner.run(resume=existing[0]["run_id"] if existing else None, dataset=dataset)
+        trials = make_executor(executor, address, device=device, cpus_per_trial=cpus_per_trial)
+        try:
+            if executor == "local":
+                _run_local(trials, configs, store, plan.grid_id)
+            else:
+                err.print(trials.describe())
+                _run_distributed(trials, configs, store, plan.grid_id)
+        finally:
+            trials.close()
         _print_ranking(store, plan.grid_id, configs)
+
+
+def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
+    """One configuration after the other, with the progress bars of `ichbench run`."""
+    from ichbench.cli.progress import RunProgress
+    from ichbench.executors import plan_job, run_jobs
+
+    for i, cfg in enumerate(configs, start=1):
+        label = f"[{i}/{len(configs)}] {' '.join(_describe(cfg))}"
+        with RunProgress() as progress:
+            runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
+            job = plan_job(runner)
+            if isinstance(job, str):
+                err.print(f"{label}: already finished as {job}")
+                continue
+            err.print(label)
+            for _ in run_jobs([job], executor):
+                pass
+
+
+def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) -> None:
+    """Every configuration's run prepared here first, then all their trials in flight at
+    once; a line per fold and per run as results come back."""
+    from ichbench.executors import plan_job, run_jobs
+
+    # the driver trains nothing: its own device is the CPU, the trials' is the cluster's
+    configs = [replace(_preset_for(cfg, executor.device), device="cpu") for cfg in configs]
+    labels = [" ".join(_describe(cfg)) for cfg in configs]
+    with _GridProgress() as progress:
+        jobs, job_labels = [], []
+        for i, cfg in enumerate(configs):
+            runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
+            job = plan_job(runner)
+            if isinstance(job, str):
+                err.print(f"[{i + 1}/{len(configs)}] {labels[i]}: already finished as {job}")
+                continue
+            jobs.append(job)
+            job_labels.append(labels[i])
+        progress.start_trials(sum(len(j.folds) for j in jobs))
+
+        def on_trial(index: int, record) -> None:
+            test_f1 = next((m.f1 for m in record.metrics
+                            if m.split == "test" and m.scope == "slice"), None)
+            progress.trial_done(f"{job_labels[index]} fold {record.fold}: threshold "
+                                f"{record.threshold:.2f}, val F1 {float(record.curve.max()):.3f}, "
+                                f"test F1 {_fmt(test_f1)} ({record.wall_s:.1f} s)")
+
+        for result in run_jobs(jobs, executor, on_trial=on_trial):
+            err.print(f"Finished [bold]{result.run_id}[/]: voting threshold "
+                      f"{result.threshold:.2f}")
+
+
+def _preset_for(cfg: RunConfig, trial_device: str) -> RunConfig:
+    """`--preset auto` follows the device the trials get, not the driver's."""
+    if cfg.preset != "auto":
+        return cfg
+    return replace(cfg, preset="paper" if trial_device == "cuda" else "quick")
+
+
+class _GridProgress:
+    """Preprocessing and trial bars on stderr for a distributed grid."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+        self.data_task = None
+        self.trial_task = None
+
+    def __enter__(self) -> _GridProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        d = event.data
+        if event.kind == "data_progress":
+            if self.data_task is None:
+                self.data_task = self.progress.add_task("Preprocessing", total=d["total"])
+            self.progress.update(self.data_task, completed=d["done"])
+        elif event.kind == "run_started" and d["resumed"]:
+            err.print(f"Resuming [bold]{d['run_id']}[/] (folds {d['finished']} kept)")
+        elif event.kind == "warning":
+            err.print(f"[yellow]Warning:[/] {d['message']}")
+
+    def start_trials(self, total: int) -> None:
+        self.trial_task = self.progress.add_task("Trials", total=total)
+
+    def trial_done(self, line: str) -> None:
+        err.print(f"  {line}")
+        self.progress.advance(self.trial_task)
 
 
 def _describe(cfg: RunConfig) -> list[str]:

@@ -329,7 +329,7 @@ def _strip_section(data: RunData, ctx: _Context, section: Section) -> None:
     section.figure = _figure(
         fig, "Per-patient strip",
         "One row per test patient, slices in order. Colour: the vote's probability of ICH; "
-        "triangles: slices labelled ICH; white squares: slices flagged at the voting "
+        "triangles: slices labelled ICH; outlined squares: slices flagged at the voting "
         f"threshold ({thr:.2f}). Beside each row: the patient's label → the decision of "
         f"the patient rule ({data.run.get('patient_rule') or 'any'}); green when correct, "
         "red when not.")
@@ -450,13 +450,14 @@ def _vote_probs(data: RunData) -> dict[tuple[int, int], float]:
             zip(p["patient_id"], p["slice"], p["prob"], strict=True)}
 
 
-def _cam_rows(dataset, data: RunData, probs: dict, n: int) -> list[int]:
-    """Test ICH slices to explain: the most confident ones and, for honesty, the least
-    confident ones, at most two per patient so one patient does not fill the page."""
+def _cam_rows(dataset, data: RunData, probs: dict, n: int) -> tuple[list[int], str]:
+    """Test ICH slices to explain, at most two per patient so one patient does not fill
+    the page: the most confident ones and, for honesty, the least confident ones.
+    Returns the rows and how they were chosen, in words for the caption."""
     rows = np.flatnonzero(np.isin(dataset.patient_ids, data.test_patients)
                           & (dataset.labels == 1))
     if not len(rows):
-        return []
+        return [], ""
 
     def score(r: int) -> float:
         key = (int(dataset.patient_ids[r]), int(dataset.slice_numbers[r]))
@@ -473,10 +474,14 @@ def _cam_rows(dataset, data: RunData, probs: dict, n: int) -> list[int]:
         if per_patient.get(pid, 0) < 2:
             capped.append(r)
             per_patient[pid] = per_patient.get(pid, 0) + 1
+    order = "by vote probability" if probs else "by lesion size"
     if len(capped) <= n:
-        return capped
+        return capped, f"all {len(capped)} test ICH slices allowed by that cap, {order}"
     low = n // 4 if probs else 0
-    return capped[:n - low] + (capped[-low:] if low else [])
+    if not low:
+        return capped[:n], f"the first {n} test ICH slices {order}"
+    return (capped[:n - low] + capped[-low:],
+            f"the {n - low} most and the {low} least confident test ICH slices")
 
 
 def _gradcam_section(data: RunData, dataset, problem, models, ctx: _Context,
@@ -488,7 +493,7 @@ def _gradcam_section(data: RunData, dataset, problem, models, ctx: _Context,
     if dataset is None or models is None or not models.any:
         return
     probs = _vote_probs(data)
-    rows = _cam_rows(dataset, data, probs, ctx.options.cam_slices)
+    rows, chosen = _cam_rows(dataset, data, probs, ctx.options.cam_slices)
     if not rows:
         section.notes.append("The test set has no ICH slice to explain.")
         return
@@ -504,7 +509,7 @@ def _gradcam_section(data: RunData, dataset, problem, models, ctx: _Context,
     for i, r in enumerate(rows):
         pid, sl = int(dataset.patient_ids[r]), int(dataset.slice_numbers[r])
         prob = probs.get((pid, sl))
-        hit = prob is not None and thr is not None and prob >= thr
+        hit = None if prob is None or thr is None else bool(prob >= thr)
         if prob is None:
             sub = "vote probability n/a"
         else:
@@ -519,13 +524,12 @@ def _gradcam_section(data: RunData, dataset, problem, models, ctx: _Context,
                                        f"{folds}")
     mask_note = ("the ground-truth hemorrhage mask is outlined in cyan" if dataset.masks
                  is not None else "this dataset has no masks to outline")
-    chosen = ("the most confident test ICH slices and the least confident ones"
-              if probs else "test ICH slices")
     section.figure = _figure(
         fig, "Grad-CAM",
         f"Grad-CAM (pytorch-grad-cam) of the ICH logit, averaged over the fold models "
-        f"that the vote combines, on {chosen} (at most two per patient); {mask_note}. "
-        "Left: the CT (first window); right: the heat map over it.")
+        f"that the vote combines. Slices: at most two per test patient; {chosen}. "
+        f"{mask_note.capitalize()}. Left: the CT (first window); right: the heat map over "
+        "it. Titles: the vote's probability, green when flagged at the voting threshold.")
 
 
 def _tsne_section(data: RunData, dataset, problem, models, ctx: _Context,

@@ -48,9 +48,15 @@ def embed(model: nn.Module, x: torch.Tensor, batch: int = 64) -> np.ndarray:
 
 def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """Two-dimensional t-SNE; features are first reduced to 50 principal components when
-    wider (the usual practice: faster and less noisy)."""
+    wider (the usual practice: faster and less noisy).
+
+    Runs on one thread: for the few hundred to few thousand test slices of a report it
+    takes seconds, while OpenMP's busy-waiting threads on a machine already loaded (a
+    training run beside it) made it ten times slower in measurement.
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(features, dtype=np.float64)
     n = len(x)
@@ -59,8 +65,9 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
     if x.shape[1] > 50 and n > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=seed).fit_transform(x)
+    with threadpool_limits(limits=1):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                    random_state=seed).fit_transform(x)
 
 
 def separation(features: np.ndarray, labels: np.ndarray) -> float | None:

@@ -108,6 +108,7 @@ def distribution_figure(labels: np.ndarray, patient_ids: np.ndarray, positions: 
         ax.set_xticks(x, ["Healthy", "ICH"])
         ax.set_title(title)
         ax.set_ylabel(f"Number of {unit}")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.margins(y=0.15)
         ax.legend(handles=[Patch(facecolor="grey", alpha=a, edgecolor="black", label=n)
                            for n, _, a in groups], loc="upper right")
@@ -123,6 +124,7 @@ def distribution_figure(labels: np.ndarray, patient_ids: np.ndarray, positions: 
     axes[2].set_ylabel("Number of ICH slices")
     axes[2].set_title("ICH by relative slice position")
     axes[2].set_xticks(edges[::2])
+    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].margins(y=0.15)
     share = axes[2].twinx()
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -170,7 +172,9 @@ def threshold_figure(curves: dict[int, tuple[np.ndarray, np.ndarray]],
             text += f"\nmean F1 {peak:.2f}"
         ax.annotate(text, xy=(voting_threshold, peak if peak is not None else 0.5),
                     xytext=(12, 18), textcoords="offset points", fontsize=10,
-                    fontweight="bold", arrowprops=dict(arrowstyle="->", color=VOTE))
+                    fontweight="bold", arrowprops=dict(arrowstyle="->", color=VOTE),
+                    bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="none",
+                              alpha=0.85))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(True)
@@ -273,17 +277,17 @@ class CamPanel:
     mask: np.ndarray | None  # (H, W) 1 = hemorrhage
     title: str
     subtitle: str
-    hit: bool  # flagged at the voting threshold
+    hit: bool | None  # flagged at the voting threshold; None when there is no vote
 
 
-def gradcam_figure(panels: list[CamPanel], heading: str, columns: int = 4) -> Figure:
+def gradcam_figure(panels: list[CamPanel], heading: str, columns: int = 2) -> Figure:
     """Each slice twice: the CT alone, and the Grad-CAM heat map over it with the
     ground-truth mask outlined, so the reader can judge both the lesion and the map."""
     n = len(panels)
     cols = min(columns, n)
     rows = int(np.ceil(n / cols))
-    fig = new_figure(3.0 * 2 * cols, 3.3 * rows + 1.4)
-    body, foot = fig.subfigures(2, 1, height_ratios=[3.3 * rows, 0.9])
+    fig = new_figure(3.0 * 2 * cols, 3.3 * rows + 1.6)
+    body, foot = fig.subfigures(2, 1, height_ratios=[3.3 * rows, 1.1])
     grid = body.subfigures(rows, cols, squeeze=False)
     for k, panel in enumerate(panels):
         sub = grid[k // cols][k % cols]
@@ -303,7 +307,7 @@ def gradcam_figure(panels: list[CamPanel], heading: str, columns: int = 4) -> Fi
                 spine.set_visible(False)
         ax_ct.set_title("CT", fontsize=9.5, fontweight="normal")
         ax_cam.set_title("Grad-CAM", fontsize=9.5, fontweight="normal")
-        colour = "#1E7B34" if panel.hit else ICH
+        colour = {True: "#1E7B34", False: ICH}.get(panel.hit, VOTE)
         sub.suptitle(f"{panel.title}\n{panel.subtitle}", fontsize=10.5, color=colour,
                      fontweight="bold")
     for k in range(n, rows * cols):
@@ -311,9 +315,9 @@ def gradcam_figure(panels: list[CamPanel], heading: str, columns: int = 4) -> Fi
     handles = [Line2D([], [], color=MASK_COLOUR, linewidth=2, label="Ground-truth mask"),
                Patch(color="#1E7B34", label="Flagged at the voting threshold"),
                Patch(color=ICH, label="Missed")]
-    foot.legend(handles=handles, loc="center left", bbox_to_anchor=(0.03, 0.5), ncols=3)
+    foot.legend(handles=handles, loc="center left", bbox_to_anchor=(0.02, 0.5), ncols=1)
     if panels:
-        cax = foot.add_axes((0.62, 0.45, 0.3, 0.2))
+        cax = foot.add_axes((0.5, 0.5, 0.42, 0.16))
         scale = ScalarMappable(norm=Normalize(0, 1), cmap=CAM_CMAP)
         foot.colorbar(scale, cax=cax, orientation="horizontal",
                       label="Grad-CAM of the ICH class (0 = none, 1 = strongest)")
