@@ -298,18 +298,18 @@ class RayExecutor:
         per = "1 GPU" if self.gpus > 0 else f"{self.cpus_per_trial:g} CPU"
         return f"Ray cluster: {self._resources()}; {per} per trial"
 
-    def _task(self):
-        options: dict[str, Any] = {
+    def task_options(self) -> dict[str, Any]:
+        """Ray task options of a trial: its resources, and retries for lost workers only."""
+        return {
             "max_retries": self.max_retries,
             "retry_exceptions": node_loss_errors(self.ray),
             "num_cpus": self.cpus_per_trial,
             "num_gpus": 1 if self.gpus > 0 else 0,
         }
-        return self.ray.remote(run_trial).options(**options)
 
     def trials(self, jobs: Sequence[Job]) -> Iterator[TrialResult]:
         ray = self.ray
-        task = self._task()
+        task = ray.remote(run_trial).options(**self.task_options())
         pending: dict[Any, tuple[int, int]] = {}
         for i, job in enumerate(jobs):
             common = self._spec_fields(job)

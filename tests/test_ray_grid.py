@@ -11,12 +11,13 @@ import torch
 
 from ichbench.cli.app import main
 from ichbench.config import RunConfig
-from ichbench.errors import DataError, ExitCode
+from ichbench.errors import DataError, ExitCode, UsageError
 from ichbench.executors import (
     RAY_MISSING,
     LocalExecutor,
     RayExecutor,
     TrialSpec,
+    import_ray,
     plan_job,
     run_jobs,
 )
@@ -73,8 +74,12 @@ def test_grid_without_ray_says_how_to_get_it(monkeypatch, tmp_path, capsys):
         main(["grid", "--weight", "ich:1,4", "--executor", "ray", "--db",
               str(tmp_path / "runs.duckdb")])
     assert exit_info.value.code == ExitCode.USAGE
-    assert RAY_MISSING in " ".join(capsys.readouterr().err.split())
+    assert "--executor ray needs the ray extra: pip install" in capsys.readouterr().err
     assert not (tmp_path / "runs.duckdb").exists()  # refused before any work
+    with pytest.raises(UsageError) as error:
+        import_ray()
+    assert str(error.value) == RAY_MISSING == (
+        "--executor ray needs the ray extra: pip install 'ichbench[ray]'")
 
 
 def test_address_without_ray_executor_is_refused(tmp_path, capsys):
@@ -222,3 +227,37 @@ def test_cli_grid_over_ray_then_local_finds_it_finished(local_ray, grid_cache, t
     again = " ".join(capsys.readouterr().err.split())
     assert again.count("already finished as") == 2
     assert len(Store(db).list_runs()) == 2
+
+
+def _crash_once(marker: str) -> int:
+    """Kills its worker process the first time, as a node lost mid-trial would."""
+    import os
+    from pathlib import Path
+
+    path = Path(marker)
+    calls = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls == 1:
+        os._exit(1)
+    return calls
+
+
+def _data_error(marker: str) -> None:
+    from pathlib import Path
+
+    path = Path(marker)
+    path.write_text(str(int(path.read_text()) + 1 if path.exists() else 1))
+    raise DataError("bad data")
+
+
+@needs_ray
+def test_trials_lost_with_their_worker_are_retried_domain_errors_are_not(both_grids, tmp_path):
+    *_, executor = both_grids
+    options = executor.task_options()
+    assert options["num_gpus"] == 0 and options["max_retries"] >= 1
+    crash = ray.remote(_crash_once).options(**options)
+    assert ray.get(crash.remote(str(tmp_path / "crash"))) == 2
+    failing = ray.remote(_data_error).options(**options)
+    with pytest.raises(DataError):
+        ray.get(failing.remote(str(tmp_path / "error")))
+    assert (tmp_path / "error").read_text() == "1"
