@@ -229,35 +229,35 @@ def test_cli_grid_over_ray_then_local_finds_it_finished(local_ray, grid_cache, t
     assert len(Store(db).list_runs()) == 2
 
 
-def _crash_once(marker: str) -> int:
-    """Kills its worker process the first time, as a node lost mid-trial would."""
-    import os
-    from pathlib import Path
-
-    path = Path(marker)
-    calls = int(path.read_text()) + 1 if path.exists() else 1
-    path.write_text(str(calls))
-    if calls == 1:
-        os._exit(1)
-    return calls
-
-
-def _data_error(marker: str) -> None:
-    from pathlib import Path
-
-    path = Path(marker)
-    path.write_text(str(int(path.read_text()) + 1 if path.exists() else 1))
-    raise DataError("bad data")
-
 
 @needs_ray
 def test_trials_lost_with_their_worker_are_retried_domain_errors_are_not(both_grids, tmp_path):
+    # defined here so that Ray ships them by value: workers cannot import this test module
+    def crash_once(marker: str) -> int:
+        """Kills its worker process the first time, as a node lost mid-trial would."""
+        import os
+        from pathlib import Path
+
+        path = Path(marker)
+        calls = int(path.read_text()) + 1 if path.exists() else 1
+        path.write_text(str(calls))
+        if calls == 1:
+            os._exit(1)
+        return calls
+
+    def data_error(marker: str) -> None:
+        from pathlib import Path
+
+        from ichbench.errors import DataError
+
+        path = Path(marker)
+        path.write_text(str(int(path.read_text()) + 1 if path.exists() else 1))
+        raise DataError("bad data")
+
     *_, executor = both_grids
     options = executor.task_options()
     assert options["num_gpus"] == 0 and options["max_retries"] >= 1
-    crash = ray.remote(_crash_once).options(**options)
-    assert ray.get(crash.remote(str(tmp_path / "crash"))) == 2
-    failing = ray.remote(_data_error).options(**options)
+    assert ray.get(ray.remote(crash_once).options(**options).remote(str(tmp_path / "c"))) == 2
     with pytest.raises(DataError):
-        ray.get(failing.remote(str(tmp_path / "error")))
-    assert (tmp_path / "error").read_text() == "1"
+        ray.get(ray.remote(data_error).options(**options).remote(str(tmp_path / "e")))
+    assert (tmp_path / "e").read_text() == "1"
