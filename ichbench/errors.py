@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     DATA = 3
     PLUGIN = 4
     STORE = 5
+    SYSTEM = 6
     INTERRUPTED = 130
 
 

@@ -101,7 +101,12 @@ def run_jobs(jobs: Sequence[Job], executor: Executor,
     try:
         for i, job in enumerate(jobs):
             if not waiting[i]:  # every fold was already in the store
-                yield _finish(job, computed[i])
+                try:
+                    finished = _finish(job, computed[i])
+                except BaseException as exc:
+                    _tag(exc, i)
+                    raise
+                yield finished
         for result in executor.trials(jobs):
             job = jobs[result.job]
             try:

@@ -269,7 +269,8 @@ CASES = [
     Case("weight-zero", ExitCode.USAGE, ("ich", "0"), extra=("--weight", "ich:0")),
     Case("weight-unknown-class", ExitCode.USAGE, ("'bleed'",), extra=("--weight", "bleed:2")),
     Case("folds-more-than-patients", ExitCode.USAGE, ("--folds 10",), extra=("--folds", "10")),
-    Case("split-without-ich-patient", ExitCode.USAGE, ("lacks an ICH",), one_ich_patient),
+    Case("split-without-ich-patient", ExitCode.USAGE, ("1 ICH", "at least one ICH"),
+         one_ich_patient),
     Case("image-size-zero", ExitCode.USAGE, ("--image-size 0",), extra=("--image-size", "0")),
 ]
 
@@ -288,6 +289,16 @@ def case_data(case: Case, datasets: dict[str, Path], tmp_path: Path) -> Path:
     shutil.copytree(datasets[case.base], copy)
     case.damage(copy)
     return copy
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_never_creates_a_store(case, datasets, tmp_path, capsys):
+    data = case_data(case, datasets, tmp_path)
+    absent = tmp_path / "absent" / "runs.duckdb"
+    code, stderr = invoke(run_args(data, absent, *case.extra), capsys)
+    the_error_line(stderr)
+    assert code == case.code
+    assert not absent.parent.exists(), sorted(absent.parent.rglob("*"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -397,7 +408,7 @@ def test_disk_full_while_saving_a_checkpoint(db, tiny_synth_dir, monkeypatch, ca
     code, stderr = invoke(run_args(tiny_synth_dir, db), capsys)
     line = the_error_line(stderr)
     assert "No space left on device" in line, line
-    assert code == ExitCode.STORE, line
+    assert code == ExitCode.SYSTEM, line
     run_id = _new_run(db, before)
     rows = _run_rows(db, run_id)
     assert rows["status"] == "failed" and "No space left" in rows["error"]
@@ -442,7 +453,7 @@ def test_disk_full_while_preprocessing(db, tiny_synth_dir, monkeypatch, capsys):
     code, stderr = invoke(run_args(tiny_synth_dir, db), capsys)
     line = the_error_line(stderr)
     assert "No space left on device" in line, line
-    assert code in (ExitCode.DATA, ExitCode.STORE), line
+    assert code == ExitCode.SYSTEM, line
     assert snapshot(db) == before
     slices = Path(os.environ["ICHBENCH_CACHE"]) / "slices"
     assert (sorted(p.name for p in slices.iterdir()) if slices.is_dir() else []) == []

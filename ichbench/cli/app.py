@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
+    except OSError as exc:  # a full disk, a permission: the system said no
+        if os.environ.get("ICHBENCH_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        err.print(f"[bold red]Error:[/] {exc.strerror or exc}{where}", highlight=False,
+                  soft_wrap=True)
+        sys.exit(int(ExitCode.SYSTEM))
     except KeyboardInterrupt:
         err.print("[yellow]Interrupted.[/]")
         sys.exit(int(ExitCode.INTERRUPTED))

@@ -56,11 +56,13 @@ def register(app: typer.Typer) -> None:
         from ichbench.store import Store
         from ichbench.store.render import print_run_tables
 
-        store = Store(db or default_db())
+        db_path = db or default_db()
         if resume:
-            config = RunConfig.from_dict(store.get_run(resume)["config"])
-            resume = store.get_run(resume)["run_id"]
+            store = Store(db_path, create=False)
+            run = store.get_run(resume)
+            config, resume = RunConfig.from_dict(run["config"]), run["run_id"]
         else:
+            store = None  # opened once the inputs are known to be good
             config = RunConfig(
                 data=data, backbone=backbone, strategies=list(strategy), weights=list(weight),
                 ensemble=ensemble, patient_rule=patient_rule, folds=folds, test_size=test_size,
@@ -69,19 +71,28 @@ def register(app: typer.Typer) -> None:
                 weights_file=str(weights) if weights else None, pretrained=pretrained,
                 exclude=_parse_exclude(exclude), device=device,
             )
-        result = execute(config, store, resume=resume)
+        result, store = execute(config, store or db_path, resume=resume)
         print_run_tables(out, store, result.run_id)
         err.print(f"Stored as run [bold]{result.run_id}[/] in {store.path}")
 
 
 def execute(config: RunConfig, store, *, resume: str | None = None, grid_id: str | None = None):
-    """Run one configuration with progress bars; shared by `run` and `grid`."""
+    """Run one configuration with progress bars.
+
+    `store` may be a path: the store is then opened only after the configuration, the
+    plugins, the dataset and the split have been checked, so bad input never creates or
+    touches it.
+    """
     from ichbench.cli.progress import RunProgress
     from ichbench.runner import Runner
+    from ichbench.store import Store
 
     with RunProgress() as progress:
-        runner = Runner(config, store, observers=[progress], grid_id=grid_id)
-        return runner.run(resume=resume)
+        runner = Runner(config, None, observers=[progress], grid_id=grid_id)
+        dataset = runner.load_data()
+        runner.split_of(dataset)
+        runner.store = store if isinstance(store, Store) else Store(store)
+        return runner.run(resume=resume, dataset=dataset), runner.store
 
 
 def _parse_exclude(text: str) -> list[int]:

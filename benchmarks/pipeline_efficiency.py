@@ -1,0 +1,228 @@
+"""How close the real training loop comes to the bare cost of the model.
+
+pipeline throughput = training images per second of `ichbench.training.train_fold` on a
+`DeviceImages` of a synthetic dataset, with a plan whose rows are flagged for on-the-fly
+augmentation at a given fraction (default one half): batch indexing, uint8 → float,
+augmentation, normalisation, forward, loss, backward, Adam, the per-batch loss read-back
+and events. Only the training phase of each epoch is timed (from the epoch's start to its
+last batch), not the validation pass that follows it.
+
+bare throughput = the same network's forward + backward + Adam step on one batch already
+on the device and already preprocessed (same batch size, device, precision, memory format),
+measured before and after the pipeline and averaged.
+
+efficiency = pipeline / bare: the share of the model's own speed the loop delivers.
+
+    python benchmarks/pipeline_efficiency.py                     # tinycnn at 64 px, CPU
+    python benchmarks/pipeline_efficiency.py --backbone timm:resnet18 --image-size 96
+    python benchmarks/pipeline_efficiency.py --device cuda --backbone resnet50 \\
+        --image-size 224 --patients 80 [--compile]
+    python benchmarks/pipeline_efficiency.py --profile           # where the time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from _bench import command_line, machine, machine_line, md_table, synthetic, timed, write_result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="tinycnn", help="a backbone spec (tinycnn, "
+                   "timm:resnet18, efficientnet_lite0, resnet50, ...)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--patients", type=int, default=40, help="synthetic patients")
+    p.add_argument("--native", type=int, default=None, help="synthetic volume size "
+                   "(default: the image size)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3, help="epoch 1 is warm-up; the rest count")
+    p.add_argument("--augment-fraction", type=float, default=0.5)
+    p.add_argument("--bare-steps", type=int, default=None, help="timed bare steps (default: "
+                   "one epoch's worth of batches)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (both)")
+    p.add_argument("--profile", action="store_true", help="torch.profiler over pipeline "
+                   "batches: the top operators go into the Markdown summary")
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (default: a temp)")
+    p.add_argument("--name", default=None, help="output name (default from the settings)")
+    return p.parse_args(argv)
+
+
+def build(backbone: str, seed: int = 0) -> torch.nn.Module:
+    from ichbench.interfaces import BuildOptions
+    from ichbench.plugins import get_registry
+
+    torch.manual_seed(seed)
+    plugin = get_registry().create("backbone", backbone)
+    return plugin.build(BuildOptions(in_chans=1, pretrained=False)).model
+
+
+def prepare(model: torch.nn.Module, device: torch.device, compile_: bool) -> torch.nn.Module:
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile_ else model
+
+
+def make_plan(dataset, train_rows: np.ndarray, fraction: float, seed: int = 0):
+    from ichbench.interfaces import TrainPlan
+
+    rng = np.random.default_rng(seed)
+    flags = rng.random(len(train_rows)) < fraction
+    return TrainPlan(indices=train_rows.astype(np.int64), augment=flags, class_weights=(1.0, 4.0))
+
+
+def bare_throughput(model, data, settings, loss_fn, steps: int, warmup: int = 3) -> float:
+    """Images/s of forward + backward + Adam on a batch prepared once, outside the timing."""
+    from ichbench.training import _autocast, _logits
+
+    gen = torch.Generator().manual_seed(1)
+    index = torch.randint(0, len(data.labels), (settings.batch_size,), generator=gen)
+    index = index.to(data.device)
+    x = data.batch(index, None, settings, None)
+    y = data.labels[index]
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    model.train()
+
+    def step() -> None:
+        with _autocast(settings):
+            loss = loss_fn(_logits(model(x)).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    with timed(settings.cuda) as t:
+        for _ in range(steps):
+            step()
+    return steps * settings.batch_size / t.seconds
+
+
+class BatchClock:
+    """Observer of train_fold's events: when each epoch's training phase starts and ends."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.phases: dict[int, list[float]] = {}
+        self.batches: dict[int, int] = {}
+
+    def __call__(self, kind: str, **data) -> None:
+        now = time.perf_counter()
+        if kind == "batch_finished":
+            phase = self.phases.setdefault(data["epoch"], [self.start, now])
+            phase[1] = now
+            self.batches[data["epoch"]] = data["batch"]
+        elif kind == "epoch_finished":
+            self.start = now  # the next epoch starts after validation and the state copy
+
+
+def images_per_epoch(rows: int, batch: int) -> int:
+    """Samples train_fold actually steps on: a last batch of one is skipped (batch norm)."""
+    return rows - 1 if rows % batch == 1 and rows >= 2 else rows
+
+
+def profile_pipeline(model, plan, data, val_rows, settings, batches: int = 20) -> str:
+    """The top operators by self CPU (or CUDA) time over `batches` pipeline batches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ichbench.training import train_fold
+
+    rows = plan.indices[: batches * settings.batch_size]
+    small = plan.with_(indices=rows, augment=plan.augment[: len(rows)])
+    one = replace(settings, epochs=1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if settings.cuda else [])
+    with profile(activities=activities) as prof:
+        train_fold(model, small, data, val_rows, one, lambda *a, **k: None, 0)
+    key = "self_cuda_time_total" if settings.cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=25)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from ichbench.training import DeviceImages, TrainSettings, make_loss, train_fold
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="ichbench-bench-"))
+    native = args.native or args.image_size
+    with timed() as t_data:
+        dataset = synthetic(args.patients, native, args.image_size, cache)
+    patients = np.unique(dataset.patient_ids)
+    val_patients = patients[:2]  # a small validation pass: it is not what is measured
+    val_rows = np.flatnonzero(np.isin(dataset.patient_ids, val_patients))
+    train_rows = np.flatnonzero(~np.isin(dataset.patient_ids, val_patients))
+    plan = make_plan(dataset, train_rows, args.augment_fraction)
+    data = DeviceImages(dataset.images, dataset.labels, device)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
+                             patience=args.epochs + 1, seed=0, device=device)
+    loss_fn = make_loss(plan, device)
+    steps = args.bare_steps or max(10, len(train_rows) // args.batch_size)
+
+    bare_before = bare_throughput(prepare(build(args.backbone), device, args.compile), data,
+                                  settings, loss_fn, steps)
+    model = prepare(build(args.backbone), device, args.compile)
+    clock = BatchClock()
+    train_fold(model, plan, data, val_rows, settings, clock, 0)
+    bare_after = bare_throughput(prepare(build(args.backbone), device, args.compile), data,
+                                 settings, loss_fn, steps)
+    bare = (bare_before + bare_after) / 2
+
+    per_epoch = images_per_epoch(len(plan.indices), args.batch_size)
+    epochs = []
+    for epoch, (start, end) in sorted(clock.phases.items()):
+        epochs.append({"epoch": epoch, "train_s": end - start,
+                       "images_per_s": per_epoch / (end - start)})
+    counted = [e for e in epochs if e["epoch"] > 1] or epochs
+    pipeline = sum(per_epoch for _ in counted) / sum(e["train_s"] for e in counted)
+    result = {
+        "benchmark": "pipeline_efficiency", "command": command_line(),
+        "machine": machine(args.device),
+        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "native": native, "train_rows": int(len(plan.indices)),
+                     "augmented_rows": int(plan.augment.sum()), "val_rows": int(len(val_rows)),
+                     "bare_steps": steps, "dataset_load_s": round(t_data.seconds, 2)},
+        "bare_images_per_s": {"before": bare_before, "after": bare_after, "mean": bare},
+        "pipeline_images_per_s": pipeline,
+        "epochs": epochs,
+        "efficiency": pipeline / bare,
+    }
+    if args.profile:
+        result["profile"] = profile_pipeline(prepare(build(args.backbone), device, args.compile),
+                                             plan, data, val_rows, settings)
+    name = args.name or (f"pipeline_efficiency-{args.device}-{args.backbone.replace(':', '_')}"
+                         f"-{args.image_size}px" + ("-compiled" if args.compile else ""))
+    write_result(name, result, summary(result))
+    return result
+
+
+def summary(r: dict) -> str:
+    s = r["settings"]
+    rows = [[s["backbone"], f"{s['image_size']} px", s["batch_size"], r["machine"].get("gpu")
+             or "cpu", f"{r['pipeline_images_per_s']:.1f}",
+             f"{r['bare_images_per_s']['mean']:.1f} ({r['bare_images_per_s']['before']:.1f} / "
+             f"{r['bare_images_per_s']['after']:.1f})", f"**{r['efficiency']:.3f}**"]]
+    by_epoch = ", ".join(f"{e['images_per_s']:.1f}" for e in r["epochs"])
+    text = [f"## Pipeline efficiency: {s['backbone']} at {s['image_size']} px on {s['device']}",
+            "", f"`{r['command']}`", "", machine_line(r["machine"]), "",
+            md_table(["backbone", "size", "batch", "device", "pipeline img/s",
+                      "bare img/s (before / after)", "pipeline ÷ bare"], rows), "",
+            f"{s['train_rows']} training rows per epoch, {s['augmented_rows']} flagged for "
+            f"augmentation; epochs after the first counted "
+            f"({by_epoch} img/s by epoch)."]
+    if "profile" in r:
+        text += ["", "Top operators over 20 pipeline batches:", "", "```", r["profile"], "```"]
+    return "\n".join(text)
+
+
+if __name__ == "__main__":
+    main()
