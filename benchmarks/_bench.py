@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import sys
 import time
 from collections.abc import Iterable
@@ -136,4 +137,4 @@ def machine_line(info: dict[str, Any]) -> str:
 
 def command_line() -> str:
     """The command as run from the repository root."""
-    return " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}"] + sys.argv[1:])
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}"] + sys.argv[1:])

@@ -1,0 +1,50 @@
+"""The error boundary of the `ichbench` command: usage errors, domain errors, exit codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ichbench import __version__
+from ichbench.cli.app import main
+from ichbench.errors import ExitCode
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0  # success returns normally
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_version(capsys):
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and __version__ in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("report",), "Missing argument"),
+    (("run", "--bogus"), "No such option: --bogus"),
+    (("frobnicate",), "No such command"),
+])
+def test_usage_errors_exit_2_without_traceback(capsys, args, message):
+    code, _, err = run_main(capsys, *args)
+    assert code == ExitCode.USAGE
+    assert message in err and "Traceback" not in err
+
+
+def test_domain_error_is_one_line(capsys, tmp_path):
+    code, _, err = run_main(capsys, "run", "--strategy", "agument:2", "--db",
+                            str(tmp_path / "r.duckdb"))
+    assert code == ExitCode.PLUGIN
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["Error: Unknown strategy 'agument'. Did you mean 'augment'? Available: "
+                     "augment, bootstrap, undersample, weight"]
+    assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_bad_exclude_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run_main(capsys, "run", "--exclude", "58,x", "--db", str(tmp_path / "r.db"))
+    assert code == ExitCode.USAGE and "--exclude '58,x'" in err
