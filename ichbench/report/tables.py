@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ichbench.formatting import DASH, fmt, fmt_wall  # noqa: F401  (re-exported)
 from ichbench.records import METRIC_NAMES
 
-DASH = "–"
 HEADERS = {"sensitivity": "Sensitivity", "specificity": "Specificity",
            "precision": "Precision", "f1": "F1", "accuracy": "Accuracy", "auc": "AUC"}
 SHORT = {"sensitivity": "Sens", "specificity": "Spec", "precision": "Prec", "f1": "F1",
@@ -27,27 +27,6 @@ PAPER_NAME = "Hoseyni et al."
 
 
 # ---------------------------------------------------------------- formatting
-
-
-def fmt(value: float | None, lo: float | None = None, hi: float | None = None,
-        digits: int = 2) -> str:
-    """`0.91 [0.85–0.95]`; a dash for a metric that is undefined (NULL)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return DASH
-    text = f"{value:.{digits}f}"
-    if lo is not None and hi is not None:
-        text += f" [{lo:.{digits}f}{DASH}{hi:.{digits}f}]"
-    return text
-
-
-def fmt_wall(seconds: float | None) -> str:
-    if seconds is None:
-        return DASH
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
 
 
 def metric_cell(row: dict[str, Any], name: str) -> str:

@@ -19,35 +19,16 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from ichbench.formatting import DASH, fmt, fmt_wall  # noqa: F401  (re-exported)
 from ichbench.records import METRIC_NAMES
 from ichbench.store.baselines import HOSEYNI, TUNED
 
 if TYPE_CHECKING:
     from ichbench.store.store import Store
 
-DASH = "–"
 HEADERS = {"sensitivity": "Sens", "specificity": "Spec", "precision": "Prec", "f1": "F1",
            "accuracy": "Acc", "auc": "AUC"}
 FIVE = METRIC_NAMES[:5]  # what the literature reports: no AUC
-
-
-def fmt(value: float | None, lo: float | None = None, hi: float | None = None,
-        digits: int = 2) -> str:
-    """`0.91 [0.85–0.95]`; `–` for a metric that is undefined (NULL)."""
-    if value is None:
-        return DASH
-    text = f"{value:.{digits}f}"
-    if lo is not None and hi is not None:
-        text += f" [{lo:.{digits}f}{DASH}{hi:.{digits}f}]"
-    return text
-
-
-def fmt_wall(seconds: float | None) -> str:
-    if seconds is None:
-        return DASH
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def fmt_time(value: datetime | None) -> str:

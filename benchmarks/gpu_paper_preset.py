@@ -1,0 +1,179 @@
+"""The paper preset on a GPU: the full 5-fold protocol (ResNet50, 224 px, augment:3.3,
+ich:4, bf16 autocast, channels-last) on a synthetic dataset the size of the real one
+(80 patients, ~2,800 slices), with few epochs so that it fits a few minutes of GPU time.
+
+Reports the wall time and its split (data, training, evaluation, store), the training
+images per second of the real loop (training phase of each epoch, from the runner's
+batch events) and the bare bound of the same network (forward + backward + Adam on a
+batch already on the GPU), and their ratio. Initial weights are random: offline there are
+no ResNet50 ImageNet weights, and speed does not depend on them.
+
+    python benchmarks/gpu_paper_preset.py                     # on a CUDA machine, ~2-4 min
+    python benchmarks/gpu_paper_preset.py --epochs 3 --native 512
+    python benchmarks/gpu_paper_preset.py --smoke             # tiny, on CPU: the code works
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _bench import command_line, machine, machine_line, md_table, timed, write_result
+
+SMOKE = {"patients": 14, "native": 32, "image_size": 32, "epochs": 1, "folds": 2,
+         "batch_size": 16, "device": "cpu"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--patients", type=int, default=80)
+    p.add_argument("--native", type=int, default=256, help="generated volume size (real CT: "
+                   "512; 256 keeps generation short, the loader resizes to --image-size)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--bare-steps", type=int, default=50)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--smoke", action="store_true", help="tiny settings on the CPU: "
+                   + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
+    p.add_argument("--name", default=None)
+    args = p.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+    return args
+
+
+class Clock:
+    """Runner observer: the training phase of every epoch (start to last batch) and the
+    samples each fold trains on per epoch."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.last_batch: float | None = None
+        self.train_s = 0.0
+        self.images = 0
+        self.samples: dict[int, int] = {}
+        self.epochs_run: dict[int, int] = {}
+        self.folds: list[dict] = []
+
+    def __call__(self, event) -> None:
+        now = time.perf_counter()
+        d = event.data
+        if event.kind == "fold_started":
+            self.samples[d["fold"]] = int(d["train_samples"])
+            self.start = now
+        elif event.kind == "batch_finished":
+            self.last_batch = now
+        elif event.kind == "epoch_finished":
+            if self.last_batch is not None:
+                self.train_s += self.last_batch - self.start
+                self.images += self.samples[d["fold"]]
+            self.epochs_run[d["fold"]] = d["epoch"]
+            self.start = now
+            self.last_batch = None
+        elif event.kind == "fold_finished":
+            self.folds.append({k: d[k] for k in ("fold", "threshold", "val_f1", "test_f1",
+                                                 "wall_s")})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a network that is not there
+    import torch
+    from pipeline_efficiency import bare_throughput, build, prepare
+
+    from ichbench.config import RunConfig
+    from ichbench.runner import Runner
+    from ichbench.store import Store
+    from ichbench.training import DeviceImages, TrainSettings
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("No CUDA device here: run on a GPU machine, or use --smoke on the CPU")
+    work = Path(tempfile.mkdtemp(prefix="ichbench-gpu-"))
+    try:
+        config = RunConfig(data=f"synthetic:{args.patients},0,{args.native}", preset="paper",
+                           backbone=args.backbone, image_size=args.image_size,
+                           epochs=args.epochs, folds=args.folds, batch_size=args.batch_size,
+                           patience=args.epochs + 1, pretrained=False, device=args.device)
+        clock = Clock()
+        runner = Runner(config, Store(work / "runs.duckdb"), observers=[clock],
+                        cache_dir=work / "cache")
+        with timed() as t_gen:
+            runner.plugins.dataset.folder(work / "cache")  # generate the volumes first
+        device = torch.device(args.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with timed() as t_run:
+            result = runner.run()
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        dataset = runner.load_data()
+        data = DeviceImages(dataset.images, dataset.labels, device)
+        settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=runner.cfg.lr,
+                                 patience=2, seed=0, device=device)
+        loss = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 4.0], device=device))
+        bare = bare_throughput(prepare(build(args.backbone), device, False), data, settings,
+                               loss, args.bare_steps)
+        metrics = {f"{m.scope}": {"sensitivity": m.sensitivity, "specificity": m.specificity,
+                                  "f1": m.f1, "auc": m.auc}
+                   for m in result.vote.metrics if m.split == "test"}
+        run = runner.store.get_run(result.run_id)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    pipeline = clock.images / clock.train_s if clock.train_s else 0.0
+    out = {
+        "benchmark": "gpu_paper_preset", "command": command_line(),
+        "machine": machine(args.device),
+        "settings": {**vars(args), "strategies": runner.cfg.strategy_specs(),
+                     "preset": runner.cfg.preset, "lr": runner.cfg.lr},
+        "slices": len(dataset), "patients": len(set(dataset.patient_ids.tolist())),
+        "generate_s": t_gen.seconds, "run_wall_s": t_run.seconds,
+        "timings": result.timings, "trained_images": clock.images,
+        "train_phase_s": clock.train_s, "pipeline_images_per_s": pipeline,
+        "bare_images_per_s": bare, "efficiency": pipeline / bare if bare else None,
+        "epochs_run": clock.epochs_run, "folds": clock.folds, "vote_test": metrics,
+        "threshold": result.threshold, "device_label": run["device"],
+        "pretrained": run["pretrained"],
+    }
+    if peak_gib is not None:
+        out["peak_gpu_memory_gib"] = peak_gib
+    name = args.name or ("gpu_paper_preset-smoke" if args.smoke else "gpu_paper_preset")
+    write_result(name, out, summary(out))
+    return out
+
+
+def summary(r: dict) -> str:
+    s, t = r["settings"], r["timings"]
+    head = (f"## Paper preset, {s['folds']} folds × {s['epochs']} epochs: {s['backbone']} at "
+            f"{s['image_size']} px, {r['patients']} patients / {r['slices']} slices")
+    rows = [[f"{r['run_wall_s']:.1f} s", f"{t['data']:.1f}", f"{t['train']:.1f}",
+             f"{t['eval']:.1f}", f"{t['store']:.1f}", r["trained_images"],
+             f"{r['pipeline_images_per_s']:.0f}", f"{r['bare_images_per_s']:.0f}",
+             f"**{r['efficiency']:.3f}**" if r["efficiency"] else "–"]]
+    vote = [[scope, *(_fmt(m[k]) for k in ("sensitivity", "specificity", "f1", "auc"))]
+            for scope, m in sorted(r["vote_test"].items())]
+    return "\n".join([
+        head, "", f"`{r['command']}`", "", machine_line(r["machine"]), "",
+        f"Device recorded: {r['device_label']}; strategies {', '.join(s['strategies'])}; "
+        f"generation of the volumes {r['generate_s']:.1f} s (not in the run)."
+        + (f" Peak GPU memory of the run {r['peak_gpu_memory_gib']:.1f} GiB."
+           if "peak_gpu_memory_gib" in r else ""), "",
+        md_table(["run wall", "data s", "train s", "eval s", "store s", "trained images",
+                  "loop img/s", "bare img/s", "loop ÷ bare"], rows), "",
+        "Vote on the test set (random initial weights, few epochs: a smoke figure, not a "
+        "result):", "", md_table(["scope", "sensitivity", "specificity", "F1", "AUC"], vote),
+    ])
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    main()
