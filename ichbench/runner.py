@@ -228,6 +228,9 @@ class Runner:
         record.checkpoint = self._save_checkpoint(run_id, record.fold, state)
         self.store.write_fold(run_id, record)
         self.timings["store"] += time.perf_counter() - t
+        test_f1 = next(m.f1 for m in record.metrics if m.split == "test" and m.scope == "slice")
+        self.emit("fold_finished", fold=record.fold, threshold=record.threshold,
+                  val_f1=float(record.curve.max()), test_f1=test_f1, wall_s=record.wall_s)
         return record
 
     def finish(self, prepared: Prepared, folds: dict[int, FoldRecord]) -> RunResult:
@@ -320,9 +323,6 @@ class Runner:
             wall_s=time.perf_counter() - started, curve=curve, metrics=metrics,
             predictions=predictions, epochs=history,
         )
-        test_f1 = next(m.f1 for m in metrics if m.split == "test" and m.scope == "slice")
-        self.emit("fold_finished", fold=fold.index, threshold=threshold,
-                  val_f1=float(curve.max()), test_f1=test_f1, wall_s=record.wall_s)
         return record, state
 
     def _metrics(self, model: str, fold: int | None, split_name: str, threshold: float,
@@ -379,10 +379,14 @@ class Runner:
         final = folder / f"fold{fold}.pt"
         tmp = folder / f".fold{fold}.pt.tmp-{os.getpid()}"
         in_chans = len(self.cfg.windows)
-        torch.save({"state_dict": state, "backbone": self.cfg.backbone, "in_chans": in_chans,
-                    "image_size": self.cfg.image_size, "windows": list(self.cfg.windows),
-                    "fold": fold}, tmp)
-        os.replace(tmp, final)
+        try:
+            torch.save({"state_dict": state, "backbone": self.cfg.backbone,
+                        "in_chans": in_chans, "image_size": self.cfg.image_size,
+                        "windows": list(self.cfg.windows), "fold": fold}, tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a partial file on a full disk is only in the way
+            raise
         return final.name
 
 

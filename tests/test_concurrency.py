@@ -52,10 +52,16 @@ def crowd(tmp_path_factory):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env) for seed in range(WRITERS)]
     reads: list[subprocess.CompletedProcess] = []
-    while any(w.poll() is None for w in writers) or len(reads) < 2:
-        reads.append(ichbench(["sql", "--json", "SELECT count(*) AS n FROM folds"], env))
-        reads.append(ichbench(["runs", "--json"], env))
-    outcomes = [(w.returncode, *w.communicate(timeout=600)) for w in writers]
+    try:
+        while any(w.poll() is None for w in writers) or len(reads) < 2:
+            reads.append(ichbench(["sql", "--json", "SELECT count(*) AS n FROM folds"], env))
+            reads.append(ichbench(["runs", "--json"], env))
+        outcomes = [(w.returncode, *w.communicate(timeout=600)) for w in writers]
+    finally:
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait(timeout=60)
     return Path(env["ICHBENCH_DB"]), outcomes, reads
 
 

@@ -176,6 +176,12 @@ class Cli:
         self._pump.join(timeout=60)
         assert self.proc.returncode == -signal.SIGKILL
 
+    def stop(self) -> None:
+        """Kill the process if it still runs (a failed test leaves nothing behind)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=60)
+
     def finish(self) -> int:
         self.proc.wait(timeout=WAIT_S)
         self._pump.join(timeout=60)
@@ -185,8 +191,11 @@ class Cli:
 def run_to_park(args: list[str], env: dict[str, str], park: str, script: Path) -> Cli:
     """Start the CLI parked at `park`, wait until it is there, SIGKILL it."""
     cli = Cli(args, env, park=park, script=script)
-    cli.wait_line(lambda line: line.startswith(f"PARKED {park}"))
-    cli.kill()
+    try:
+        cli.wait_line(lambda line: line.startswith(f"PARKED {park}"))
+        cli.kill()
+    finally:
+        cli.stop()
     return cli
 
 
@@ -382,6 +391,14 @@ def scenario(tmp_path_factory) -> Scenario:
     env = cli_env(root)
     ref_env = cli_env(root / "ref")
     reference = Cli(["run", *TINY], ref_env)
+    try:
+        return _kill_and_resume(env, script, reference, ref_env)
+    finally:
+        reference.stop()
+
+
+def _kill_and_resume(env: dict[str, str], script: Path, reference: Cli,
+                     ref_env: dict[str, str]) -> Scenario:
     cache = Path(env["ICHBENCH_CACHE"])
     steps: dict[str, Step] = {}
 
@@ -394,10 +411,16 @@ def scenario(tmp_path_factory) -> Scenario:
     steps["preprocess"].extra["valid_entries"] = valid_cache_entries(cache)
 
     cli = Cli(["run", *TINY], env)  # the plain CLI, killed when it reports fold 0
-    run_id = run_id_of(cli)
-    cli.wait_line(lambda s: s.startswith("  fold 0:"))
-    cli.kill()
+    try:
+        run_id = run_id_of(cli)
+        cli.wait_line(lambda s: s.startswith("  fold 0:"))
+        cli.kill()
+    finally:
+        cli.stop()
     steps["fold0"] = _after("fold0", cli, env, run_id)
+    steps["fold0"].extra["temps"] = sorted(
+        f"{d}/{p.name}" for d in ("synthetic", "slices") for p in (cache / d).iterdir()
+        if ".tmp-" in p.name)
 
     resume = ["run", "--resume", run_id]
     for name, park in (("fold1-training", "event:epoch_finished:fold=1,epoch=1"),
@@ -432,6 +455,11 @@ def test_kill_while_preprocessing_leaves_no_valid_cache_entry(scenario):
 def test_rerun_after_early_kills_starts_a_run_and_finishes_it(scenario):
     assert list(scenario.steps["fold0"].status) == [scenario.run_id]
     assert scenario.steps["final"].extra["rc"] == 0, scenario.steps["final"].stderr
+
+
+def test_rerun_reclaims_the_temp_folders_of_killed_builds(scenario):
+    """Temp folders are never read, but on a nearly full disk they must not pile up."""
+    assert scenario.steps["fold0"].extra["temps"] == []
 
 
 def test_killed_run_is_listed_running_never_finished(scenario):

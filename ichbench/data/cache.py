@@ -123,7 +123,7 @@ def open_entry(folder: Path, *, name: str, source: str) -> SliceDataset:
     )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -140,7 +140,7 @@ def _remove_dead_temps(entry: Path) -> None:
             pid = int(tmp.name[len(entry.name) + len(_TMP):].split("-")[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

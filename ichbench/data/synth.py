@@ -353,6 +353,7 @@ def generate(out: Path, patients: int = 40, seed: int = 0, size: int = 128, *,
             raise UsageError(f"Refusing to replace {out}: it does not look like a generated "
                              "dataset")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         summary = _write_dataset(tmp, patients, seed, size, progress)
@@ -361,6 +362,16 @@ def generate(out: Path, patients: int = 40, seed: int = 0, size: int = 128, *,
         shutil.rmtree(tmp, ignore_errors=True)
     summary.out = out
     return summary
+
+
+def _remove_dead_temps(out: Path) -> None:
+    """Temp folders of generators that were killed are never read; reclaim their space."""
+    from ichbench.data.cache import pid_alive
+
+    for old in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = old.name[len(f".{out.name}.tmp-"):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _looks_generated(folder: Path) -> bool:

@@ -421,8 +421,10 @@ def _store_slices(data: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _load_models(data: RunData, ctx: _Context):
     from ichbench.report.cam import load_fold_models, report_device
 
-    return load_fold_models(ctx.db, data.run_id, data.fold_indices, ctx.registry,
-                            report_device())
+    # only folds whose rows are in the store: a checkpoint renamed into place just before
+    # a crash belongs to no recorded fold and must not be shown as one
+    recorded = sorted(f["fold"] for f in data.folds if f["status"] == "finished")
+    return load_fold_models(ctx.db, data.run_id, recorded, ctx.registry, report_device())
 
 
 def _model_notes(data: RunData, models, dataset, problem: str | None,
