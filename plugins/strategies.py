@@ -25,8 +25,8 @@ from ichbench.spec import Spec, expect_args, parse_float
 CLASSES = ("healthy", "ich")  # index order of TrainPlan.class_weights
 
 WEIGHT_FORM = "weight:CLASS,W (from --weight CLASS:W) with CLASS ich or healthy and W > 0"
-AUGMENT_FORM = "augment:R with R > 1"
-BOOTSTRAP_FORM = "bootstrap:R with R > 1"
+AUGMENT_FORM = "augment:R with R >= 1 (1 adds nothing)"
+BOOTSTRAP_FORM = "bootstrap:R with R >= 1 (1 adds nothing)"
 UNDERSAMPLE_FORM = "undersample:R with R > 0 (healthy samples kept per ICH sample)"
 
 
@@ -117,13 +117,13 @@ class Oversample:
 
 def augment_factory(spec: Spec) -> Oversample:
     (value,) = expect_args(spec, 1, AUGMENT_FORM)
-    ratio = parse_float(spec, value, form=AUGMENT_FORM, minimum=1.0, exclusive_minimum=True)
+    ratio = parse_float(spec, value, form=AUGMENT_FORM, minimum=1.0)
     return Oversample(spec.name, ratio, transform=True)
 
 
 def bootstrap_factory(spec: Spec) -> Oversample:
     (value,) = expect_args(spec, 1, BOOTSTRAP_FORM)
-    ratio = parse_float(spec, value, form=BOOTSTRAP_FORM, minimum=1.0, exclusive_minimum=True)
+    ratio = parse_float(spec, value, form=BOOTSTRAP_FORM, minimum=1.0)
     return Oversample(spec.name, ratio, transform=False)
 
 
@@ -167,10 +167,10 @@ def register_strategies(register):
              help="Class weight in the loss: --weight ich:W or --weight healthy:W (W > 0).")
     register("augment", augment_factory,
              help="augment:R — add transformed ICH copies, drawn by the bleeding-position "
-                  "histogram, until ICH samples are R times as many (R > 1; paper: 3.3).")
+                  "histogram, until ICH samples are R times as many (R >= 1; paper: 3.3).")
     register("bootstrap", bootstrap_factory,
              help="bootstrap:R — like augment but untransformed resampling with replacement "
-                  "(R > 1).")
+                  "(R >= 1).")
     register("undersample", undersample_factory,
              help="undersample:R — drop healthy slices, rarest bleeding positions first, "
                   "until healthy = R × ICH (R > 0).")

@@ -196,13 +196,13 @@ def test_composition_runs_in_order_and_records_each_step(registry):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("augment:abc", "augment: 'abc' is not a number; expected augment:R with R > 1"),
-    ("augment:1", "augment: 1 must be > 1; expected augment:R"),
-    ("augment:-2", "augment: -2 must be > 1"),
+    ("augment:abc", "augment: 'abc' is not a number; expected augment:R with R >= 1"),
+    ("augment:0.9", "augment: 0.9 must be >= 1; expected augment:R"),
+    ("augment:-2", "augment: -2 must be >= 1"),
     ("augment", "augment: got 'augment'; expected augment:R"),
     ("augment:2,3", "expected augment:R"),
     ("bootstrap:nan", "bootstrap: 'nan' is not a finite number"),
-    ("bootstrap:0.5", "bootstrap: 0.5 must be > 1"),
+    ("bootstrap:0.5", "bootstrap: 0.5 must be >= 1"),
     ("undersample:0", "undersample: 0 must be > 0"),
     ("undersample:-0.5", "undersample: -0.5 must be > 0"),
     ("undersample:x", "undersample: 'x' is not a number"),
