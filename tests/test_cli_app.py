@@ -48,3 +48,29 @@ def test_domain_error_is_one_line(capsys, tmp_path):
 def test_bad_exclude_is_a_usage_error(capsys, tmp_path):
     code, _, err = run_main(capsys, "run", "--exclude", "58,x", "--db", str(tmp_path / "r.db"))
     assert code == ExitCode.USAGE and "--exclude '58,x'" in err
+
+
+def test_sigterm_marks_a_run_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ichbench.store import Store
+
+    db = tmp_path / "runs.duckdb"
+    env = {**os.environ, "ICHBENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ichbench", "run", "--data", "synthetic:14,1,32", "--backbone",
+         "tinycnn", "--folds", "3", "--epochs", "500", "--patience", "500", "--image-size", "32",
+         "--db", str(db)], stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # wait until the run exists in the store
+        if "Run 20" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.INTERRUPTED, rest
+    (run,) = Store(db, create=False).list_runs()
+    assert run["status"] == "interrupted"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
 
@@ -47,11 +49,19 @@ def create_app() -> typer.Typer:
     return app
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # a scheduler's SIGTERM marks the run interrupted, like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: domain errors become one `Error: ...` line and a documented exit code."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     app = create_app()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)  # click turns Ctrl-C (and so SIGTERM) into a returned 130
     except IchbenchError as exc:
         if os.environ.get("ICHBENCH_DEBUG"):
             raise
