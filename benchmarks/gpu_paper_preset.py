@@ -63,6 +63,13 @@ class Clock:
         self.samples: dict[int, int] = {}
         self.epochs_run: dict[int, int] = {}
         self.folds: list[dict] = []
+        self.phases: list[dict] = []
+
+    def steady_rate(self) -> float | None:
+        """Images/s over the epochs after each fold's first (which pays the warm-up)."""
+        later = [p for p in self.phases if p["epoch"] > 1]
+        seconds = sum(p["train_s"] for p in later)
+        return sum(p["images"] for p in later) / seconds if seconds else None
 
     def __call__(self, event) -> None:
         d = event.data
@@ -78,8 +85,11 @@ class Clock:
             self.last_batch = now
         elif event.kind == "epoch_finished":
             if self.last_batch is not None:
-                self.train_s += self.last_batch - self.start
+                seconds = self.last_batch - self.start
+                self.train_s += seconds
                 self.images += self.samples[d["fold"]]
+                self.phases.append({"fold": d["fold"], "epoch": d["epoch"], "train_s": seconds,
+                                    "images": self.samples[d["fold"]]})
             self.epochs_run[d["fold"]] = d["epoch"]
             self.start = now
             self.last_batch = None
@@ -142,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         "timings": result.timings, "trained_images": clock.images,
         "train_phase_s": clock.train_s, "pipeline_images_per_s": pipeline,
         "bare_images_per_s": bare, "efficiency": pipeline / bare if bare else None,
+        "steady_images_per_s": clock.steady_rate(), "epoch_phases": clock.phases,
         "epochs_run": clock.epochs_run, "folds": clock.folds, "vote_test": metrics,
         "threshold": result.threshold, "device_label": run["device"],
         "pretrained": run["pretrained"],
@@ -160,7 +171,9 @@ def summary(r: dict) -> str:
     rows = [[f"{r['run_wall_s']:.1f} s", f"{t['data']:.1f}", f"{t['train']:.1f}",
              f"{t['eval']:.1f}", f"{t['store']:.1f}", r["trained_images"],
              f"{r['pipeline_images_per_s']:.0f}", f"{r['bare_images_per_s']:.0f}",
-             f"**{r['efficiency']:.3f}**" if r["efficiency"] else "–"]]
+             f"**{r['efficiency']:.3f}**" if r["efficiency"] else "–",
+             f"{r['steady_images_per_s'] / r['bare_images_per_s']:.3f}"
+             if r["steady_images_per_s"] else "–"]]
     vote = [[scope, *(_fmt(m[k]) for k in ("sensitivity", "specificity", "f1", "auc"))]
             for scope, m in sorted(r["vote_test"].items())]
     return "\n".join([
@@ -170,7 +183,8 @@ def summary(r: dict) -> str:
         + (f" Peak GPU memory of the run {r['peak_gpu_memory_gib']:.1f} GiB."
            if "peak_gpu_memory_gib" in r else ""), "",
         md_table(["run wall", "data s", "train s", "eval s", "store s", "trained images",
-                  "loop img/s", "bare img/s", "loop ÷ bare"], rows), "",
+                  "loop img/s", "bare img/s", "loop ÷ bare", "after warm-up epochs ÷ bare"],
+                 rows), "",
         "Vote on the test set (random initial weights, few epochs: a smoke figure, not a "
         "result):", "", md_table(["scope", "sensitivity", "specificity", "F1", "AUC"], vote),
     ])

@@ -136,6 +136,12 @@ def run_jobs(jobs: Sequence[Job], executor: Executor,
         raise
 
 
+def abandon(jobs: Sequence[Job], status: str = "interrupted") -> None:
+    """Mark runs opened for `jobs` but never driven, so a later grid resumes them."""
+    for job in jobs:
+        _mark(job, status, None)
+
+
 def _finish(job: Job, computed: dict[int, FoldRecord]) -> RunResult:
     """The vote over every fold: those already in the store and those just computed."""
     folds = {}

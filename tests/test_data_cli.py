@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
-import ichbench_plugins.datasets as datasets_plugin
 import pytest
 
+import ichbench_plugins.datasets as datasets_plugin
 from ichbench.cli import data_cmd
 from ichbench.cli.app import main
 from ichbench.errors import ExitCode

@@ -366,7 +366,6 @@ def test_excluded_patient_needs_no_images(tmp_path):
 @pytest.fixture
 def dataset_registry():
     import ichbench_plugins.datasets as datasets_plugin
-
     from ichbench.plugins import Plugins
 
     plugins = Plugins(load_entry_points=False)

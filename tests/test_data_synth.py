@@ -9,7 +9,6 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from ichbench_plugins.datasets import synthetic
 
 from ichbench.data import synth as synth_module
 from ichbench.data.labels import COLUMNS, read_labels
@@ -18,6 +17,7 @@ from ichbench.data.synth import PARAMS_FILE, SyntheticSource, generate
 from ichbench.errors import UsageError
 from ichbench.interfaces import LoadOptions
 from ichbench.spec import parse_spec
+from ichbench_plugins.datasets import synthetic
 
 
 def files_of(root):

@@ -8,6 +8,7 @@ import sys
 import threading
 
 import typer
+from rich.markup import escape
 
 from ichbench import __version__
 from ichbench.cli.common import err
@@ -65,13 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     except IchbenchError as exc:
         if os.environ.get("ICHBENCH_DEBUG"):
             raise
-        err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
     except OSError as exc:  # a full disk, a permission: the system said no
         if os.environ.get("ICHBENCH_DEBUG"):
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        err.print(f"[bold red]Error:[/] {exc.strerror or exc}{where}", highlight=False,
+        err.print(f"[bold red]Error:[/] {escape(str(exc.strerror or exc))}{escape(where)}",
+                  highlight=False,
                   soft_wrap=True)
         sys.exit(int(ExitCode.SYSTEM))
     except KeyboardInterrupt:
@@ -87,6 +89,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(int(ExitCode.USAGE))
         if os.environ.get("ICHBENCH_DEBUG"):
             raise
-        err.print(f"[bold red]Error:[/] {type(exc).__name__}: {exc} (rerun with --debug for the "
-                  "traceback)", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]Error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with "
+                  "--debug for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(int(ExitCode.INTERNAL))

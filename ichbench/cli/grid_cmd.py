@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         db: Path = typer.Option(None, "--db"),
         executor: str = typer.Option("local", "--executor", help="local (this process, one "
                                      "trial at a time) or ray (trials over a Ray cluster, one "
-                                     "GPU each where it has GPUs; needs ichbench[ray])."),
+                                     "GPU each where it has GPUs; needs the ray extra)."),
         address: str = typer.Option(None, "--address", help="With --executor ray: the cluster "
                                     "to join, 'auto' (started with `ray start`) or HOST:PORT; "
                                     "default: a local Ray instance."),
@@ -118,21 +118,25 @@ def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
 def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
     once; a line per fold and per run as results come back."""
-    from ichbench.executors import plan_job, run_jobs
+    from ichbench.executors import abandon, plan_job, run_jobs
 
     # the driver trains nothing: its own device is the CPU, the trials' is the cluster's
     configs = [replace(_preset_for(cfg, executor.device), device="cpu") for cfg in configs]
     labels = [" ".join(_describe(cfg)) for cfg in configs]
     with _GridProgress() as progress:
         jobs, job_labels = [], []
-        for i, cfg in enumerate(configs):
-            runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
-            job = plan_job(runner)
-            if isinstance(job, str):
-                err.print(f"[{i + 1}/{len(configs)}] {labels[i]}: already finished as {job}")
-                continue
-            jobs.append(job)
-            job_labels.append(labels[i])
+        try:
+            for i, cfg in enumerate(configs):
+                runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
+                job = plan_job(runner)
+                if isinstance(job, str):
+                    err.print(f"[{i + 1}/{len(configs)}] {labels[i]}: already finished as {job}")
+                    continue
+                jobs.append(job)
+                job_labels.append(labels[i])
+        except BaseException:
+            abandon(jobs)  # runs already opened are left resumable, not `running`
+            raise
         progress.start_trials(sum(len(j.folds) for j in jobs))
 
         def on_trial(index: int, record) -> None:
