@@ -1,5 +1,5 @@
 """Shared fixtures: an isolated environment for every test, the real fixtures' paths, and
-tiny synthetic datasets generated once per session."""
+tiny synthetic datasets generated once per test run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# Nothing in the suite may reach the network, session-scoped fixtures included.
+# Nothing in the suite may reach the network, wide-scoped fixtures included.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["ICHBENCH_LOAD_PLUGINS"] = ""
 
