@@ -8,7 +8,6 @@ results go to the store, and errors are raised as domain exceptions.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import secrets
@@ -400,6 +399,3 @@ def _probs_in_order(pred: Predictions, split_name: str, key: list[tuple[int, int
         raise LeakageError(f"Stored test predictions lack slice {exc}; the run's test set "
                            "changed") from None
 
-
-def config_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.as_dict(), sort_keys=True)

@@ -17,12 +17,12 @@ import numpy as np
 
 from ichbench.formatting import DASH, fmt, fmt_wall  # noqa: F401  (re-exported)
 from ichbench.records import METRIC_NAMES
+from ichbench.store.baselines import HOSEYNI, baseline_label, paper_and_cited
 
 HEADERS = {"sensitivity": "Sensitivity", "specificity": "Specificity",
            "precision": "Precision", "f1": "F1", "accuracy": "Accuracy", "auc": "AUC"}
 SHORT = {"sensitivity": "Sens", "specificity": "Spec", "precision": "Prec", "f1": "F1",
          "accuracy": "Acc", "auc": "AUC"}
-PAPER_SOURCE = "hoseyni"
 PAPER_NAME = "Hoseyni et al."
 
 
@@ -209,21 +209,12 @@ def _fold_rows(data: RunData, scope: str) -> list[Row]:
 
 
 def _baseline_label(b: dict[str, Any]) -> str:
-    if b["source"] == PAPER_SOURCE:
-        return "Voting" if b["model"] == "vote" else f"Fold {b['fold']}"
-    year = "".join(ch for ch in b["source"] if ch.isdigit())
-    name = b["source"].rstrip("0123456789").title()
-    return f"{name} {year} ({b['backbone']})"
+    return baseline_label(b, vote="Voting", fold="Fold {fold}")
 
 
 def _baseline_rows(baselines: list[dict[str, Any]], scope: str) -> list[Row]:
     """The paper's tuned ResNet50 folds and vote at one scope, then other groups'."""
-    paper = [b for b in baselines if b["source"] == PAPER_SOURCE and b["scope"] == scope
-             and b["backbone"] == "resnet50" and b["setting"] == "tuned"
-             and b["split"] == "test"]
-    paper.sort(key=lambda b: (b["model"] == "vote", b["fold"] if b["fold"] is not None else 0))
-    others = [b for b in baselines if b["source"] != PAPER_SOURCE and b["scope"] == scope
-              and b["split"] == "test"]
+    paper, others = paper_and_cited(baselines, scope)
     rows = []
     if paper:
         rows.append(Row([f"Reported by {PAPER_NAME} (ResNet50, tuned; no CIs published)"],
@@ -291,7 +282,7 @@ def compare_table(runs: list[RunData], baselines: list[dict[str, Any]],
             *[metric_cell(p, m) if p else DASH for m in patient_names],
             fmt(float(np.mean(vals)) if vals else None),
         ], muted=not data.finished))
-    paper = [b for b in baselines if b["source"] == PAPER_SOURCE and b["model"] == "vote"
+    paper = [b for b in baselines if b["source"] == HOSEYNI and b["model"] == "vote"
              and b["scope"] == "slice" and b["split"] == "test"]
     paper.sort(key=lambda b: (b["backbone"] != "resnet50", b["backbone"],
                               b["setting"] != "tuned"))

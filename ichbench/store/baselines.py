@@ -115,3 +115,23 @@ def _cited_works() -> list[Baseline]:
 
 
 SEED_V1: tuple[Baseline, ...] = tuple(_paper_tables() + _cited_works())
+
+
+def paper_and_cited(baselines, scope: str) -> tuple[list[dict], list[dict]]:
+    """The rows a run is shown beside at one scope, on the test split: the study's tuned
+    ResNet50 folds then its vote, and the other groups' results."""
+    rows = [b for b in baselines if b["scope"] == scope and b["split"] == "test"]
+    paper = [b for b in rows if b["source"] == HOSEYNI and b["backbone"] == "resnet50"
+             and b["setting"] == TUNED]
+    paper.sort(key=lambda b: (b["model"] == "vote", b["fold"] if b["fold"] is not None else 0))
+    return paper, [b for b in rows if b["source"] != HOSEYNI]
+
+
+def baseline_label(row: dict, *, vote: str, fold: str) -> str:
+    """A literature row's name in a table: the study's own rows as `vote` or `fold`
+    (formatted with the fold number), other groups' as author, year and backbone."""
+    if row["source"] == HOSEYNI:
+        return vote if row["model"] == "vote" else fold.format(fold=row["fold"])
+    year = "".join(ch for ch in row["source"] if ch.isdigit())
+    name = row["source"].rstrip("0123456789").title()
+    return f"{name} {year} ({row['backbone']})"

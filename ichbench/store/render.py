@@ -21,7 +21,7 @@ from rich.text import Text
 
 from ichbench.formatting import DASH, fmt, fmt_wall  # noqa: F401  (re-exported)
 from ichbench.records import METRIC_NAMES
-from ichbench.store.baselines import HOSEYNI, TUNED
+from ichbench.store.baselines import baseline_label, paper_and_cited
 
 if TYPE_CHECKING:
     from ichbench.store.store import Store
@@ -78,26 +78,16 @@ def _reported_table(title: str, rows: list[dict[str, Any]]) -> Table:
     for name in FIVE:
         table.add_column(HEADERS[name], justify="right")
     for row in rows:
-        table.add_row(_baseline_label(row), *[fmt(row[m]) for m in FIVE],
+        label = baseline_label(row, vote="paper vote", fold="paper fold {fold}")
+        table.add_row(label, *[fmt(row[m]) for m in FIVE],
                       style="bold" if row["model"] == "vote" else None)
     return table
 
 
-def _baseline_label(row: dict[str, Any]) -> str:
-    if row["source"] == HOSEYNI:
-        return "paper vote" if row["model"] == "vote" else f"paper fold {row['fold']}"
-    year = "".join(ch for ch in row["source"] if ch.isdigit())
-    name = row["source"].rstrip("0123456789").title()
-    return f"{name} {year} ({row['backbone']})"
-
-
 def reported_for(baselines: Sequence[dict[str, Any]], scope: str) -> list[dict[str, Any]]:
     """The paper's ResNet50 folds and vote at one scope, then the other groups' results."""
-    paper = [b for b in baselines if b["source"] == HOSEYNI and b["scope"] == scope
-             and b["backbone"] == "resnet50" and b["setting"] == TUNED and b["split"] == "test"]
-    paper.sort(key=lambda b: (b["model"] == "vote", b["fold"] if b["fold"] is not None else 0))
-    others = [b for b in baselines if b["source"] != HOSEYNI and b["scope"] == scope]
-    return paper + others
+    paper, cited = paper_and_cited(baselines, scope)
+    return paper + cited
 
 
 def print_run_tables(console: Console, store: Store, run_id: str) -> None:
