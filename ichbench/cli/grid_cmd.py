@@ -12,10 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ichbench.cli.common import err, out
+from ichbench.cli.progress import Bars
 from ichbench.config import RunConfig
 from ichbench.events import Event
 
@@ -158,32 +159,20 @@ def _preset_for(cfg: RunConfig, trial_device: str) -> RunConfig:
     return replace(cfg, preset="paper" if trial_device == "cuda" else "quick")
 
 
-class _GridProgress:
+class _GridProgress(Bars):
     """Preprocessing and trial bars on stderr for a distributed grid."""
 
     def __init__(self) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err)
-        self.data_task = None
+        super().__init__(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TimeElapsedColumn())
         self.trial_task = None
-
-    def __enter__(self) -> _GridProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
 
     def __call__(self, event: Event) -> None:
         d = event.data
-        if event.kind == "data_progress":
-            if self.data_task is None:
-                self.data_task = self.progress.add_task("Preprocessing", total=d["total"])
-            self.progress.update(self.data_task, completed=d["done"])
-        elif event.kind == "run_started" and d["resumed"]:
+        if self.shared(event):
+            return
+        if event.kind == "run_started" and d["resumed"]:
             err.print(f"Resuming [bold]{d['run_id']}[/] (folds {d['finished']} kept)")
-        elif event.kind == "warning":
-            err.print(f"[yellow]Warning:[/] {d['message']}")
 
     def start_trials(self, total: int) -> None:
         self.trial_task = self.progress.add_task("Trials", total=total)

@@ -16,34 +16,54 @@ from ichbench.cli.common import err
 from ichbench.events import Event
 
 
-class RunProgress:
-    """Bars for data decoding, folds, and the epochs of the current fold."""
+class Bars:
+    """Live bars on stderr for the life of a `with` block; every observer shows the
+    preprocessing bar and warnings the same way."""
 
-    def __init__(self) -> None:
-        self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=err, transient=False,
-        )
+    def __init__(self, *columns) -> None:
+        self.progress = Progress(*columns, console=err, transient=False)
         self.data_task = None
-        self.fold_task = None
-        self.epoch_task = None
 
-    def __enter__(self) -> RunProgress:
+    def __enter__(self):
         self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
+    def shared(self, event: Event) -> bool:
+        """Handle the events every observer shows alike; False for the others."""
+        d = event.data
+        if event.kind == "data_progress":
+            if self.data_task is None:
+                self.data_task = self.progress.add_task("Preprocessing", total=d["total"],
+                                                        info="")
+            self.progress.update(self.data_task, completed=d["done"])
+        elif event.kind == "warning":
+            err.print(f"[yellow]Warning:[/] {d['message']}")
+        else:
+            return False
+        return True
+
+
+class RunProgress(Bars):
+    """Bars for data decoding, folds, and the epochs of the current fold."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.fold_task = None
+        self.epoch_task = None
+
     def __call__(self, event: Event) -> None:
         d = event.data
         p = self.progress
-        if event.kind == "data_progress":
-            if self.data_task is None:
-                self.data_task = p.add_task("Preprocessing", total=d["total"], info="")
-            p.update(self.data_task, completed=d["done"])
-        elif event.kind == "data_loaded":
+        if self.shared(event):
+            return
+        if event.kind == "data_loaded":
             err.print(f"Dataset: {d['patients']} patients, {d['slices']} slices")
         elif event.kind == "run_started":
             verb = "Resuming" if d["resumed"] else "Run"
@@ -71,5 +91,3 @@ class RunProgress:
                       f"{d['val_f1']:.3f}, test F1 {test_f1} ({d['wall_s']:.1f} s)")
         elif event.kind == "fold_skipped":
             err.print(f"  fold {d['fold']}: already finished, kept")
-        elif event.kind == "warning":
-            err.print(f"[yellow]Warning:[/] {d['message']}")
