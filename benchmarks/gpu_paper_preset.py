@@ -10,6 +10,7 @@ no ResNet50 ImageNet weights, and speed does not depend on them.
 
     python benchmarks/gpu_paper_preset.py                     # on a CUDA machine, ~2-4 min
     python benchmarks/gpu_paper_preset.py --epochs 3 --native 512
+    python benchmarks/gpu_paper_preset.py --compile           # torch.compile, both sides
     python benchmarks/gpu_paper_preset.py --smoke             # tiny, on CPU: the code works
 """
 
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bare-steps", type=int, default=50)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile (the "
+                   "run's --compile; the bare bound compiled too)")
     p.add_argument("--smoke", action="store_true", help="tiny settings on the CPU: "
                    + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
     p.add_argument("--name", default=None)
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         config = RunConfig(data=f"synthetic:{args.patients},0,{args.native}", preset="paper",
                            backbone=args.backbone, image_size=args.image_size,
                            epochs=args.epochs, folds=args.folds, batch_size=args.batch_size,
-                           patience=args.epochs + 1, pretrained=False, device=args.device)
+                           patience=args.epochs + 1, pretrained=False, device=args.device,
+                           compile=args.compile)
         clock = Clock(cuda=args.device.startswith("cuda"))
         runner = Runner(config, Store(work / "runs.duckdb"), observers=[clock],
                         cache_dir=work / "cache")
@@ -133,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=runner.cfg.lr,
                                  patience=2, seed=0, device=device)
         loss = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 4.0], device=device))
-        bare = bare_throughput(prepare(build(args.backbone), device, False), data, settings,
-                               loss, args.bare_steps)
+        bare_model = prepare(build(args.backbone), device, args.compile)
+        bare = bare_throughput(bare_model, data, settings, loss, args.bare_steps)
         metrics = {f"{m.scope}": {"sensitivity": m.sensitivity, "specificity": m.specificity,
                                   "f1": m.f1, "auc": m.auc}
                    for m in result.vote.metrics if m.split == "test"}
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     if peak_gib is not None:
         out["peak_gpu_memory_gib"] = peak_gib
     name = args.name or ("gpu_paper_preset-smoke" if args.smoke else "gpu_paper_preset")
+    name += "-compiled" if args.compile and not args.name else ""
     write_result(name, out, summary(out))
     return out
 
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
 def summary(r: dict) -> str:
     s, t = r["settings"], r["timings"]
     head = (f"## Paper preset, {s['folds']} folds × {s['epochs']} epochs: {s['backbone']} at "
-            f"{s['image_size']} px, {r['patients']} patients / {r['slices']} slices")
+            f"{s['image_size']} px, {r['patients']} patients / {r['slices']} slices"
+            + (", torch.compile" if s.get("compile") else ""))
     rows = [[f"{r['run_wall_s']:.1f} s", f"{t['data']:.1f}", f"{t['train']:.1f}",
              f"{t['eval']:.1f}", f"{t['store']:.1f}", r["trained_images"],
              f"{r['pipeline_images_per_s']:.0f}", f"{r['bare_images_per_s']:.0f}",

@@ -3,7 +3,7 @@
 pipeline throughput = training images per second of `ichbench.training.train_fold` on a
 `DeviceImages` of a synthetic dataset, with a plan whose rows are flagged for on-the-fly
 augmentation at a given fraction (default one half): batch indexing, uint8 → float,
-augmentation, normalisation, forward, loss, backward, Adam, the per-batch loss read-back
+augmentation, normalisation, forward, loss, backward, Adam, the loss summed on the device
 and events. Only the training phase of each epoch is timed (from the epoch's start to its
 last batch), not the validation pass that follows it.
 
@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "one epoch's worth of batches)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (both)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (both: "
+                   "the loop through `ichbench run --compile`'s setting)")
     p.add_argument("--profile", action="store_true", help="torch.profiler over pipeline "
                    "batches: the top operators go into the Markdown summary")
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default: a temp)")
@@ -123,7 +124,7 @@ def batch_prep_ms(data, plan, settings, n: int = 50) -> float:
     for i in range(n + 3):
         pick = torch.randint(0, len(plan.indices), (settings.batch_size,), generator=gen)
         index = torch.from_numpy(plan.indices)[pick].to(data.device)
-        flags = torch.from_numpy(plan.augment)[pick].to(data.device)
+        flags = torch.nonzero(torch.from_numpy(plan.augment)[pick]).squeeze(1).to(data.device)
         with timed(settings.cuda) as t:
             data.batch(index, flags, settings, aug_gen)
         if i >= 3:
@@ -199,12 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
     per_epoch = images_per_epoch(len(plan.indices), args.batch_size)
 
     bare_model = prepare(build(args.backbone), device, args.compile)
-    model = prepare(build(args.backbone), device, args.compile)
+    model = prepare(build(args.backbone), device, False)  # train_fold compiles it
+    loop_settings = replace(settings, compile=args.compile)
     rounds = []
     for r in range(args.rounds + 1):  # round 0 warms both up and is not counted
         bare = bare_throughput(bare_model, data, settings, loss_fn, steps if r else 3)
         clock = BatchClock(cuda=device.type == "cuda")
-        train_fold(model, plan, data, val_rows, settings, clock, r)
+        train_fold(model, plan, data, val_rows, loop_settings, clock, r)
         start, end = clock.phases[1]
         pipeline = per_epoch / (end - start)
         if r:
@@ -233,8 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "ratio": statistics.median(x["ratio"] for x in rounds)},
     }
     if args.profile:
-        result["profile"] = profile_pipeline(prepare(build(args.backbone), device, args.compile),
-                                             plan, data, val_rows, settings)
+        result["profile"] = profile_pipeline(prepare(build(args.backbone), device, False),
+                                             plan, data, val_rows, loop_settings)
     name = args.name or (f"pipeline_efficiency-{args.device}-{args.backbone.replace(':', '_')}"
                          f"-{args.image_size}px" + ("-compiled" if args.compile else ""))
     write_result(name, result, summary(result))

@@ -41,6 +41,10 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# Settings of the machine, not of the experiment: a run resumed or repeated with another
+# value is the same configuration (the same config hash, skipped by a grid when finished).
+EXECUTION_ONLY = ("device", "compile")
+
 TUNABLE = ("backbone", "image_size", "epochs", "batch_size", "lr", "patience", "pretrained")
 
 
@@ -66,6 +70,7 @@ class RunConfig:
     pretrained: bool | None = None
     exclude: list[int] = field(default_factory=lambda: [58, 79])
     device: str = "auto"
+    compile: bool = False  # torch.compile the network for training: speed, not results
 
     def resolved(self, device: str) -> RunConfig:
         """Fill unset options from the preset chosen for `device`; validate the rest."""
@@ -112,8 +117,8 @@ class RunConfig:
         return asdict(self)
 
     def identity(self) -> dict:
-        """The settings that determine the result (not where it is stored)."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("device",)}
+        """The settings that determine the result (not where or how fast it is computed)."""
+        return {k: v for k, v in self.as_dict().items() if k not in EXECUTION_ONLY}
 
     @property
     def hash(self) -> str:

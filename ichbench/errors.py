@@ -54,3 +54,14 @@ class LeakageError(IchbenchError):
     """A patient appears in two of train / validation / test: the worst bug this tool can have."""
 
     exit_code = ExitCode.INTERNAL
+
+
+class RunBusyError(StoreError):
+    """A run another live process is running: resuming it would train its folds twice."""
+
+    def __init__(self, run_id: str, owner: str) -> None:
+        host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        super().__init__(f"Run {run_id} is being run by process {pid} on {host}; wait for it "
+                         "to end, or stop it, before resuming")
+        self.run_id, self.owner = run_id, owner

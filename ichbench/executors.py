@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ichbench.errors import DataError, IchbenchError, LeakageError, UsageError
+from ichbench.errors import DataError, IchbenchError, LeakageError, RunBusyError, UsageError
 
 if TYPE_CHECKING:
     from ichbench.config import RunConfig
@@ -71,18 +71,30 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def plan_job(runner: Runner) -> Job | str:
+@dataclass(frozen=True)
+class Busy:
+    """A configuration whose unfinished run another live process is running."""
+
+    run_id: str
+    error: RunBusyError
+
+
+def plan_job(runner: Runner) -> Job | Busy | str:
     """A configuration's job: a new run, or the unfinished run of the same configuration on
     the same data reopened with its finished folds kept. When that configuration already has
-    a finished run on this data, its run id instead: nothing is left to do."""
+    a finished run on this data, its run id instead: nothing is left to do; when another
+    live process is running it, `Busy`: that process will finish it."""
     store = runner.store
     dataset = runner.load_data()
     existing = [r for r in store.runs_with_config(runner.cfg.hash)
                 if r["dataset_hash"] == dataset.dataset_hash]
     if existing and existing[0]["status"] == "finished":
         return str(existing[0]["run_id"])
-    prepared = runner.prepare(resume=existing[0]["run_id"] if existing else None,
-                              dataset=dataset)
+    try:
+        prepared = runner.prepare(resume=existing[0]["run_id"] if existing else None,
+                                  dataset=dataset)
+    except RunBusyError as exc:
+        return Busy(exc.run_id, exc)
     todo = [f.index for f in prepared.split.folds if f.index not in prepared.done]
     return Job(runner, prepared, todo)
 
@@ -379,11 +391,7 @@ def _cluster_runner(config: RunConfig, store, label: str, **kwargs: Any) -> Runn
     """A Runner whose run row names the cluster as its device: the driver trains nothing."""
     from ichbench.runner import Runner
 
-    class ClusterRunner(Runner):
-        def _device_label(self) -> str:
-            return label
-
-    return ClusterRunner(config, store, **kwargs)
+    return Runner(config, store, device_label=label, **kwargs)
 
 
 def make_executor(name: str, address: str | None = None, *, device: str = "auto",

@@ -122,7 +122,9 @@ class RunResult:
 class Runner:
     def __init__(self, config: RunConfig, store, *, registry: Registry | None = None,
                  observers: list[Observer] | None = None, cache_dir: Path | None = None,
-                 grid_id: str | None = None) -> None:
+                 grid_id: str | None = None, device_label: str | None = None) -> None:
+        """`device_label`: what the run row records as its device, when the folds train
+        elsewhere than this process's device (a cluster's workers)."""
         self.store = store
         self.registry = registry or get_registry()
         self.emit = Emitter(observers)
@@ -134,6 +136,8 @@ class Runner:
         self.plugins = Plugins.create(self.cfg, self.registry)
         self.timings: dict[str, float] = {"data": 0.0, "train": 0.0, "eval": 0.0, "store": 0.0}
         self._data: DeviceImages | None = None
+        self._split: tuple[SliceDataset, Split] | None = None
+        self._device_label_override = device_label
 
     # ----------------------------------------------------------------- steps
     def load_data(self) -> SliceDataset:
@@ -208,8 +212,12 @@ class Runner:
         return Prepared(run_id, dataset, split, set(done), started)
 
     def split_of(self, dataset: SliceDataset) -> Split:
-        return make_split(dataset.patient_ids, dataset.labels, n_folds=self.cfg.folds,
-                          test_size=self.cfg.test_size, seed=self.cfg.seed)
+        """The run's split of `dataset` (computed once per dataset)."""
+        if self._split is None or self._split[0] is not dataset:
+            self._split = (dataset, make_split(
+                dataset.patient_ids, dataset.labels, n_folds=self.cfg.folds,
+                test_size=self.cfg.test_size, seed=self.cfg.seed))
+        return self._split[1]
 
     def fold_trial(self, dataset: SliceDataset, split: Split,
                    fold_index: int) -> tuple[FoldRecord, dict]:
@@ -256,6 +264,8 @@ class Runner:
         )
 
     def _device_label(self) -> str:
+        if self._device_label_override:
+            return self._device_label_override
         if self.device.type == "cuda":
             return f"cuda:{torch.cuda.get_device_name(self.device)}"
         return f"cpu:{os.cpu_count()} cores"
@@ -290,7 +300,8 @@ class Runner:
         test_rows = np.flatnonzero(np.isin(dataset.patient_ids, split.test))
         settings = TrainSettings(epochs=self.cfg.epochs, batch_size=self.cfg.batch_size,
                                  lr=self.cfg.lr, patience=self.cfg.patience, seed=self.cfg.seed,
-                                 device=self.device, input_size=built.input_size)
+                                 device=self.device, input_size=built.input_size,
+                                 compile=self.cfg.compile)
         t = time.perf_counter()
         state, best_epoch, history = train_fold(built.model, plan, data, val_rows, settings,
                                                 self.emit, fold.index)

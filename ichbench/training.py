@@ -24,6 +24,7 @@ from ichbench.records import EpochRecord
 from ichbench.vote import f1_curve
 
 MEAN, STD = 0.5, 0.5
+COMPILE_BACKEND = "inductor"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class TrainSettings:
     seed: int
     device: torch.device
     input_size: int | None = None  # resize batches to this (a backbone's fixed input size)
+    compile: bool = False  # train through torch.compile (TorchInductor)
 
     @property
     def cuda(self) -> bool:
@@ -51,13 +53,15 @@ class DeviceImages:
 
     def batch(self, index: torch.Tensor, augment: torch.Tensor | None, settings: TrainSettings,
               generator: torch.Generator | None) -> torch.Tensor:
+        """`augment`: the positions in the batch to transform, an integer tensor on the
+        device; its length is known on the host, so no step waits for the GPU."""
         x = self.images[index].float().div_(255.0)
-        if augment is not None and bool(augment.any()):
+        if augment is not None and len(augment):
             x[augment] = augment_batch(x[augment], generator)
         if settings.input_size and x.shape[-1] != settings.input_size:
             x = F.interpolate(x, size=(settings.input_size, settings.input_size),
                               mode="bilinear", align_corners=False, antialias=False)
-        x = (x - MEAN) / STD
+        x = x.sub_(MEAN).div_(STD)
         if settings.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -85,8 +89,8 @@ def predict(model: nn.Module, data: DeviceImages, rows: np.ndarray,
         chunk = index[start:start + settings.batch_size * 2]
         with _autocast(settings):
             logits = _logits(model(data.batch(chunk, None, settings, None)))
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1])
+    return torch.cat(out).cpu().numpy().astype(np.float64) if out else np.zeros(0)
 
 
 def make_loss(plan: TrainPlan, device: torch.device) -> nn.Module:
@@ -106,6 +110,9 @@ def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: 
     model.to(data.device)
     if settings.cuda:
         model.to(memory_format=torch.channels_last)
+    # the compiled wrapper shares the module's parameters; state dicts are taken from the
+    # module itself, so checkpoints never carry the wrapper's `_orig_mod.` prefix
+    step_model = torch.compile(model, backend=COMPILE_BACKEND) if settings.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     loss_fn = make_loss(plan, data.device)
     rows = torch.from_numpy(plan.indices.astype(np.int64))
@@ -120,22 +127,33 @@ def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: 
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(rows), generator=generator)
-        total_loss = 0.0
-        for b in range(n_batches):
-            pick = order[b * settings.batch_size:(b + 1) * settings.batch_size]
+        # the epoch's batches and their flagged positions go to the device in one copy
+        # each, and the loss is summed there and read once: a copy or a read per batch
+        # would make the host wait for every step instead of queueing the next
+        spans = [slice(b * settings.batch_size, (b + 1) * settings.batch_size)
+                 for b in range(n_batches)]
+        flagged = [torch.nonzero(augment[order[span]]).squeeze(1) for span in spans]
+        bounds = np.cumsum([0] + [len(f) for f in flagged]).tolist()
+        flagged_on_device = torch.cat(flagged).to(data.device)
+        index_on_device = rows[order].to(data.device)
+        total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
+        for b, span in enumerate(spans):
+            pick = order[span]
             if len(pick) < 2 and len(rows) >= 2:
                 continue  # batch norm cannot train on a single sample
-            index = rows[pick].to(data.device)
-            x = data.batch(index, augment[pick].to(data.device), settings, aug_generator)
+            index = index_on_device[span]
+            x = data.batch(index, flagged_on_device[bounds[b]:bounds[b + 1]], settings,
+                           aug_generator)
             y = data.labels[index]
             with _autocast(settings):
-                loss = loss_fn(_logits(model(x)).float(), y)
+                loss = loss_fn(_logits(step_model(x)).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss.detach()) * len(pick)
+            total_loss += loss.detach().double() * len(pick)
             emit("batch_finished", fold=fold, epoch=epoch, batch=b + 1, batches=n_batches)
-        probs = predict(model, data, val_rows, settings)
+        total_loss = float(total_loss)
+        probs = predict(step_model, data, val_rows, settings)
         val_f1 = float(f1_curve(val_labels_np, probs).max())
         val_loss = float(F.nll_loss(torch.log(torch.from_numpy(
             np.stack([1 - probs, probs], 1)).clamp_min(1e-7)), torch.from_numpy(val_labels_np)))

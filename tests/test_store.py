@@ -185,6 +185,7 @@ EXPECTED_SCHEMA = {
         ("pretrained", "BOOLEAN"), ("pretrained_source", "VARCHAR"), ("threshold", "DOUBLE"),
         ("wall_s", "DOUBLE"), ("versions", "JSON"), ("git_sha", "VARCHAR"),
         ("split_hash", "VARCHAR"), ("grid_id", "VARCHAR"), ("error", "VARCHAR"),
+        ("owner", "VARCHAR"),
     ],
     "splits": [
         ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("patient_id", "INTEGER"),

@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]; with "
                                    "--executor ray, cpu keeps trials off the cluster's GPUs."),
+        compile: bool = typer.Option(False, "--compile/--no-compile", help="Train through "
+                                     "torch.compile (see `ichbench run --help`)."),
         db: Path = typer.Option(None, "--db"),
         executor: str = typer.Option("local", "--executor", help="local (this process, one "
                                      "trial at a time) or ray (trials over a Ray cluster, one "
@@ -76,7 +78,7 @@ def register(app: typer.Typer) -> None:
         if not axes:
             raise UsageError("No grid axes: give --strategy/--weight/--backbone lists or --config")
         base = RunConfig(data=data, preset=preset, epochs=epochs, image_size=image_size,
-                         folds=folds, seed=seed, device=device)
+                         folds=folds, seed=seed, device=device, compile=compile)
         base = replace(base, **fixed)
         plan = Grid(axes=axes, base=base)
         configs = plan.configs()
@@ -101,25 +103,32 @@ def register(app: typer.Typer) -> None:
 def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """One configuration after the other, with the progress bars of `ichbench run`."""
     from ichbench.cli.progress import RunProgress
-    from ichbench.executors import plan_job, run_jobs
+    from ichbench.executors import Job, plan_job, run_jobs
 
     for i, cfg in enumerate(configs, start=1):
         label = f"[{i}/{len(configs)}] {' '.join(_describe(cfg))}"
         with RunProgress() as progress:
             runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
             job = plan_job(runner)
-            if isinstance(job, str):
-                err.print(f"{label}: already finished as {job}")
+            if not isinstance(job, Job):
+                err.print(f"{label}: {_not_planned(job)}")
                 continue
             err.print(label)
             for _ in run_jobs([job], executor):
                 pass
 
 
+def _not_planned(job) -> str:
+    """Why a configuration has no job: finished already, or in another live process."""
+    if isinstance(job, str):
+        return f"already finished as {job}"
+    return f"skipped: {job.error}"
+
+
 def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
     once; a line per fold and per run as results come back."""
-    from ichbench.executors import abandon, plan_job, run_jobs
+    from ichbench.executors import Job, abandon, plan_job, run_jobs
 
     # the driver trains nothing: its own device is the CPU, the trials' is the cluster's
     configs = [replace(_preset_for(cfg, executor.device), device="cpu") for cfg in configs]
@@ -130,8 +139,8 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) ->
             for i, cfg in enumerate(configs):
                 runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
                 job = plan_job(runner)
-                if isinstance(job, str):
-                    err.print(f"[{i + 1}/{len(configs)}] {labels[i]}: already finished as {job}")
+                if not isinstance(job, Job):
+                    err.print(f"[{i + 1}/{len(configs)}] {labels[i]}: {_not_planned(job)}")
                     continue
                 jobs.append(job)
                 job_labels.append(labels[i])

@@ -228,10 +228,16 @@ JOIN baselines b ON b.scope = v.scope AND b.split = 'test'
 """)
 
 
+def m004_run_owner(con: duckdb.DuckDBPyConnection) -> None:
+    """The process running a run (`HOST:PID:START`), so nobody resumes a live run."""
+    con.execute("ALTER TABLE runs ADD COLUMN owner VARCHAR")
+
+
 MIGRATIONS: list[Migration] = [
     ("m001_initial_tables", m001_initial_tables),
     ("m002_seed_baselines", m002_seed_baselines),
     ("m003_views", m003_views),
+    ("m004_run_owner", m004_run_owner),
 ]
 
 

@@ -27,7 +27,7 @@ import duckdb
 import numpy as np
 
 from ichbench import paths
-from ichbench.errors import StoreError
+from ichbench.errors import RunBusyError, StoreError
 from ichbench.records import (
     METRIC_NAMES,
     EpochRecord,
@@ -37,7 +37,7 @@ from ichbench.records import (
     RunRecord,
     VoteRecord,
 )
-from ichbench.store import migrations
+from ichbench.store import migrations, owner
 
 LOCK_TIMEOUT_ENV = "ICHBENCH_DB_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -200,13 +200,14 @@ class Store:
                 "INSERT INTO runs (run_id, status, started_at, dataset, dataset_hash, config, "
                 "config_hash, backbone, strategies, ensemble, patient_rule, seed, preset, "
                 "device, pretrained, pretrained_source, versions, git_sha, split_hash, "
-                "grid_id) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?)",
+                "grid_id, owner) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?)",
                 [run.run_id, _now(), run.dataset, run.dataset_hash, _json(run.config),
                  run.config_hash, run.backbone, list(run.strategies),
                  _setting(run, "ensemble"), _setting(run, "patient_rule"), int(run.seed),
                  run.preset, run.device, bool(run.pretrained), run.pretrained_source,
-                 _json(run.versions), run.git_sha, run.split_hash, run.grid_id],
+                 _json(run.versions), run.git_sha, run.split_hash, run.grid_id,
+                 owner.this_process()],
             )
             self._insert_splits(con, run)
 
@@ -343,8 +344,8 @@ class Store:
 
     def mark_run(self, run_id: str, status: str, error: str | None = None) -> None:
         """Set a run `failed` or `interrupted` (with the error), or back to `running` when
-        it is resumed. Only `finish_run` can make a run `finished`, and a finished run
-        keeps that status."""
+        it is resumed (this process then becomes its owner). Only `finish_run` can make a
+        run `finished`, and a finished run keeps that status."""
         if status not in STATUSES or status == "finished":
             allowed = ", ".join(s for s in STATUSES if s != "finished")
             raise StoreError(f"Cannot mark a run '{status}'; expected one of {allowed} "
@@ -354,6 +355,14 @@ class Store:
             if current == "finished":
                 raise StoreError(f"Run '{run_id}' is finished; its status cannot become "
                                  f"'{status}'")
+            if status == "running":
+                if current == "running":
+                    holder = con.execute("SELECT owner FROM runs WHERE run_id = ?",
+                                         [run_id]).fetchone()[0]
+                    if owner.alive_elsewhere(holder):
+                        raise RunBusyError(run_id, holder)
+                con.execute("UPDATE runs SET owner = ? WHERE run_id = ?",
+                            [owner.this_process(), run_id])
             con.execute(
                 "UPDATE runs SET status = ?, error = ?, finished_at = NULL WHERE run_id = ?",
                 [status, error, run_id],

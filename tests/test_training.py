@@ -1,0 +1,99 @@
+"""The training loop itself: which rows a batch augments, and training through
+torch.compile (same checkpoints, the same model up to the compiler's rounding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ichbench import training
+from ichbench.cli.app import main
+from ichbench.config import RunConfig
+from ichbench.events import Emitter
+from ichbench.interfaces import TrainPlan
+from ichbench.store import Store
+from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
+from ichbench_plugins.backbones import _tiny_cnn
+
+CPU = torch.device("cpu")
+
+
+def settings(**changes) -> TrainSettings:
+    values = dict(epochs=2, batch_size=16, lr=2e-3, patience=5, seed=0, device=CPU)
+    return TrainSettings(**{**values, **changes})
+
+
+def test_batch_augments_exactly_the_given_positions():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(10, 1, 16, 16), dtype=np.uint8)
+    data = DeviceImages(images, np.zeros(10), CPU)
+    index = torch.tensor([7, 2, 5, 0])
+    plain = data.batch(index, None, settings(), None)
+    generator = torch.Generator().manual_seed(1)
+    mixed = data.batch(index, torch.tensor([1, 3]), settings(), generator)
+    assert torch.equal(mixed[[0, 2]], plain[[0, 2]])
+    assert not torch.equal(mixed[1], plain[1]) and not torch.equal(mixed[3], plain[3])
+    expected = (torch.from_numpy(images[[7, 2, 5, 0]]).float() / 255 - 0.5) / 0.5
+    assert torch.allclose(plain, expected)
+    # no positions given, or an empty tensor of them: nothing is transformed
+    assert torch.equal(data.batch(index, torch.zeros(0, dtype=torch.long), settings(),
+                                  generator), plain)
+
+
+def _fold(tiny_dataset, compile: bool) -> tuple[dict, np.ndarray]:
+    patients = np.unique(tiny_dataset.patient_ids)
+    train_rows = np.flatnonzero(np.isin(tiny_dataset.patient_ids, patients[:6]))
+    val_rows = np.flatnonzero(np.isin(tiny_dataset.patient_ids, patients[6:]))
+    augment = tiny_dataset.labels[train_rows].astype(bool)
+    plan = TrainPlan(indices=train_rows, augment=augment)
+    data = DeviceImages(tiny_dataset.images, tiny_dataset.labels, CPU)
+    torch.manual_seed(0)
+    model = _tiny_cnn(1, 2)
+    model.dropout = torch.nn.Identity()  # inductor draws dropout masks from its own generator
+    # one batch per epoch and one prediction chunk: a single shape for each compiled graph
+    one_batch = settings(compile=compile, batch_size=len(train_rows))
+    state, _, history = train_fold(model, plan, data, val_rows, one_batch, Emitter([]), fold=0)
+    assert len(history) == 2
+    fresh = _tiny_cnn(1, 2)
+    fresh.dropout = torch.nn.Identity()
+    fresh.load_state_dict(state)  # strict: the keys are the module's own
+    return state, predict(fresh, data, val_rows, settings())
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training(tiny_dataset):
+    torch._dynamo.reset()
+    eager_state, eager_probs = _fold(tiny_dataset, compile=False)
+    compiled_state, compiled_probs = _fold(tiny_dataset, compile=True)
+    assert not any(k.startswith("_orig_mod") for k in compiled_state)
+    assert set(compiled_state) == set(eager_state)
+    # TorchInductor fuses and reorders float arithmetic: not bit-equal, but the same
+    # training within rounding
+    diff = np.abs(compiled_probs - eager_probs).max()
+    assert diff < 0.05
+
+
+def test_compile_is_an_execution_setting_not_part_of_the_config():
+    assert RunConfig(compile=True).hash == RunConfig(compile=False).hash
+    assert RunConfig(compile=True).as_dict()["compile"] is True
+
+
+def test_run_compile_option_trains_through_torch_compile(capsys, tmp_path, monkeypatch):
+    """`--compile` reaches the training loop: dynamo captures graphs (with its cheap
+    `eager` backend here, so the test does not wait for C++ compilation)."""
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    db = tmp_path / "runs.duckdb"
+    try:
+        main(["run", "--data", "synthetic:10,1,32", "--backbone", "tinycnn", "--folds", "2",
+              "--epochs", "1", "--image-size", "32", "--preset", "quick", "--device", "cpu",
+              "--db", str(db), "--compile"])
+    except SystemExit as exit_info:
+        assert exit_info.code in (0, None), capsys.readouterr().err
+    assert counters["stats"]["unique_graphs"] >= 1
+    (run,) = Store(db, create=False).query("SELECT config, status FROM runs")[1]
+    assert '"compile": true' in run[0] and run[1] == "finished"
