@@ -12,6 +12,7 @@ from ichbench.cli.app import main
 from ichbench.config import RunConfig
 from ichbench.events import Emitter
 from ichbench.interfaces import TrainPlan
+from ichbench.runner import Runner
 from ichbench.store import Store
 from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
 from ichbench_plugins.backbones import _tiny_cnn
@@ -79,21 +80,47 @@ def test_compile_is_an_execution_setting_not_part_of_the_config():
     assert RunConfig(compile=True).as_dict()["compile"] is True
 
 
-def test_run_compile_option_trains_through_torch_compile(capsys, tmp_path, monkeypatch):
-    """`--compile` reaches the training loop: dynamo captures graphs (with its cheap
-    `eager` backend here, so the test does not wait for C++ compilation)."""
-    monkeypatch.setattr(training, "COMPILE_BACKEND", "eager")
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
+TINY_ARGS = ["--data", "synthetic:10,1,32", "--backbone", "tinycnn", "--folds", "2",
+             "--epochs", "1", "--image-size", "32", "--preset", "quick", "--device", "cpu"]
 
-    counters.clear()
-    db = tmp_path / "runs.duckdb"
+
+def _main(capsys, *args: str) -> None:
     try:
-        main(["run", "--data", "synthetic:10,1,32", "--backbone", "tinycnn", "--folds", "2",
-              "--epochs", "1", "--image-size", "32", "--preset", "quick", "--device", "cpu",
-              "--db", str(db), "--compile"])
+        main(list(args))
     except SystemExit as exit_info:
         assert exit_info.code in (0, None), capsys.readouterr().err
-    assert counters["stats"]["unique_graphs"] >= 1
-    (run,) = Store(db, create=False).query("SELECT config, status FROM runs")[1]
-    assert '"compile": true' in run[0] and run[1] == "finished"
+
+
+@pytest.fixture
+def dynamo_graphs(monkeypatch):
+    """Graphs dynamo captures, with its cheap `eager` backend so that the test does not
+    wait for C++ compilation."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    return lambda: counters["stats"]["unique_graphs"]
+
+
+def test_run_compile_option_trains_through_torch_compile(capsys, tmp_path, dynamo_graphs):
+    db = tmp_path / "runs.duckdb"
+    _main(capsys, "run", *TINY_ARGS, "--db", str(db))
+    assert dynamo_graphs() == 0
+    _main(capsys, "run", *TINY_ARGS, "--db", str(db), "--compile")
+    assert dynamo_graphs() >= 1
+    _, rows = Store(db, create=False).query(
+        "SELECT config->>'compile', status, config_hash FROM runs ORDER BY started_at")
+    assert [r[:2] for r in rows] == [("false", "finished"), ("true", "finished")]
+    assert rows[0][2] == rows[1][2]  # the same experiment
+
+
+def test_a_resumed_run_may_take_up_compile(capsys, tmp_path, dynamo_graphs):
+    db = tmp_path / "runs.duckdb"
+    runner = Runner(RunConfig(data="synthetic:10,1,32", backbone="tinycnn", folds=2, epochs=1,
+                              image_size=32, preset="quick", device="cpu"), Store(db))
+    run_id = runner.prepare().run_id
+    runner.store.mark_run(run_id, "interrupted")
+    _main(capsys, "run", "--db", str(db), "--resume", run_id, "--compile")
+    assert dynamo_graphs() >= 1
+    assert Store(db, create=False).get_run(run_id)["status"] == "finished"

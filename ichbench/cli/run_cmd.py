@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -49,10 +50,11 @@ def register(app: typer.Typer) -> None:
                                     "separated ('' for none)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
         compile: bool = typer.Option(False, "--compile/--no-compile", help="Train through "
-                                     "torch.compile: faster steps on a GPU after a compile "
-                                     "of a minute or so; not part of the config hash."),
+                                     "torch.compile (the first steps pay the compilation); "
+                                     "not part of the config hash."),
         resume: str = typer.Option(None, "--resume", help="Finish an unfinished run: "
-                                   "finished folds are kept."),
+                                   "finished folds are kept. The run's stored "
+                                   "configuration is used; only --db and --compile apply."),
     ) -> None:
         """Run the 5-fold protocol with the voting threshold and store every result."""
         from ichbench.paths import default_db
@@ -64,6 +66,8 @@ def register(app: typer.Typer) -> None:
             store = Store(db_path, create=False)
             run = store.get_run(resume)
             config, resume = RunConfig.from_dict(run["config"]), run["run_id"]
+            if compile:  # a setting of the machine: a resumed run may take it up
+                config = replace(config, compile=True)
         else:
             store = None  # opened once the inputs are known to be good
             config = RunConfig(
