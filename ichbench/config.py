@@ -70,7 +70,9 @@ class RunConfig:
     pretrained: bool | None = None
     exclude: list[int] = field(default_factory=lambda: [58, 79])
     device: str = "auto"
-    compile: bool = False  # torch.compile the network for training: speed, not results
+    # torch.compile the network for training: a setting of the machine, like `device`;
+    # compiled results repeat, but differ from eager ones by the compiler's rounding
+    compile: bool = False
 
     def resolved(self, device: str) -> RunConfig:
         """Fill unset options from the preset chosen for `device`; validate the rest."""

@@ -56,6 +56,14 @@ class LeakageError(IchbenchError):
     exit_code = ExitCode.INTERNAL
 
 
+class RunFinishedError(UsageError):
+    """A run asked to go on that is finished already (by this process or another)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"Run {run_id} is already finished; nothing to resume")
+        self.run_id = run_id
+
+
 class RunBusyError(StoreError):
     """A run another live process is running: resuming it would train its folds twice."""
 

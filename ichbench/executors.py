@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ichbench.errors import DataError, IchbenchError, LeakageError, RunBusyError, UsageError
+from ichbench.errors import (
+    DataError,
+    IchbenchError,
+    LeakageError,
+    RunBusyError,
+    RunFinishedError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from ichbench.config import RunConfig
@@ -92,9 +99,11 @@ def plan_job(runner: Runner) -> Job | Busy | str:
         return str(existing[0]["run_id"])
     try:
         prepared = runner.prepare(resume=existing[0]["run_id"] if existing else None,
-                                  dataset=dataset)
+                                  dataset=dataset, exclusive=True)
     except RunBusyError as exc:
         return Busy(exc.run_id, exc)
+    except RunFinishedError as exc:  # another process finished it meanwhile
+        return exc.run_id
     todo = [f.index for f in prepared.split.folds if f.index not in prepared.done]
     return Job(runner, prepared, todo)
 

@@ -23,7 +23,7 @@ import torch
 from ichbench import __version__
 from ichbench.config import RunConfig
 from ichbench.data.resolve import resolve_dataset
-from ichbench.errors import LeakageError, UsageError
+from ichbench.errors import LeakageError, RunFinishedError, UsageError
 from ichbench.events import Emitter, Observer
 from ichbench.interfaces import (
     BuildOptions,
@@ -191,9 +191,14 @@ class Runner:
             self.store.mark_run(prepared.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
 
-    def prepare(self, resume: str | None = None,
-                dataset: SliceDataset | None = None) -> Prepared:
-        """Load the data, split it, and create (or reopen) the run in the store."""
+    def prepare(self, resume: str | None = None, dataset: SliceDataset | None = None,
+                exclusive: bool = False) -> Prepared:
+        """Load the data, split it, and create (or reopen) the run in the store.
+
+        `exclusive`: create no new run while the same configuration on the same data is
+        finished or running in another live process (what a grid wants); the store
+        checks it in the transaction that creates the run, so two grids started together
+        do not both train it."""
         started = time.perf_counter()
         dataset = dataset if dataset is not None else self.load_data()
         split = self.split_of(dataset)
@@ -205,7 +210,8 @@ class Runner:
         else:
             run_id = new_run_id()
             probe = self.build_model(0, dataset.images.shape[1])  # provenance of the weights
-            self.store.create_run(self._run_record(run_id, dataset, split, probe))
+            self.store.create_run(self._run_record(run_id, dataset, split, probe),
+                                  exclusive=exclusive)
             done = set()
         self.emit("run_started", run_id=run_id, folds=self.cfg.folds, epochs=self.cfg.epochs,
                   resumed=bool(resume), finished=sorted(done))
@@ -273,7 +279,7 @@ class Runner:
     def _check_resumable(self, run_id: str, dataset: SliceDataset, split: Split) -> None:
         run = self.store.get_run(run_id)
         if run["status"] == "finished":
-            raise UsageError(f"Run {run_id} is already finished; nothing to resume")
+            raise RunFinishedError(run_id)
         if run.get("dataset_hash") != dataset.dataset_hash:
             raise UsageError(f"Run {run_id} was made on another dataset "
                              f"(hash {run.get('dataset_hash')}); cannot resume on this one")
@@ -331,7 +337,7 @@ class Runner:
             added=added, removed=removed,
             train_patients=list(fold.train), val_patients=list(fold.val),
             wall_s=time.perf_counter() - started, curve=curve, metrics=metrics,
-            predictions=predictions, epochs=history,
+            predictions=predictions, epochs=history, compiled=self.cfg.compile,
         )
         return record, state
 

@@ -14,16 +14,16 @@ import pytest
 
 from ichbench.cli.app import main
 from ichbench.config import RunConfig
-from ichbench.errors import ExitCode, RunBusyError
+from ichbench.errors import ExitCode, RunBusyError, RunFinishedError
 from ichbench.executors import Busy, Job, plan_job
 from ichbench.runner import Runner
 from ichbench.store import Store, migrations
-from ichbench.store.owner import _stat, alive_elsewhere, this_process
+from ichbench.store.owner import _start, alive_elsewhere, this_process
 
 try:
-    from test_store import make_run
+    from test_store import fill, make_run
 except ImportError:  # the tests folder imported as a package
-    from tests.test_store import make_run
+    from tests.test_store import fill, make_run
 
 TINY = dict(data="synthetic:10,1,32", backbone="tinycnn", folds=2, epochs=1, image_size=32,
             preset="quick", device="cpu")
@@ -39,7 +39,7 @@ def sleeper():
 
 def owner_of(proc: subprocess.Popen) -> str:
     for _ in range(50):  # the child's /proc entry is there as soon as it is forked
-        start = _stat(proc.pid)[1]
+        start = _start(proc.pid)
         if start:
             return f"{socket.gethostname()}:{proc.pid}:{start}"
         time.sleep(0.01)
@@ -80,8 +80,9 @@ def test_store_refuses_to_take_over_a_live_run(tmp_path, sleeper):
     with pytest.raises(RunBusyError, match=f"process {sleeper.pid} on"):
         store.mark_run("run-1", "running")
     assert store.get_run("run-1")["owner"] == owner_of(sleeper)  # untouched
-    store.mark_run("run-1", "interrupted")  # marking it stopped is not a takeover
-    set_owner(db, "run-1", owner_of(sleeper))
+    store.mark_run("run-1", "interrupted", error="not ours")  # its owner decides how it ends
+    assert store.get_run("run-1")["status"] == "running"
+    assert store.get_run("run-1")["error"] is None
     sleeper.kill()
     sleeper.wait()
     store.mark_run("run-1", "running")  # its process is gone: resumable, and now ours
@@ -113,7 +114,7 @@ def test_resume_and_grid_leave_a_live_run_alone(tmp_path, sleeper, capsys):
 
 def test_a_store_made_before_the_owner_column_gains_it(tmp_path, monkeypatch):
     db = tmp_path / "old.duckdb"
-    before = [m for m in migrations.MIGRATIONS if m[0] != "m004_run_owner"]
+    before = [m for m in migrations.MIGRATIONS if m[0] != "m004_owner_and_compiled"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
     store = Store(db)
     con = duckdb.connect(str(db))
@@ -125,3 +126,24 @@ def test_a_store_made_before_the_owner_column_gains_it(tmp_path, monkeypatch):
     assert store.get_run("old-1")["owner"] is None
     store.mark_run("old-1", "running")  # no owner recorded: resumable
     assert store.get_run("old-1")["owner"] == this_process()
+
+
+def test_exclusive_creation_refuses_a_configuration_finished_or_running_elsewhere(
+        tmp_path, sleeper):
+    """What keeps two grids started together from both training a configuration: the
+    check is made in the transaction that creates the run."""
+    db = tmp_path / "runs.duckdb"
+    store = Store(db)
+    store.create_run(make_run("first"))
+    store.create_run(make_run("second"), exclusive=True)  # "first" is this process's own
+    set_owner(db, "first", owner_of(sleeper))
+    set_owner(db, "second", None, status="interrupted")
+    with pytest.raises(RunBusyError, match="Run first is being run by process"):
+        store.create_run(make_run("third"), exclusive=True)
+    store.create_run(make_run("other-config", config_hash="cfg-2"), exclusive=True)
+    store.create_run(make_run("other-data", dataset_hash="data-2"), exclusive=True)
+    assert store.create_run(make_run("fourth")) is None  # not exclusive: allowed
+    fill(store, "done")  # the same configuration and data, finished
+    with pytest.raises(RunFinishedError, match="Run done is already finished"):
+        store.create_run(make_run("fifth"), exclusive=True)
+    assert "third" not in {r["run_id"] for r in store.list_runs()}

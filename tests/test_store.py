@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from ichbench.errors import StoreError
+from ichbench.errors import RunFinishedError, StoreError
 from ichbench.records import (
     METRIC_NAMES,
     EpochRecord,
@@ -143,7 +143,7 @@ EXPECTED_SCHEMA = {
         ("train_healthy_before", "INTEGER"), ("train_ich", "INTEGER"),
         ("train_healthy", "INTEGER"), ("added", "INTEGER"), ("removed", "INTEGER"),
         ("train_patients", "INTEGER[]"), ("val_patients", "INTEGER[]"), ("wall_s", "DOUBLE"),
-        ("checkpoint", "VARCHAR"), ("written_at", "TIMESTAMP"),
+        ("checkpoint", "VARCHAR"), ("written_at", "TIMESTAMP"), ("compiled", "BOOLEAN"),
     ],
     "metrics": [
         ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("model", "VARCHAR"), ("scope", "VARCHAR"),
@@ -449,6 +449,8 @@ def test_a_run_that_did_not_finish_is_never_reported_finished(
     store.finish_run("run-1", make_vote(), wall_s=1.0)
     with pytest.raises(StoreError, match="is finished"):
         store.mark_run("run-1", "failed", error="late")
+    with pytest.raises(RunFinishedError, match="Run run-1 is already finished"):
+        store.mark_run("run-1", "running")  # what a late resume meets
     assert store.get_run("run-1")["status"] == "finished"
 
 

@@ -110,17 +110,27 @@ def test_run_compile_option_trains_through_torch_compile(capsys, tmp_path, dynam
     _main(capsys, "run", *TINY_ARGS, "--db", str(db), "--compile")
     assert dynamo_graphs() >= 1
     _, rows = Store(db, create=False).query(
-        "SELECT config->>'compile', status, config_hash FROM runs ORDER BY started_at")
-    assert [r[:2] for r in rows] == [("false", "finished"), ("true", "finished")]
-    assert rows[0][2] == rows[1][2]  # the same experiment
+        "SELECT r.started_at, r.config->>'compile', r.status, r.config_hash, "
+        "list(f.compiled ORDER BY f.fold) FROM runs r JOIN folds f USING (run_id) "
+        "GROUP BY ALL ORDER BY r.started_at")
+    assert [r[1:3] for r in rows] == [("false", "finished"), ("true", "finished")]
+    assert rows[0][3] == rows[1][3]  # the same experiment
+    assert [r[4] for r in rows] == [[False, False], [True, True]]  # and how each fold ran
 
 
-def test_a_resumed_run_may_take_up_compile(capsys, tmp_path, dynamo_graphs):
+@pytest.mark.parametrize("stored, flag, compiled", [
+    (False, "--compile", True), (True, "--no-compile", False), (True, None, True)])
+def test_a_resumed_run_may_change_compile(capsys, tmp_path, dynamo_graphs, stored, flag,
+                                          compiled):
     db = tmp_path / "runs.duckdb"
     runner = Runner(RunConfig(data="synthetic:10,1,32", backbone="tinycnn", folds=2, epochs=1,
-                              image_size=32, preset="quick", device="cpu"), Store(db))
+                              image_size=32, preset="quick", device="cpu", compile=stored),
+                    Store(db))
     run_id = runner.prepare().run_id
     runner.store.mark_run(run_id, "interrupted")
-    _main(capsys, "run", "--db", str(db), "--resume", run_id, "--compile")
-    assert dynamo_graphs() >= 1
-    assert Store(db, create=False).get_run(run_id)["status"] == "finished"
+    _main(capsys, "run", "--db", str(db), "--resume", run_id, *([flag] if flag else []))
+    assert (dynamo_graphs() > 0) == compiled
+    store = Store(db, create=False)
+    assert store.get_run(run_id)["status"] == "finished"
+    _, rows = store.query(f"SELECT compiled FROM folds WHERE run_id = '{run_id}'")
+    assert [r[0] for r in rows] == [compiled, compiled]

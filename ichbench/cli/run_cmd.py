@@ -49,12 +49,14 @@ def register(app: typer.Typer) -> None:
         exclude: str = typer.Option("58,79", "--exclude", help="Patients left out, comma "
                                     "separated ('' for none)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
-        compile: bool = typer.Option(False, "--compile/--no-compile", help="Train through "
-                                     "torch.compile (the first steps pay the compilation); "
-                                     "not part of the config hash."),
+        compile: bool = typer.Option(None, "--compile/--no-compile", help="Train through "
+                                     "torch.compile (the first steps pay the compilation; "
+                                     "results repeat but differ from eager ones by rounding). "
+                                     "Not part of the config hash; recorded per fold."),
         resume: str = typer.Option(None, "--resume", help="Finish an unfinished run: "
                                    "finished folds are kept. The run's stored "
-                                   "configuration is used; only --db and --compile apply."),
+                                   "configuration is used; only --db and --compile/--no-compile "
+                                   "apply."),
     ) -> None:
         """Run the 5-fold protocol with the voting threshold and store every result."""
         from ichbench.paths import default_db
@@ -66,8 +68,8 @@ def register(app: typer.Typer) -> None:
             store = Store(db_path, create=False)
             run = store.get_run(resume)
             config, resume = RunConfig.from_dict(run["config"]), run["run_id"]
-            if compile:  # a setting of the machine: a resumed run may take it up
-                config = replace(config, compile=True)
+            if compile is not None:  # a setting of the machine: a resumed run may change it
+                config = replace(config, compile=compile)
         else:
             store = None  # opened once the inputs are known to be good
             config = RunConfig(
@@ -76,7 +78,7 @@ def register(app: typer.Typer) -> None:
                 epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                 image_size=image_size, windows=list(window), preset=preset, seed=seed,
                 weights_file=str(weights) if weights else None, pretrained=pretrained,
-                exclude=_parse_exclude(exclude), device=device, compile=compile,
+                exclude=_parse_exclude(exclude), device=device, compile=bool(compile),
             )
         result, store = execute(config, store or db_path, resume=resume)
         print_run_tables(out, store, result.run_id)

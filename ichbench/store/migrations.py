@@ -228,16 +228,18 @@ JOIN baselines b ON b.scope = v.scope AND b.split = 'test'
 """)
 
 
-def m004_run_owner(con: duckdb.DuckDBPyConnection) -> None:
-    """The process running a run (`HOST:PID:START`), so nobody resumes a live run."""
+def m004_owner_and_compiled(con: duckdb.DuckDBPyConnection) -> None:
+    """The process running a run (so nobody resumes a live run), and whether each fold
+    trained through torch.compile (which is not part of the config hash)."""
     con.execute("ALTER TABLE runs ADD COLUMN owner VARCHAR")
+    con.execute("ALTER TABLE folds ADD COLUMN compiled BOOLEAN")
 
 
 MIGRATIONS: list[Migration] = [
     ("m001_initial_tables", m001_initial_tables),
     ("m002_seed_baselines", m002_seed_baselines),
     ("m003_views", m003_views),
-    ("m004_run_owner", m004_run_owner),
+    ("m004_owner_and_compiled", m004_owner_and_compiled),
 ]
 
 

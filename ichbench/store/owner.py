@@ -1,7 +1,9 @@
 """Which process is running a run, and whether it still is.
 
-A run's row records its owner as `HOST:PID:START`, START being the process's start time
-since boot (Linux) so that a recycled PID is not mistaken for the run's process. A
+A run's row records its owner as `HOST:PID:START`, START being the boot's id and the
+process's start time since boot (Linux), so that a recycled PID, before or after a
+reboot, is not mistaken for the run's process. Without /proc (macOS) START is empty and
+a live PID is taken for the owner. A
 `running` run whose owner is alive on this host must not be resumed by anyone else: two
 processes would train the same folds. A process killed with SIGKILL leaves its run
 `running`; its owner is then dead and the run resumable. On another host liveness cannot
@@ -33,9 +35,23 @@ def _host() -> str:
     return socket.gethostname()
 
 
+@cache
+def _boot() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()[:8]
+    except OSError:
+        return ""
+
+
+def _start(pid: int) -> str:
+    ticks = _stat(pid)[1]
+    return f"{_boot()}-{ticks}" if ticks else ""
+
+
 def this_process() -> str:
     pid = os.getpid()
-    return f"{_host()}:{pid}:{_stat(pid)[1]}"
+    return f"{_host()}:{pid}:{_start(pid)}"
 
 
 def alive_elsewhere(owner: str | None) -> bool:
@@ -44,8 +60,8 @@ def alive_elsewhere(owner: str | None) -> bool:
         return False
     host, _, rest = owner.partition(":")
     pid_text, _, start = rest.partition(":")
-    if host != _host() or not pid_text.isdigit():
-        return False
+    if host != _host() or not pid_text.isdigit() or os.name != "posix":
+        return False  # not checkable from here (on Windows, os.kill would kill it)
     pid = int(pid_text)
     try:
         os.kill(pid, 0)
@@ -53,7 +69,9 @@ def alive_elsewhere(owner: str | None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by another user
-    state, started = _stat(pid)
-    if state in ("Z", "X"):
+    except (OverflowError, ValueError):
+        return False  # not a PID
+    if _stat(pid)[0] in ("Z", "X"):
         return False  # killed, not yet reaped by its parent
-    return not start or started in ("", start)
+    current = _start(pid)
+    return not start or not current or current == start

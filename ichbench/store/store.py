@@ -27,7 +27,7 @@ import duckdb
 import numpy as np
 
 from ichbench import paths
-from ichbench.errors import RunBusyError, StoreError
+from ichbench.errors import RunBusyError, RunFinishedError, StoreError
 from ichbench.records import (
     METRIC_NAMES,
     EpochRecord,
@@ -54,7 +54,7 @@ _METRIC_COLUMNS = (
 _FOLD_COLUMNS = (
     "run_id", "fold", "status", "threshold", "best_epoch", "train_ich_before",
     "train_healthy_before", "train_ich", "train_healthy", "added", "removed",
-    "train_patients", "val_patients", "wall_s", "checkpoint", "written_at",
+    "train_patients", "val_patients", "wall_s", "checkpoint", "written_at", "compiled",
 )
 
 
@@ -191,11 +191,15 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    def create_run(self, run: RunRecord) -> None:
-        """Record a new run as `running`, with its patient split, in one transaction."""
+    def create_run(self, run: RunRecord, exclusive: bool = False) -> None:
+        """Record a new run as `running`, with its patient split, in one transaction.
+        `exclusive`: refuse while a run of the same configuration on the same data is
+        finished (`RunFinishedError`) or running in another live process (`RunBusyError`)."""
         with self._transaction() as con:
             if _exists(con, run.run_id):
                 raise StoreError(f"Run '{run.run_id}' already exists in {self.path}")
+            if exclusive:
+                self._refuse_duplicate(con, run)
             con.execute(
                 "INSERT INTO runs (run_id, status, started_at, dataset, dataset_hash, config, "
                 "config_hash, backbone, strategies, ensemble, patient_rule, seed, preset, "
@@ -210,6 +214,17 @@ class Store:
                  owner.this_process()],
             )
             self._insert_splits(con, run)
+
+    def _refuse_duplicate(self, con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        rows = con.execute(
+            "SELECT run_id, status, owner FROM runs WHERE config_hash = ? AND dataset_hash = ? "
+            "AND status IN ('finished', 'running') ORDER BY status = 'finished' DESC",
+            [run.config_hash, run.dataset_hash]).fetchall()
+        for other, status, holder in rows:
+            if status == "finished":
+                raise RunFinishedError(other)
+            if owner.alive_elsewhere(holder):
+                raise RunBusyError(other, holder)
 
     def _insert_splits(self, con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
         folds: list[int | None] = []
@@ -254,7 +269,7 @@ class Store:
             _int(fold.train_ich_before), _int(fold.train_healthy_before), _int(fold.train_ich),
             _int(fold.train_healthy), _int(fold.added), _int(fold.removed),
             [int(p) for p in fold.train_patients], [int(p) for p in fold.val_patients],
-            _num(fold.wall_s), fold.checkpoint, _now(),
+            _num(fold.wall_s), fold.checkpoint, _now(), bool(fold.compiled),
         ]
         marks = ", ".join("?" for _ in _FOLD_COLUMNS)
         con.execute(f"INSERT INTO folds ({', '.join(_FOLD_COLUMNS)}) VALUES ({marks})", values)
@@ -345,22 +360,27 @@ class Store:
     def mark_run(self, run_id: str, status: str, error: str | None = None) -> None:
         """Set a run `failed` or `interrupted` (with the error), or back to `running` when
         it is resumed (this process then becomes its owner). Only `finish_run` can make a
-        run `finished`, and a finished run keeps that status."""
+        run `finished`, and a finished run keeps that status. A run that another live
+        process is running is not taken over (`RunBusyError`), and its status is left to
+        that process."""
         if status not in STATUSES or status == "finished":
             allowed = ", ".join(s for s in STATUSES if s != "finished")
             raise StoreError(f"Cannot mark a run '{status}'; expected one of {allowed} "
                              "(a run becomes finished only through finish_run)")
         with self._transaction() as con:
             current = self._require_run(con, run_id)
+            if current == "finished" and status == "running":
+                raise RunFinishedError(run_id)  # finished meanwhile by another process
             if current == "finished":
                 raise StoreError(f"Run '{run_id}' is finished; its status cannot become "
                                  f"'{status}'")
+            holder = con.execute("SELECT owner FROM runs WHERE run_id = ?",
+                                 [run_id]).fetchone()[0]
+            if current == "running" and owner.alive_elsewhere(holder):
+                if status == "running":
+                    raise RunBusyError(run_id, holder)
+                return  # the live process running it decides how it ends
             if status == "running":
-                if current == "running":
-                    holder = con.execute("SELECT owner FROM runs WHERE run_id = ?",
-                                         [run_id]).fetchone()[0]
-                    if owner.alive_elsewhere(holder):
-                        raise RunBusyError(run_id, holder)
                 con.execute("UPDATE runs SET owner = ? WHERE run_id = ?",
                             [owner.this_process(), run_id])
             con.execute(
@@ -485,7 +505,7 @@ class Store:
             train_patients=list(row["train_patients"] or []),
             val_patients=list(row["val_patients"] or []), wall_s=row["wall_s"], curve=curve,
             metrics=metrics, predictions=preds, epochs=epochs, checkpoint=row["checkpoint"],
-            status=row["status"],
+            status=row["status"], compiled=bool(row["compiled"]),
         )
 
     def _load_curve(self, con: duckdb.DuckDBPyConnection, run_id: str,
