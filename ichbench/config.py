@@ -71,7 +71,8 @@ class RunConfig:
     exclude: list[int] = field(default_factory=lambda: [58, 79])
     device: str = "auto"
     # torch.compile the network for training: a setting of the machine, like `device`;
-    # compiled results repeat, but differ from eager ones by the compiler's rounding
+    # compiled results repeat, but differ from eager ones: other rounding, and Inductor
+    # draws its own dropout masks, so a network with dropout follows another trajectory
     compile: bool = False
 
     def resolved(self, device: str) -> RunConfig:

@@ -90,7 +90,7 @@ class FoldRecord:
     epochs: list[EpochRecord] = field(default_factory=list)
     checkpoint: str | None = None  # path of the kept checkpoint, relative to the run folder
     status: str = "finished"
-    compiled: bool = False  # trained through torch.compile: same protocol, other rounding
+    compiled: bool = False  # trained through torch.compile: same protocol, other numerics
 
 
 @dataclass

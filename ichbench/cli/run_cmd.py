@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
         compile: bool = typer.Option(None, "--compile/--no-compile", help="Train through "
                                      "torch.compile (the first steps pay the compilation; "
-                                     "results repeat but differ from eager ones by rounding). "
+                                     "results repeat but differ from eager ones). "
                                      "Not part of the config hash; recorded per fold."),
         resume: str = typer.Option(None, "--resume", help="Finish an unfinished run: "
                                    "finished folds are kept. The run's stored "
