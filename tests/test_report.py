@@ -140,6 +140,18 @@ def test_provenance_names_what_ran(full_report, tiny_run):
                   "finished", "torch"):
         assert value in table
     assert "NOT finished" not in page and "badge finished" in page
+    assert re.search(r"<td[^>]*>torch.compile</td><td[^>]*>no</td>", table)
+
+
+def test_provenance_says_which_folds_trained_compiled():
+    from ichbench.report.tables import _compiled_text
+
+    assert _compiled_text([]) == "–"
+    assert _compiled_text([{"fold": 0, "compiled": False}, {"fold": 1}]) == "no"
+    assert _compiled_text([{"fold": 0, "compiled": True}, {"fold": 1, "compiled": True}]) \
+        == "yes, every fold"
+    assert _compiled_text([{"fold": 0, "compiled": False}, {"fold": 1, "compiled": True}]) \
+        == "folds 1 only"
 
 
 def test_markdown_has_the_tables_and_the_pngs_beside_it(full_report):

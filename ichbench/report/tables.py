@@ -303,6 +303,18 @@ def compare_table(runs: list[RunData], baselines: list[dict[str, Any]],
                 "at each fold's threshold. A run that did not finish has no vote.")
 
 
+def _compiled_text(folds: list[dict[str, Any]]) -> str:
+    """Which folds trained through torch.compile: a resumed run may mix both."""
+    compiled = [int(f["fold"]) for f in folds if f.get("compiled")]
+    if not folds:
+        return DASH
+    if not compiled:
+        return "no"
+    if len(compiled) == len(folds):
+        return "yes, every fold"
+    return "folds " + ", ".join(map(str, compiled)) + " only"
+
+
 def provenance_table(data: RunData, table_id: str) -> TableData:
     """Configuration and provenance: what ran, on what, with which code and libraries."""
     run = data.run
@@ -334,6 +346,7 @@ def provenance_table(data: RunData, table_id: str) -> TableData:
         ("Preset", str(run.get("preset"))),
         ("Seed", str(run.get("seed"))),
         ("Device", str(run.get("device"))),
+        ("torch.compile", _compiled_text(data.folds)),
         ("Started / finished", f"{_time(run.get('started_at'))} / "
                                f"{_time(run.get('finished_at'))}"),
         ("Wall time", fmt_wall(run.get("wall_s"))),
