@@ -147,3 +147,16 @@ def test_exclusive_creation_refuses_a_configuration_finished_or_running_elsewher
     with pytest.raises(RunFinishedError, match="Run done is already finished"):
         store.create_run(make_run("fifth"), exclusive=True)
     assert "third" not in {r["run_id"] for r in store.list_runs()}
+
+
+def test_a_run_finished_by_another_process_while_planning_counts_as_finished(
+        tmp_path, monkeypatch):
+    db = tmp_path / "runs.duckdb"
+    runner = Runner(RunConfig(**TINY), Store(db), cache_dir=tmp_path / "cache")
+    prepared = runner.prepare()
+    stale = [{"run_id": prepared.run_id, "status": "interrupted",
+              "dataset_hash": prepared.dataset.dataset_hash}]
+    set_owner(db, prepared.run_id, None, status="finished")  # what the other process did
+    monkeypatch.setattr(Store, "runs_with_config", lambda self, config_hash: stale)
+    planned = plan_job(Runner(RunConfig(**TINY), Store(db), cache_dir=tmp_path / "cache"))
+    assert planned == prepared.run_id
