@@ -103,32 +103,36 @@ def register(app: typer.Typer) -> None:
 def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """One configuration after the other, with the progress bars of `ichbench run`."""
     from ichbench.cli.progress import RunProgress
-    from ichbench.executors import Job, plan_job, run_jobs
+    from ichbench.executors import run_jobs
 
     for i, cfg in enumerate(configs, start=1):
         label = f"[{i}/{len(configs)}] {' '.join(_describe(cfg))}"
         with RunProgress() as progress:
-            runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
-            job = plan_job(runner)
-            if not isinstance(job, Job):
-                err.print(f"{label}: {_not_planned(job)}")
+            job = _plan(executor, cfg, store, grid_id, progress, label)
+            if job is None:
                 continue
             err.print(label)
             for _ in run_jobs([job], executor):
                 pass
 
 
-def _not_planned(job) -> str:
-    """Why a configuration has no job: finished already, or in another live process."""
-    if isinstance(job, str):
-        return f"already finished as {job}"
-    return f"skipped: {job.error}"
+def _plan(executor, cfg: RunConfig, store, grid_id: str, progress, label: str):
+    """The configuration's job, or None, said on stderr, when it has nothing to run here:
+    finished already, or being run by another live process."""
+    from ichbench.executors import Job, plan_job
+
+    job = plan_job(executor.runner(cfg, store, observers=[progress], grid_id=grid_id))
+    if isinstance(job, Job):
+        return job
+    reason = f"already finished as {job}" if isinstance(job, str) else f"skipped: {job.error}"
+    err.print(f"{label}: {reason}")
+    return None
 
 
 def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
     once; a line per fold and per run as results come back."""
-    from ichbench.executors import Job, abandon, plan_job, run_jobs
+    from ichbench.executors import abandon, run_jobs
 
     # the driver trains nothing: its own device is the CPU, the trials' is the cluster's
     configs = [replace(_preset_for(cfg, executor.device), device="cpu") for cfg in configs]
@@ -137,10 +141,9 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) ->
         jobs, job_labels = [], []
         try:
             for i, cfg in enumerate(configs):
-                runner = executor.runner(cfg, store, observers=[progress], grid_id=grid_id)
-                job = plan_job(runner)
-                if not isinstance(job, Job):
-                    err.print(f"[{i + 1}/{len(configs)}] {labels[i]}: {_not_planned(job)}")
+                job = _plan(executor, cfg, store, grid_id, progress,
+                            f"[{i + 1}/{len(configs)}] {labels[i]}")
+                if job is None:
                     continue
                 jobs.append(job)
                 job_labels.append(labels[i])
