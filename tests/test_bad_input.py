@@ -395,6 +395,17 @@ def _new_run(db: Path, before: dict[str, object]) -> str:
     return new[0]
 
 
+def _out_of_space(db: Path, data: Path, capsys, code: ExitCode) -> dict[str, object]:
+    """`ichbench run` on `data` with a full disk mocked: exactly one error line, saying
+    so, and exit `code`. Returns the store's snapshot from before the run."""
+    before = snapshot(db)
+    got, stderr = invoke(run_args(data, db), capsys)
+    line = the_error_line(stderr)
+    assert "No space left on device" in line, line
+    assert got == code, line
+    return before
+
+
 def test_disk_full_while_saving_a_checkpoint(db, tiny_synth_dir, monkeypatch, capsys):
     """The first checkpoint write hits ENOSPC after writing part of the file."""
     import torch
@@ -404,11 +415,7 @@ def test_disk_full_while_saving_a_checkpoint(db, tiny_synth_dir, monkeypatch, ca
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
 
     monkeypatch.setattr(torch, "save", full_disk)
-    before = snapshot(db)
-    code, stderr = invoke(run_args(tiny_synth_dir, db), capsys)
-    line = the_error_line(stderr)
-    assert "No space left on device" in line, line
-    assert code == ExitCode.SYSTEM, line
+    before = _out_of_space(db, tiny_synth_dir, capsys, ExitCode.SYSTEM)
     run_id = _new_run(db, before)
     rows = _run_rows(db, run_id)
     assert rows["status"] == "failed" and "No space left" in rows["error"]
@@ -430,11 +437,7 @@ def test_disk_full_while_writing_a_fold_rolls_the_fold_back(db, tiny_synth_dir, 
         return original(self, con, run_id, fold, preds)
 
     monkeypatch.setattr(Store, "_insert_predictions", full_disk)
-    before = snapshot(db)
-    code, stderr = invoke(run_args(tiny_synth_dir, db), capsys)
-    line = the_error_line(stderr)
-    assert "No space left on device" in line, line
-    assert code == ExitCode.STORE, line
+    before = _out_of_space(db, tiny_synth_dir, capsys, ExitCode.STORE)
     rows = _run_rows(db, _new_run(db, before))
     assert rows["status"] == "failed"
     for table, counts in rows["per_fold"].items():
@@ -449,11 +452,7 @@ def test_disk_full_while_preprocessing(db, tiny_synth_dir, monkeypatch, capsys):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "labels.npy"))
 
     monkeypatch.setattr(physionet, "save_arrays", full_disk)
-    before = snapshot(db)
-    code, stderr = invoke(run_args(tiny_synth_dir, db), capsys)
-    line = the_error_line(stderr)
-    assert "No space left on device" in line, line
-    assert code == ExitCode.SYSTEM, line
+    before = _out_of_space(db, tiny_synth_dir, capsys, ExitCode.SYSTEM)
     assert snapshot(db) == before
     slices = Path(os.environ["ICHBENCH_CACHE"]) / "slices"
     assert (sorted(p.name for p in slices.iterdir()) if slices.is_dir() else []) == []
