@@ -5,7 +5,7 @@ on a laptop CPU.
 
 Each timed run is a fresh `python -m ichbench run --db <tmp>` subprocess with its own
 ICHBENCH_CACHE, so imports and start-up count. The split comes from one more warm run made
-in this process with the runner's own timings (its `run_finished` event).
+in this process with the run's own timings (its `run_finished` event).
 
     python benchmarks/default_run.py
     python benchmarks/default_run.py --no-split       # only the two timed subprocesses
@@ -68,15 +68,14 @@ def vote_metrics(db: Path) -> dict:
 
 
 def split_run(cache: Path, db: Path, extra: list[str]) -> dict:
-    """A warm run in this process with the runner's own timings."""
+    """A warm run in this process with the run's own timings."""
     from ichbench.config import RunConfig
-    from ichbench.runner import Runner
-    from ichbench.store import Store
+    from ichbench.lifecycle import run_config
 
     config = RunConfig(**_config_overrides(extra))
     events = []
     started = time.perf_counter()
-    Runner(config, Store(db), observers=[events.append], cache_dir=cache).run()
+    run_config(config, db, observers=[events.append], cache_dir=cache)
     wall = time.perf_counter() - started
     finished = next(e for e in events if e.kind == "run_finished")
     timings = dict(finished.data["timings"])

@@ -3,7 +3,7 @@ ich:4, bf16 autocast, channels-last) on a synthetic dataset the size of the real
 (80 patients, ~2,800 slices), with few epochs so that it fits a few minutes of GPU time.
 
 Reports the wall time and its split (data, training, evaluation, store), the training
-images per second of the real loop (training phase of each epoch, from the runner's
+images per second of the real loop (training phase of each epoch, from the run's
 batch events) and the bare bound of the same network (forward + backward + Adam on a
 batch already on the GPU), and their ratio. Initial weights are random: offline there are
 no ResNet50 ImageNet weights, and speed does not depend on them.
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Clock:
-    """Runner observer: the training phase of every epoch (start to last batch) and the
+    """Run observer: the training phase of every epoch (start to last batch) and the
     samples each fold trains on per epoch."""
 
     def __init__(self, cuda: bool = False) -> None:
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     from pipeline_efficiency import bare_throughput, build, prepare
 
     from ichbench.config import RunConfig
-    from ichbench.runner import Runner
-    from ichbench.store import Store
+    from ichbench.executors import LocalExecutor
+    from ichbench.lifecycle import Lifecycle
+    from ichbench.protocol import RunProtocol
     from ichbench.training import DeviceImages, TrainSettings
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -122,19 +123,19 @@ def main(argv: list[str] | None = None) -> dict:
                            patience=args.epochs + 1, pretrained=False, device=args.device,
                            compile=args.compile)
         clock = Clock(cuda=args.device.startswith("cuda"))
-        runner = Runner(config, Store(work / "runs.duckdb"), observers=[clock],
-                        cache_dir=work / "cache")
+        protocol = RunProtocol(config, observers=[clock], cache_dir=work / "cache")
+        lifecycle = Lifecycle(work / "runs.duckdb")
         with timed() as t_gen:
-            runner.plugins.dataset.folder(work / "cache")  # generate the volumes first
+            protocol.plugins.dataset.folder(work / "cache")  # generate the volumes first
         device = torch.device(args.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         with timed() as t_run:
-            result = runner.run()
+            result = next(lifecycle.drive([lifecycle.open(protocol)], LocalExecutor()))
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        dataset = runner.load_data()
+        dataset = protocol.load_data()
         data = DeviceImages(dataset.images, dataset.labels, device)
-        settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=runner.cfg.lr,
+        settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=protocol.cfg.lr,
                                  patience=2, seed=0, device=device)
         loss = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 4.0], device=device))
         bare_model = prepare(build(args.backbone), device, args.compile)
@@ -142,15 +143,15 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {f"{m.scope}": {"sensitivity": m.sensitivity, "specificity": m.specificity,
                                   "f1": m.f1, "auc": m.auc}
                    for m in result.vote.metrics if m.split == "test"}
-        run = runner.store.get_run(result.run_id)
+        run = lifecycle.store.get_run(result.run_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     pipeline = clock.images / clock.train_s if clock.train_s else 0.0
     out = {
         "benchmark": "gpu_paper_preset", "command": command_line(),
         "machine": machine(args.device),
-        "settings": {**vars(args), "strategies": runner.cfg.strategy_specs(),
-                     "preset": runner.cfg.preset, "lr": runner.cfg.lr},
+        "settings": {**vars(args), "strategies": protocol.cfg.strategy_specs(),
+                     "preset": protocol.cfg.preset, "lr": protocol.cfg.lr},
         "slices": len(dataset), "patients": len(set(dataset.patient_ids.tolist())),
         "generate_s": t_gen.seconds, "run_wall_s": t_run.seconds,
         "timings": result.timings, "trained_images": clock.images,

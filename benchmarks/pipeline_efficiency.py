@@ -143,7 +143,8 @@ class BatchClock:
         self.phases: dict[int, list[float]] = {}
         self.batches: dict[int, int] = {}
 
-    def __call__(self, kind: str, **data) -> None:
+    def __call__(self, event) -> None:
+        kind, data = event.kind, event.data
         if self.cuda and kind == "batch_finished" and data["batch"] >= data["batches"] - 1:
             torch.cuda.synchronize()
         now = time.perf_counter()

@@ -1,19 +1,23 @@
 """A run's configuration: what the user asked for, completed by a preset.
 
 Options left unset (None) take the preset's value; the resolved configuration, not
-the command line, is what the store records and hashes, so two runs with the same
-effective settings share a config hash whatever their spelling.
+the command line, is what the store records and hashes. Every field is kept in one
+canonical spelling (see `RunConfig.__post_init__`), so two runs with the same effective
+settings share a config hash whatever their spelling: `--exclude 79,58,58` is `58,79`,
+`--weight ICH:4.0` is `ich:4`, `augment:3.30` is `augment:3.3`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ichbench.errors import UsageError
-from ichbench.spec import parse_spec
+from ichbench.exclusion import DEFAULT_EXCLUDE, parse_exclude
+from ichbench.spec import Spec, parse_spec
 
 PRESETS: dict[str, dict] = {
     # Short on a laptop CPU: a tiny network on small images for a few epochs.
@@ -47,6 +51,60 @@ EXECUTION_ONLY = ("device", "compile")
 
 TUNABLE = ("backbone", "image_size", "epochs", "batch_size", "lr", "patience", "pretrained")
 
+AUTO = "auto"
+
+
+def preset_for_device(preset: str, device: str) -> str:
+    """The preset a run gets on `device`: `auto` is `paper` where training has a GPU
+    (`cuda`, `cuda:N`), `quick` otherwise; any other preset is kept as given."""
+    if preset != AUTO:
+        return preset
+    return "paper" if device.startswith("cuda") else "quick"
+
+
+def canonical_number(text: str) -> str:
+    """One spelling per finite number (`3.30`, `3.3` -> `3.3`; `4.0` -> `4`; `1e-1` ->
+    `0.1`), so that numeric plugin arguments hash by value; anything else is returned as
+    given, since file paths and model names are case- and spelling-sensitive."""
+    try:
+        return str(int(text))
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    if number.is_integer() and abs(number) < 2**53:
+        return str(int(number))
+    return repr(number)
+
+
+def canonical_spec(text: str) -> str:
+    """`Augment:3.30` -> `augment:3.3`: the name lower-cased, numeric arguments in their
+    canonical spelling, other arguments untouched. A spec that does not parse is returned
+    as given, so that the plugin registry reports it with its own message."""
+    try:
+        spec = parse_spec(text)
+    except UsageError:
+        return text
+    return str(Spec(spec.name.lower(), tuple(canonical_number(a) for a in spec.args)))
+
+
+def canonical_exclude(value) -> list[int]:
+    """Excluded patients as sorted unique ints, from a list or from `--exclude` text."""
+    if isinstance(value, str):
+        return list(parse_exclude(value))
+    try:
+        numbers = sorted({int(v) for v in value})
+    except (TypeError, ValueError):
+        numbers = None
+    if numbers is None or (numbers and numbers[0] < 0):
+        raise UsageError(f"exclude {value!r}: expected patient numbers (not negative), e.g. "
+                         f"{list(DEFAULT_EXCLUDE)}")
+    return numbers
+
 
 @dataclass
 class RunConfig:
@@ -68,18 +126,32 @@ class RunConfig:
     seed: int = 0
     weights_file: str | None = None
     pretrained: bool | None = None
-    exclude: list[int] = field(default_factory=lambda: [58, 79])
+    exclude: list[int] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     device: str = "auto"
     # torch.compile the network for training: a setting of the machine, like `device`;
     # compiled results repeat, but differ from eager ones: other rounding, and Inductor
     # draws its own dropout masks, so a network with dropout follows another trajectory
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        """Put every field in its canonical spelling: construction, `replace` and
+        `from_dict` all pass here, so no configuration hashes by its spelling."""
+        self.exclude = canonical_exclude(self.exclude)
+        self.strategies = [canonical_spec(s) for s in self.strategies]
+        self.weights = [canonical_spec(w) for w in self.weights]
+        self.windows = [w.strip().lower() for w in self.windows]
+        self.ensemble = canonical_spec(self.ensemble)
+        self.patient_rule = canonical_spec(self.patient_rule)
+        if self.backbone is not None:
+            self.backbone = canonical_spec(self.backbone)
+        if isinstance(self.lr, int) and not isinstance(self.lr, bool):
+            self.lr = float(self.lr)
+        if isinstance(self.test_size, int) and not isinstance(self.test_size, bool):
+            self.test_size = float(self.test_size)
+
     def resolved(self, device: str) -> RunConfig:
         """Fill unset options from the preset chosen for `device`; validate the rest."""
-        preset = self.preset
-        if preset == "auto":
-            preset = "paper" if device.startswith("cuda") else "quick"
+        preset = preset_for_device(self.preset, device)
         if preset not in PRESETS:
             raise UsageError(f"Unknown preset {self.preset!r}; expected auto, quick or paper")
         values = PRESETS[preset]
@@ -130,5 +202,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
+        """A stored configuration; one stored in an older, non-canonical spelling loads
+        canonical (its hash is then today's)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,40 +1,151 @@
-"""Events the runner emits. Observers (the CLI's progress bars, tests) subscribe;
-the runner itself never prints."""
+"""What a run tells its observers (the CLI's progress bars, benchmarks, tests) as it goes.
+
+The protocol and the lifecycle never print: they emit these events, and each observer
+shows or records what it wants. Every event is a frozen dataclass with documented
+fields; `kind` names it in one word for logs and for observers that dispatch on text.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # see KINDS
-    data: dict[str, Any]
+    """Base of every event."""
+
+    kind: ClassVar[str] = "event"
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The fields as a dict (for JSON logs and text-dispatching observers)."""
+        return asdict(self)
 
 
-KINDS = (
-    "run_started",  # run_id, folds, epochs, resumed
-    "data_progress",  # done, total (patients decoded)
-    "data_loaded",  # slices, patients, cached
-    "fold_started",  # fold, epochs, train_samples
-    "batch_finished",  # fold, epoch, batch, batches
-    "epoch_finished",  # fold, epoch, train_loss, val_loss, val_f1, best
-    "fold_finished",  # fold, threshold, val_f1, test_f1, wall_s
-    "fold_skipped",  # fold (already finished in the store)
-    "run_finished",  # run_id, threshold, wall_s
-    "warning",  # message
+@dataclass(frozen=True)
+class DataProgress(Event):
+    """Patients decoded so far while a dataset is preprocessed (first use only)."""
+
+    kind: ClassVar[str] = "data_progress"
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class DataLoaded(Event):
+    """The dataset is ready: its slice and patient counts."""
+
+    kind: ClassVar[str] = "data_loaded"
+    slices: int
+    patients: int
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    """A run was created, or reopened to resume; `finished` lists the folds kept."""
+
+    kind: ClassVar[str] = "run_started"
+    run_id: str
+    folds: int
+    epochs: int
+    resumed: bool
+    finished: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FoldStarted(Event):
+    """A fold starts training on `train_samples` samples per epoch."""
+
+    kind: ClassVar[str] = "fold_started"
+    fold: int
+    epochs: int
+    train_samples: int
+
+
+@dataclass(frozen=True)
+class BatchFinished(Event):
+    """One optimiser step of a fold's epoch (1-based `batch` of `batches`)."""
+
+    kind: ClassVar[str] = "batch_finished"
+    fold: int
+    epoch: int
+    batch: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class EpochFinished(Event):
+    """An epoch's mean training loss, validation loss and best validation F1 over the
+    threshold grid; `best` when this epoch's weights are now the kept ones."""
+
+    kind: ClassVar[str] = "epoch_finished"
+    fold: int
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_f1: float
+    best: bool
+
+
+@dataclass(frozen=True)
+class FoldFinished(Event):
+    """A fold is recorded: its own threshold, validation F1 at the curve's peak, slice
+    test F1 at its threshold (None when undefined) and its wall time in seconds."""
+
+    kind: ClassVar[str] = "fold_finished"
+    fold: int
+    threshold: float
+    val_f1: float
+    test_f1: float | None
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class FoldSkipped(Event):
+    """A fold already recorded by an earlier attempt at the run; kept, not retrained."""
+
+    kind: ClassVar[str] = "fold_skipped"
+    fold: int
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    """The vote is stored: the voting threshold, the run's wall time and the seconds
+    spent per phase (`data`, `train`, `eval`, `store`)."""
+
+    kind: ClassVar[str] = "run_finished"
+    run_id: str
+    threshold: float
+    wall_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunWarning(Event):
+    """Something the user should know that does not stop the run."""
+
+    kind: ClassVar[str] = "warning"
+    message: str
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    DataProgress, DataLoaded, RunStarted, FoldStarted, BatchFinished, EpochFinished,
+    FoldFinished, FoldSkipped, RunFinished, RunWarning,
 )
+KINDS = tuple(t.kind for t in EVENT_TYPES)
 
 Observer = Callable[[Event], None]
 
 
 class Emitter:
+    """Hands each event to every observer, in order."""
+
     def __init__(self, observers: list[Observer] | None = None) -> None:
         self.observers = list(observers or [])
 
-    def __call__(self, kind: str, **data: Any) -> None:
-        event = Event(kind, data)
+    def __call__(self, event: Event) -> None:
         for observer in self.observers:
             observer(event)

@@ -1,10 +1,8 @@
 """Where a grid's (configuration, fold) trials run: in this process, or over a Ray cluster.
 
-A trial is `Runner.fold_trial`: pure, it trains and evaluates one fold and returns the
-fold's record and kept weights without touching the store. The driver (this process)
-alone writes the store, so the DuckDB file never has two writers: it records each fold
-as its result comes back and finishes a configuration's run once all its folds are in.
-An interrupted grid therefore resumes like an interrupted run: finished folds are kept.
+A trial is `RunProtocol.fold_trial`: pure, it trains and evaluates one fold and returns
+the fold's record and kept weights without touching the store. The driver records them
+(`ichbench.lifecycle`), so the DuckDB file never has two writers.
 
 Ray is optional and imported only by `RayExecutor`. Remote workers are sent the resolved
 configuration, never the data: they load the dataset themselves (through the cache on
@@ -17,171 +15,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from ichbench.errors import (
-    DataError,
-    IchbenchError,
-    LeakageError,
-    RunBusyError,
-    RunFinishedError,
-    UsageError,
-)
+from ichbench.errors import DataError, IchbenchError, LeakageError, UsageError
+from ichbench.lifecycle import Job, TrialResult, tag
 
 if TYPE_CHECKING:
-    from ichbench.config import RunConfig
     from ichbench.records import FoldRecord
-    from ichbench.runner import Prepared, Runner, RunResult
 
 RAY_MISSING = "--executor ray needs the ray extra: pip install 'ichbench[ray]'"
 # what a worker must see as the driver does (a same-machine cache, the plugin selection)
 ENV_FOR_WORKERS = ("ICHBENCH_CACHE", "ICHBENCH_LOAD_PLUGINS", "HF_HUB_OFFLINE", "HF_HOME")
-
-
-@dataclass
-class Job:
-    """One configuration's run, already created (or reopened) in the store, and the folds
-    it still needs."""
-
-    runner: Runner
-    prepared: Prepared
-    folds: list[int]
-
-    @property
-    def run_id(self) -> str:
-        return self.prepared.run_id
-
-
-@dataclass
-class TrialResult:
-    """A finished trial as it comes back to the driver; `job` indexes the submitted jobs."""
-
-    job: int
-    fold: int
-    record: FoldRecord
-    state: dict
-
-
-class Executor(Protocol):
-    """Runs the trials of the given jobs and yields their results as they complete.
-    An exception raised for a trial carries `job_index`, the job it belongs to."""
-
-    def runner(self, config: RunConfig, store, **kwargs: Any) -> Runner:
-        """The driver-side Runner of one configuration (Runner's keyword arguments)."""
-        ...
-
-    def trials(self, jobs: Sequence[Job]) -> Iterator[TrialResult]: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Busy:
-    """A configuration whose unfinished run another live process is running."""
-
-    run_id: str
-    error: RunBusyError
-
-
-def plan_job(runner: Runner) -> Job | Busy | str:
-    """A configuration's job: a new run, or the unfinished run of the same configuration on
-    the same data reopened with its finished folds kept. When that configuration already has
-    a finished run on this data, its run id instead: nothing is left to do; when another
-    live process is running it, `Busy`: that process will finish it."""
-    store = runner.store
-    dataset = runner.load_data()
-    existing = [r for r in store.runs_with_config(runner.cfg.hash)
-                if r["dataset_hash"] == dataset.dataset_hash]
-    if existing and existing[0]["status"] == "finished":
-        return str(existing[0]["run_id"])
-    try:
-        prepared = runner.prepare(resume=existing[0]["run_id"] if existing else None,
-                                  dataset=dataset, exclusive=True)
-    except RunBusyError as exc:
-        return Busy(exc.run_id, exc)
-    except RunFinishedError as exc:  # another process finished it meanwhile
-        return exc.run_id
-    todo = [f.index for f in prepared.split.folds if f.index not in prepared.done]
-    return Job(runner, prepared, todo)
-
-
-def run_jobs(jobs: Sequence[Job], executor: Executor,
-             on_trial: Callable[[int, FoldRecord], None] | None = None) -> Iterator[RunResult]:
-    """Drive the trials of `jobs` through `executor`: record every fold as it arrives (then
-    call `on_trial(job index, record)`), finish each run when its folds are all in, and
-    yield it.
-
-    On an error the failing trial's run is marked failed and the other unfinished runs
-    interrupted (all resumable); on Ctrl-C every unfinished run is marked interrupted.
-    """
-    waiting = {i: set(job.folds) for i, job in enumerate(jobs)}
-    computed: dict[int, dict[int, FoldRecord]] = {i: {} for i in range(len(jobs))}
-    try:
-        for i, job in enumerate(jobs):
-            if not waiting[i]:  # every fold was already in the store
-                try:
-                    finished = _finish(job, computed[i])
-                except BaseException as exc:
-                    _tag(exc, i)
-                    raise
-                yield finished
-        for result in executor.trials(jobs):
-            job = jobs[result.job]
-            try:
-                record = job.runner.record_fold(job.run_id, result.record, result.state)
-                computed[result.job][result.fold] = record
-                waiting[result.job].discard(result.fold)
-                if on_trial is not None:
-                    on_trial(result.job, record)
-                finished = None if waiting[result.job] else _finish(job, computed[result.job])
-            except BaseException as exc:
-                _tag(exc, result.job)
-                raise
-            if finished is not None:
-                yield finished
-    except KeyboardInterrupt:
-        for i, job in enumerate(jobs):
-            if waiting[i]:
-                _mark(job, "interrupted", None)
-        raise
-    except BaseException as exc:
-        failed = getattr(exc, "job_index", None)
-        for i, job in enumerate(jobs):
-            if i == failed:
-                _mark(job, "failed", f"{type(exc).__name__}: {exc}")
-            elif waiting[i]:
-                _mark(job, "interrupted", None)
-        raise
-
-
-def abandon(jobs: Sequence[Job], status: str = "interrupted") -> None:
-    """Mark runs opened for `jobs` but never driven, so a later grid resumes them."""
-    for job in jobs:
-        _mark(job, status, None)
-
-
-def _finish(job: Job, computed: dict[int, FoldRecord]) -> RunResult:
-    """The vote over every fold: those already in the store and those just computed."""
-    folds = {}
-    for fold in sorted(job.prepared.done):
-        folds[fold] = job.runner.store.load_fold(job.run_id, fold)
-        job.runner.emit("fold_skipped", fold=fold)
-    folds.update(computed)
-    return job.runner.finish(job.prepared, folds)
-
-
-def _mark(job: Job, status: str, error: str | None) -> None:
-    with contextlib.suppress(IchbenchError):  # the error being raised matters more
-        job.runner.store.mark_run(job.run_id, status, error=error)
-
-
-def _tag(exc: BaseException, job: int) -> None:
-    """Remember which job's trial raised, so the driver marks that run failed."""
-    with contextlib.suppress(AttributeError):
-        exc.job_index = job  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- local
@@ -189,23 +36,20 @@ def _tag(exc: BaseException, job: int) -> None:
 
 class LocalExecutor:
     """Every trial in this process, one after the other, in job and fold order; the
-    runner's observers see every event as in `ichbench run`."""
+    protocol's observers see every event as in `ichbench run`."""
+
+    device_label: str | None = None  # the runs record this process's device
+    device = "auto"  # trials train on this process's device
 
     def trials(self, jobs: Sequence[Job]) -> Iterator[TrialResult]:
         for i, job in enumerate(jobs):
             for fold in job.folds:
                 try:
-                    record, state = job.runner.fold_trial(job.prepared.dataset,
-                                                          job.prepared.split, fold)
+                    record, state = job.protocol.fold_trial(job.dataset, job.split, fold)
                 except BaseException as exc:
-                    _tag(exc, i)
+                    tag(exc, i)
                     raise
                 yield TrialResult(i, fold, record, state)
-
-    def runner(self, config: RunConfig, store, **kwargs: Any) -> Runner:
-        from ichbench.runner import Runner
-
-        return Runner(config, store, **kwargs)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -236,33 +80,33 @@ def run_trial(spec: TrialSpec) -> tuple[FoldRecord, dict]:
     import torch
 
     from ichbench.config import RunConfig
-    from ichbench.runner import Runner
+    from ichbench.protocol import RunProtocol
 
     torch.set_num_threads(spec.threads)  # CPU results depend on it; make it the trial's CPUs
     for key, value in spec.env.items():
         os.environ[key] = value
-    runner = Runner(RunConfig.from_dict(spec.config), store=None)
+    protocol = RunProtocol(RunConfig.from_dict(spec.config))
     node = os.uname().nodename
-    if runner.cfg.hash != spec.config_hash:
-        raise UsageError(f"Node {node} resolved configuration {runner.cfg.hash}, the driver "
+    if protocol.cfg.hash != spec.config_hash:
+        raise UsageError(f"Node {node} resolved configuration {protocol.cfg.hash}, the driver "
                          f"{spec.config_hash}: install the same ichbench and plugins everywhere")
-    with _node_lock(runner.cache_dir):
-        dataset = runner.load_data()
+    with _node_lock(protocol.cache_dir):
+        dataset = protocol.load_data()
     if dataset.dataset_hash != spec.dataset_hash:
-        raise DataError(f"Dataset {runner.cfg.data!r} on node {node} has hash "
+        raise DataError(f"Dataset {protocol.cfg.data!r} on node {node} has hash "
                         f"{dataset.dataset_hash[:12]}, the driver's {spec.dataset_hash[:12]}: "
                         "every node must see the same data")
-    split = runner.split_of(dataset)
+    split = protocol.split_of(dataset)
     if split.hash != spec.split_hash:
         raise LeakageError(f"The split recomputed on node {node} differs from the driver's; "
                            "refusing to train")
-    probe = runner.build_model(spec.fold, dataset.images.shape[1])
+    probe = protocol.build_model(spec.fold, dataset.images.shape[1])
     if (probe.pretrained, probe.pretrained_source) != (spec.pretrained, spec.pretrained_source):
-        raise UsageError(f"Node {node} starts {runner.cfg.backbone} from "
+        raise UsageError(f"Node {node} starts {protocol.cfg.backbone} from "
                          f"{probe.pretrained_source or 'random weights'}, the run records "
                          f"{spec.pretrained_source or 'random weights'}: give every node the "
                          "same weights (--weights FILE at the same path, or the same Hub cache)")
-    return runner.fold_trial(dataset, split, spec.fold)
+    return protocol.fold_trial(dataset, split, spec.fold)
 
 
 @contextlib.contextmanager
@@ -356,12 +200,12 @@ class RayExecutor:
                 except ray.exceptions.RayTaskError as exc:
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, IchbenchError):  # one clear line, as locally
-                        _tag(cause, i)
+                        tag(cause, i)
                         raise cause from None
-                    _tag(exc, i)
+                    tag(exc, i)
                     raise
                 except Exception as exc:
-                    _tag(exc, i)
+                    tag(exc, i)
                     raise
                 yield TrialResult(i, fold, record, state)
         finally:
@@ -369,10 +213,10 @@ class RayExecutor:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
 
-    def runner(self, config: RunConfig, store, **kwargs: Any) -> Runner:
-        """A driver-side runner for `config` whose run records where its trials train."""
-        return _cluster_runner(config, store, f"ray:{self.device}, {self._resources()}",
-                               **kwargs)
+    @property
+    def device_label(self) -> str:
+        """What the runs record as their device: the cluster, not the driver."""
+        return f"ray:{self.device}, {self._resources()}"
 
     def _resources(self) -> str:
         res = self.ray.cluster_resources()
@@ -380,13 +224,12 @@ class RayExecutor:
         return f"{nodes} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
 
     def _spec_fields(self, job: Job) -> dict[str, Any]:
-        run = job.runner.store.get_run(job.run_id)
-        config = job.runner.cfg.as_dict()
+        config = job.protocol.cfg.as_dict()
         config["device"] = self.device
-        return {"config": config, "config_hash": job.runner.cfg.hash,
-                "dataset_hash": job.prepared.dataset.dataset_hash,
-                "split_hash": job.prepared.split.hash, "pretrained": bool(run["pretrained"]),
-                "pretrained_source": run["pretrained_source"],
+        return {"config": config, "config_hash": job.protocol.cfg.hash,
+                "dataset_hash": job.dataset.dataset_hash,
+                "split_hash": job.split.hash, "pretrained": job.pretrained,
+                "pretrained_source": job.pretrained_source,
                 "threads": max(1, int(self.cpus_per_trial)), "env": dict(self.env)}
 
     def close(self) -> None:
@@ -396,15 +239,8 @@ class RayExecutor:
             self._started = False
 
 
-def _cluster_runner(config: RunConfig, store, label: str, **kwargs: Any) -> Runner:
-    """A Runner whose run row names the cluster as its device: the driver trains nothing."""
-    from ichbench.runner import Runner
-
-    return Runner(config, store, device_label=label, **kwargs)
-
-
 def make_executor(name: str, address: str | None = None, *, device: str = "auto",
-                  cpus_per_trial: float = 1) -> Executor:
+                  cpus_per_trial: float = 1) -> LocalExecutor | RayExecutor:
     """The executor named on the command line; `--device cpu` keeps Ray trials off GPUs."""
     if name == "local":
         if address:

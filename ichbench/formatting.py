@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from datetime import datetime
 
 DASH = "\u2013"
 
@@ -26,3 +28,13 @@ def fmt_wall(seconds: float | None) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def fmt_time(value: datetime | None) -> str:
+    return DASH if value is None else value.strftime("%Y-%m-%d %H:%M")
+
+
+def fmt_list(values: Iterable[str] | None) -> str:
+    """Spec strings separated by spaces, as they are typed on the command line."""
+    items = list(values or [])
+    return " ".join(items) if items else "none"

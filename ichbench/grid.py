@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ichbench.config import RunConfig
+from ichbench.config import RunConfig, canonical_spec
 from ichbench.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -65,13 +65,16 @@ class Grid:
 
 def expand_values(text: str) -> tuple[str | None, ...]:
     """`augment:1,2,3.3` -> ('augment:1', 'augment:2', 'augment:3.3');
-    `none,bootstrap:2` -> (None, 'bootstrap:2')."""
+    `none,bootstrap:2` -> (None, 'bootstrap:2').
+
+    Values are canonical and listed once (`augment:3.3,3.30` is one value), so a grid's
+    id and its configurations depend on what it runs, not on how it was spelled."""
     values: list[str | None] = []
     name = None
     for token in (t.strip() for t in text.split(",")):
         if not token:
             raise UsageError(f"Grid value {text!r} has an empty item")
-        if token == "none":
+        if token.lower() == "none":
             values.append(None)
             name = None
         elif ":" in token:
@@ -81,7 +84,8 @@ def expand_values(text: str) -> tuple[str | None, ...]:
             values.append(token)  # a bare name: a backbone, or a plugin without argument
         else:
             values.append(f"{name}:{token}")
-    return tuple(values)
+    canonical = (v if v is None else canonical_spec(v) for v in values)
+    return tuple(dict.fromkeys(canonical))
 
 
 def axes_from_options(strategies: list[str], weights: list[str],

@@ -1,5 +1,7 @@
 """The hooks a plugin implements. Each hook hands the plugin a `register` callback.
 
+Plugins import `hookimpl` from `ichbench` itself.
+
 The full reference, with examples, is docs/plugins.md; a meta-test keeps it in step
 with the signatures below.
 """
@@ -29,4 +31,4 @@ def register_aggregators(register):
 
 @hookspec
 def register_datasets(register):
-    """Register dataset sources: register(name, factory, help=...)."""
+    """Register dataset sources: register(name, factory, help=..., claims=...)."""

@@ -3,7 +3,8 @@
 A factory receives the parsed `Spec` (name and string arguments), validates the
 arguments (raising `UsageError` that names the plugin and its expected form) and
 returns an object satisfying one of the protocols below. The core only ever talks to
-plugins through these protocols.
+plugins through these protocols, and checks each created object against the protocol of
+its kind (`KIND_PROTOCOLS`), so a factory that returns the wrong thing is named at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from ichbench.exclusion import DEFAULT_EXCLUDE
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +33,10 @@ class SliceDataset:
     """A preprocessed dataset: one row per slice, arrays memory-mapped from the cache.
 
     Images are uint8 in [0, 255] (the window mapped to [0, 1], times 255), shape
-    (N, C, H, W), one channel per window. Rows are ordered by patient, then slice.
+    (N, C, H, W), one channel per window in `windows` order, H == W == the requested
+    image size. Each image is in radiological display orientation: row 0 is anterior
+    (rows run anterior to posterior) and the patient's left is on the image's right.
+    Rows are ordered by patient, then slice; slice 1 is the most inferior.
     """
 
     name: str
@@ -66,7 +72,7 @@ class LoadOptions:
 
     image_size: int = 64
     windows: tuple[str, ...] = ("brain",)
-    exclude: tuple[int, ...] = (58, 79)
+    exclude: tuple[int, ...] = DEFAULT_EXCLUDE
 
 
 @runtime_checkable
@@ -89,6 +95,11 @@ class TrainPlan:
     `indices` point into the SliceDataset rows (repeats allowed); `augment[i]` asks the
     trainer to apply a random transform to sample i on the fly (never stored). The plan
     only ever holds rows of the fold's training patients: the core checks that.
+
+    `loss_factory(weights)` (weights: float32 tensor `(healthy, ich)` on the training
+    device) replaces the weighted cross-entropy of the training batches only: validation
+    picks the checkpoint by F1, never by this loss. `notes` must be JSON-serialisable; it is
+    stored with the fold and shown by `ichbench show`.
     """
 
     indices: np.ndarray  # int64
@@ -176,3 +187,15 @@ class PatientRule(Protocol):
 
     def decide(self, scores: np.ndarray, decisions: np.ndarray,
                threshold: float) -> tuple[float, bool]: ...
+
+
+# --------------------------------------------------------------------------- kinds
+
+KIND_PROTOCOLS: dict[str, type] = {
+    "strategy": Strategy,
+    "backbone": Backbone,
+    "ensemble": EnsembleRule,
+    "patient": PatientRule,
+    "dataset": DatasetSource,
+}
+"""The protocol every object of a plugin kind satisfies, by kind (the registry's keys)."""

@@ -4,22 +4,33 @@ Built-in plugins live in the `ichbench_plugins` package and reach the registry t
 the `ichbench` entry-point group, exactly like a third party's: the core never names
 them. Entry points are loaded one at a time so that a broken plugin fails with its own
 name, and every registered name is attributed to its plugin, distribution and version.
+
+Objects created by `Registry.create` blame their plugin for their failures (see
+`ichbench.blame`), and `plugin_versions` gives the `{distribution: version}` of the plugins
+a run used, for its provenance. Problems that do not stop ichbench (a hook function that
+lacks `@hookimpl`, a plugin that registers nothing, a misspelled distribution in
+`ICHBENCH_LOAD_PLUGINS`) are collected in `Plugins.warnings` for the CLI to print.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata as md
+import inspect
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from ichbench import hookspecs
-from ichbench.errors import PluginError
+from ichbench.blame import call_blamed, check_kind, describe, is_plugin_fault, wrap
+from ichbench.blame import entry_of as _entry_of_object
+from ichbench.errors import PluginError, UsageError
 from ichbench.spec import Spec, parse_spec
 
 ENTRY_POINT_GROUP = "ichbench"
@@ -45,7 +56,11 @@ _HOOK_KIND = {
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered name, with where it came from."""
+    """One registered name, with where it came from.
+
+    `claims` (datasets only) says whether the dataset reads a folder given bare as
+    `--data PATH`; such a folder is created as `Spec(name, (PATH,))`.
+    """
 
     kind: str
     name: str
@@ -54,13 +69,36 @@ class Entry:
     plugin: str
     distribution: str
     version: str
+    claims: Callable[[Path], bool] | None = None
 
     def create(self, spec: Spec) -> Any:
-        return self.factory(spec)
+        """Call the factory and check what it returns. The factory's own `UsageError` (a bad
+        argument) and ichbench's other errors pass unchanged; any other failure, or an
+        object of the wrong kind, is a PluginError naming the plugin and its distribution.
+        The object comes back behind a proxy that blames the plugin for its failures."""
+        try:
+            obj = self.factory(spec)
+        except UsageError:
+            raise
+        except Exception as exc:
+            if not is_plugin_fault(exc):
+                raise
+            raise PluginError(f"{describe(self)} failed in its factory: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        check_kind(self, obj)
+        return wrap(obj, self)
+
+    def claims_folder(self, path: Path) -> bool:
+        """Whether this dataset claims `path`; a claim that fails is blamed on its plugin."""
+        if self.claims is None:
+            return False
+        return bool(call_blamed(self, "claims", self.claims, path))
 
 
 class Registry:
-    """Every name every plugin registered, by kind. Collisions are fatal."""
+    """Every name every plugin registered, by kind. Collisions are fatal. Names are matched
+    without regard to case, as configurations spell them in lower case (`RunConfig`
+    canonicalises `Augment:3.3` to `augment:3.3`), so `MyNet` and `mynet` are one name."""
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
@@ -71,14 +109,14 @@ class Registry:
                 f"Plugin {entry.plugin!r} registered {entry.name!r} with unknown kind "
                 f"{entry.kind!r}; expected one of {', '.join(KINDS)}"
             )
-        existing = self._entries[entry.kind].get(entry.name)
+        existing = self._entries[entry.kind].get(entry.name.lower())
         if existing is not None:
             raise PluginError(
                 f"{KIND_LABELS[entry.kind].capitalize()} {entry.name!r} is registered twice: "
                 f"by {existing.plugin} ({existing.distribution}) and by {entry.plugin} "
                 f"({entry.distribution})"
             )
-        self._entries[entry.kind][entry.name] = entry
+        self._entries[entry.kind][entry.name.lower()] = entry
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])
@@ -88,7 +126,7 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Entry:
         try:
-            return self._entries[kind][name]
+            return self._entries[kind][name.lower()]
         except KeyError:
             pass
         label = KIND_LABELS[kind]
@@ -99,10 +137,49 @@ class Registry:
             f"Unknown {label} {name!r}.{did_you_mean} Available: {', '.join(available) or 'none'}"
         )
 
+    def entry_of(self, kind: str, text: str | Spec) -> Entry:
+        """The entry a spec (`name:args`) of `kind` creates from, without creating anything."""
+        spec = parse_spec(text) if isinstance(text, str) else text
+        return self.get(kind, spec.name)
+
     def create(self, kind: str, text: str | Spec) -> Any:
-        """Parse `name:args`, find the factory and let it validate its arguments."""
+        """Parse `name:args`, find the factory and let it validate its arguments.
+
+        The object returned behaves as the factory's (attributes, `isinstance`), but any
+        unexpected exception of its methods becomes a PluginError naming the plugin, its
+        distribution and version, and the method (see `ichbench.blame`)."""
         spec = parse_spec(text) if isinstance(text, str) else text
         return self.get(kind, spec.name).create(spec)
+
+    def claimants(self, path: Path) -> list[Entry]:
+        """The datasets whose `claims` accept `path`."""
+        return [e for e in self.entries() if e.kind == "dataset" and e.claims_folder(path)]
+
+
+def created_by(obj: Any) -> Entry | None:
+    """The entry whose factory created `obj` (an object from `Registry.create`), else None."""
+    return _entry_of_object(obj)
+
+
+def plugin_versions(registry: Registry, used: list[tuple[str, str]]) -> dict[str, str]:
+    """`{distribution: version}` of the plugins behind `used`, a list of `(kind, spec_text)`
+    as a run was configured (a dataset may be a bare folder: its claimant counts)."""
+    from ichbench.data.resolve import dataset_entry
+
+    versions: dict[str, str] = {}
+    for kind, text in used:
+        entry = dataset_entry(text, registry)[0] if kind == "dataset" \
+            else registry.entry_of(kind, text)
+        versions[entry.distribution] = entry.version
+    return dict(sorted(versions.items()))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares it: `Ichbench_Focal` -> `ichbench-focal`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _distribution_of(ep: md.EntryPoint) -> tuple[str, str]:
@@ -112,34 +189,80 @@ def _distribution_of(ep: md.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
-def _wanted(dist_name: str) -> bool:
+def _selection() -> set[str] | None:
+    """The normalised distributions `ICHBENCH_LOAD_PLUGINS` asks for; None: all of them."""
     selection = os.environ.get(LOAD_ENV)
-    if selection is None or dist_name == "ichbench":
-        return True
-    wanted = {n.strip().lower() for n in selection.split(",") if n.strip()}
-    return dist_name.lower() in wanted
+    if selection is None:
+        return None
+    return {normalise(n.strip()) for n in selection.split(",") if n.strip()}
+
+
+def _wanted(dist_name: str, selection: set[str] | None) -> bool:
+    return selection is None or normalise(dist_name) in selection | {"ichbench"}
+
+
+def _selection_warnings(installed: set[str]) -> list[str]:
+    """Names in `ICHBENCH_LOAD_PLUGINS` that load nothing, or only by normalisation."""
+    warnings = []
+    known = {normalise(n) for n in installed} | {"ichbench"}
+    others = sorted(known - {"ichbench"})
+    for raw in (os.environ.get(LOAD_ENV) or "").split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if normalise(name) not in known:
+            warnings.append(f"{LOAD_ENV} names {name!r}, which is not an installed ichbench "
+                            f"plugin distribution (installed: {', '.join(others) or 'none'})")
+        elif name != normalise(name):
+            warnings.append(f"{LOAD_ENV} names {name!r}; write it normalised as "
+                            f"{normalise(name)!r}")
+    return warnings
 
 
 def _entry_points() -> list[md.EntryPoint]:
     return sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.value, ep.name))
 
 
+def _undecorated_hooks(plugin: object) -> list[str]:
+    """`register_*` functions pluggy will never call, because they lack `@hookimpl`."""
+    marker = f"{ENTRY_POINT_GROUP}_impl"
+    found = []
+    for attr in dir(plugin):
+        if not attr.startswith("register_"):
+            continue
+        value = getattr(plugin, attr, None)
+        if callable(value) and not inspect.isclass(value) and not hasattr(value, marker):
+            found.append(attr)
+    return found
+
+
 class Plugins:
-    """A pluggy manager loaded from entry points, and the registry its hooks produce."""
+    """A pluggy manager loaded from entry points, and the registry its hooks produce.
+
+    `warnings` lists what is wrong but not fatal, for the CLI to print once as
+    `Warning: ...` lines; `pending_warnings()` returns each only the first time.
+    """
 
     def __init__(self, *, load_entry_points: bool = True) -> None:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self._origin: dict[str, tuple[str, str]] = {}
         self._registry: Registry | None = None
+        self._load_warnings: list[str] = []
+        self._registry_warnings: list[str] = []
+        self._reported: set[str] = set()
         if load_entry_points:
             self._load_entry_points()
 
     def _load_entry_points(self) -> None:
-        for ep in _entry_points():
+        points = _entry_points()
+        selection = _selection()
+        self._load_warnings.extend(_selection_warnings({_distribution_of(ep)[0]
+                                                        for ep in points}))
+        for ep in points:
             dist_name, version = _distribution_of(ep)
-            if not _wanted(dist_name):
-                continue
+            if not _wanted(dist_name, selection) or self.pm.has_plugin(ep.value):
+                continue  # not selected, or a module two entry points name
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must be named, never swallowed
@@ -151,15 +274,27 @@ class Plugins:
 
     def register(self, plugin: object, *, name: str, distribution: str = "local",
                  version: str = "") -> None:
+        """Add a plugin object (a module, usually) under a name no other plugin has."""
         if self.pm.has_plugin(name):
-            return
-        self.pm.register(plugin, name=name)
+            dist, _ = self._origin.get(name, ("unknown", ""))
+            raise PluginError(f"A plugin named {name!r} is already registered (from {dist}); "
+                              "register yours under another name")
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as exc:  # pluggy: this very object is registered under another name
+            raise PluginError(f"Plugin {name!r} ({distribution}) is already registered as "
+                              f"{self.pm.get_name(plugin)!r}") from exc
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             raise PluginError(f"Plugin {name!r} ({distribution}) is invalid: {exc}") from exc
         self._origin[name] = (distribution, version)
+        origin = f"{distribution} {version}".strip()
+        self._load_warnings.extend(
+            f"Plugin {name!r} ({origin}) defines {hook} without @hookimpl, so ichbench never "
+            "calls it; decorate it with ichbench.hookimpl"
+            for hook in _undecorated_hooks(plugin))
         self._registry = None
 
     def unregister(self, name: str) -> None:
@@ -173,35 +308,58 @@ class Plugins:
             self._registry = self._build_registry()
         return self._registry
 
+    @property
+    def warnings(self) -> list[str]:
+        """Everything worth a warning, the registry's included (so this builds it, and
+        raises what building it raises)."""
+        _ = self.registry
+        return [*self._load_warnings, *self._registry_warnings]
+
+    def pending_warnings(self) -> list[str]:
+        """The warnings not returned by an earlier call, so each is printed once."""
+        fresh = [w for w in self.warnings if w not in self._reported]
+        self._reported.update(fresh)
+        return fresh
+
     def _build_registry(self) -> Registry:
         registry = Registry()
         for hook_name, fixed_kind in _HOOK_KIND.items():
             caller = getattr(self.pm.hook, hook_name)
             for impl in reversed(caller.get_hookimpls()):
-                plugin_name = impl.plugin_name
-                dist, version = self._origin.get(plugin_name, ("local", ""))
-
-                def register(name: str, factory: Callable[[Spec], Any], *, help: str = "",
-                             kind: str | None = None, _plugin=plugin_name, _dist=dist,
-                             _version=version, _fixed=fixed_kind, _hook=hook_name) -> None:
-                    resolved = _fixed if _fixed is not None else kind
-                    if resolved is None:
-                        raise PluginError(
-                            f"Plugin {_plugin!r}: {_hook} needs kind='ensemble' or "
-                            f"kind='patient' for {name!r}"
-                        )
-                    registry.add(Entry(resolved, name, factory, help, _plugin, _dist, _version))
-
-                try:
-                    impl.function(register=register)
-                except PluginError:
-                    raise
-                except Exception as exc:
-                    raise PluginError(
-                        f"Plugin {plugin_name!r} ({dist}) failed in {hook_name}: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                self._call_hook(registry, impl, hook_name, fixed_kind)
+        registered = {e.plugin for e in registry.entries()}
+        self._registry_warnings = [
+            f"Plugin {name!r} ({f'{dist} {version}'.strip()}) registered nothing"
+            for name, (dist, version) in self._origin.items() if name not in registered]
         return registry
+
+    def _call_hook(self, registry: Registry, impl: pluggy.HookImpl, hook_name: str,
+                   fixed_kind: str | None) -> None:
+        plugin_name = impl.plugin_name
+        dist, version = self._origin.get(plugin_name, ("local", ""))
+
+        def register(name: str, factory: Callable[[Spec], Any], *, help: str = "",
+                     kind: str | None = None,
+                     claims: Callable[[Path], bool] | None = None) -> None:
+            resolved = fixed_kind if fixed_kind is not None else kind
+            if resolved is None:
+                raise PluginError(f"Plugin {plugin_name!r}: {hook_name} needs kind='ensemble' "
+                                  f"or kind='patient' for {name!r}")
+            if claims is not None and (resolved != "dataset" or not callable(claims)):
+                raise PluginError(f"Plugin {plugin_name!r}: claims= for {name!r} must be a "
+                                  "callable(Path) -> bool, and only datasets claim folders")
+            registry.add(Entry(resolved, name, factory, help, plugin_name, dist, version,
+                               claims))
+
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"Plugin {plugin_name!r} ({dist}) failed in {hook_name}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
 
 _DEFAULT: Plugins | None = None
@@ -227,7 +385,10 @@ def reset_plugins() -> None:
 
 @contextmanager
 def registered(plugin: object, name: str) -> Iterator[Registry]:
-    """Register a plugin object for the duration of a block, then always unregister it."""
+    """Register a plugin object for the duration of a block, then always unregister it.
+
+    A name already taken (by an installed plugin, say) is an error: this never removes a
+    plugin it did not add itself."""
     plugins = get_plugins()
     plugins.register(plugin, name=name)
     try:

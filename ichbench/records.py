@@ -62,6 +62,27 @@ class Predictions:
 
 
 @dataclass
+class PatientDecisions:
+    """Columnar patient-level decisions of one model: one entry per (split, patient), as
+    the run's patient rule made them from that model's slice decisions. Stored, so a
+    reader never needs the rule plugin to show them."""
+
+    split: np.ndarray  # str: 'val' | 'test'
+    patient_id: np.ndarray  # int64
+    label: np.ndarray  # int64: 1 if any of the patient's slices is ICH
+    score: np.ndarray  # float64: the rule's patient score
+    decision: np.ndarray  # bool: the rule's patient decision
+
+    def __len__(self) -> int:
+        return int(self.patient_id.shape[0])
+
+    @classmethod
+    def concat(cls, parts: list[PatientDecisions]) -> PatientDecisions:
+        return cls(*(np.concatenate([getattr(p, name) for p in parts])
+                     for name in ("split", "patient_id", "label", "score", "decision")))
+
+
+@dataclass
 class EpochRecord:
     epoch: int
     train_loss: float
@@ -91,6 +112,8 @@ class FoldRecord:
     checkpoint: str | None = None  # path of the kept checkpoint, relative to the run folder
     status: str = "finished"
     compiled: bool = False  # trained through torch.compile: same protocol, other numerics
+    patients: PatientDecisions | None = None  # the fold model's patient decisions (val, test)
+    notes: dict[str, Any] = field(default_factory=dict)  # the strategies' TrainPlan.notes
 
 
 @dataclass
@@ -114,6 +137,7 @@ class RunRecord:
     split_hash: str
     grid_id: str | None = None
     status: str = "running"
+    plugins: dict[str, str] = field(default_factory=dict)  # distribution -> version, those used
 
 
 @dataclass
@@ -123,3 +147,4 @@ class VoteRecord:
     metrics: list[MetricRow]
     predictions: Predictions  # the ensemble's test probabilities (fold NULL in the store)
     wall_s: float = 0.0
+    patients: PatientDecisions | None = None  # the vote's patient decisions (val, test)

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ichbench.augment import augment_batch
-from ichbench.events import Emitter
+from ichbench.data.preprocess import to_network, to_unit
+from ichbench.events import BatchFinished, Emitter, EpochFinished
 from ichbench.interfaces import TrainPlan
 from ichbench.records import EpochRecord
 from ichbench.vote import f1_curve
 
-MEAN, STD = 0.5, 0.5
 COMPILE_BACKEND = "inductor"
 
 
@@ -55,16 +55,10 @@ class DeviceImages:
               generator: torch.Generator | None) -> torch.Tensor:
         """`augment`: the positions in the batch to transform, an integer tensor on the
         device; its length is known on the host, so no step waits for the GPU."""
-        x = self.images[index].float().div_(255.0)
+        x = to_unit(self.images[index])
         if augment is not None and len(augment):
             x[augment] = augment_batch(x[augment], generator)
-        if settings.input_size and x.shape[-1] != settings.input_size:
-            x = F.interpolate(x, size=(settings.input_size, settings.input_size),
-                              mode="bilinear", align_corners=False, antialias=False)
-        x = x.sub_(MEAN).div_(STD)
-        if settings.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return to_network(x, settings.input_size, channels_last=settings.cuda)
 
 
 def _autocast(settings: TrainSettings):
@@ -151,7 +145,7 @@ def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: 
             loss.backward()
             optimizer.step()
             total_loss += loss.detach().double() * len(pick)
-            emit("batch_finished", fold=fold, epoch=epoch, batch=b + 1, batches=n_batches)
+            emit(BatchFinished(fold=fold, epoch=epoch, batch=b + 1, batches=n_batches))
         total_loss = float(total_loss)
         probs = predict(step_model, data, val_rows, settings)
         val_f1 = float(f1_curve(val_labels_np, probs).max())
@@ -166,8 +160,9 @@ def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: 
         record = EpochRecord(epoch, total_loss / max(len(rows), 1), val_loss, val_f1,
                              time.perf_counter() - started)
         history.append(record)
-        emit("epoch_finished", fold=fold, epoch=epoch, epochs=settings.epochs,
-             train_loss=record.train_loss, val_loss=val_loss, val_f1=val_f1, best=improved)
+        emit(EpochFinished(fold=fold, epoch=epoch, epochs=settings.epochs,
+                           train_loss=record.train_loss, val_loss=val_loss, val_f1=val_f1,
+                           best=improved))
         if stale >= settings.patience:
             break
     assert best_state is not None

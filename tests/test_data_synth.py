@@ -178,6 +178,20 @@ def test_interrupted_generation_leaves_nothing_that_looks_valid(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+def test_volumes_are_written_through_the_synth_module(tmp_path, monkeypatch):
+    """Replacing `synth._write_nifti` intercepts every volume (the kill tests park there)."""
+    written = []
+    real = synth_module._write_nifti
+
+    def counting(path, *args, **kwargs):
+        written.append(path.relative_to(path.parent.parent).as_posix())
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(synth_module, "_write_nifti", counting)
+    generate(tmp_path / "ds", 2, 0, 16)
+    assert written == ["ct_scans/049.nii", "masks/049.nii", "ct_scans/050.nii", "masks/050.nii"]
+
+
 @pytest.mark.parametrize("patients, seed, size, message", [
     (0, 0, 32, "--patients 0"), (2, -1, 32, "--seed -1"), (2, 0, 8, "--size 8"),
 ])

@@ -58,3 +58,12 @@ def test_bad_grid_file(tmp_path):
         load_toml(bad)
     with pytest.raises(UsageError, match="not found"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_grid_values_are_canonical_and_listed_once():
+    assert expand_values("augment:3.3,3.30,4.0") == ("augment:3.3", "augment:4")
+    assert expand_values("None,ICH:4") == (None, "ich:4")
+    a = Grid(axes_from_options(["augment:1,3.30"], ["ICH:4"], []), RunConfig())
+    b = Grid(axes_from_options(["augment:1.0,3.3"], ["ich:4"], []), RunConfig())
+    assert a.grid_id == b.grid_id
+    assert [c.hash for c in a.configs()] == [c.hash for c in b.configs()]

@@ -15,10 +15,11 @@ import pytest
 from ichbench.cli.app import main
 from ichbench.config import RunConfig
 from ichbench.errors import ExitCode, RunBusyError, RunFinishedError
-from ichbench.executors import Busy, Job, plan_job
-from ichbench.runner import Runner
+from ichbench.lifecycle import Busy, Job, Lifecycle
+from ichbench.liveness import pid_alive, start_of
+from ichbench.protocol import RunProtocol
 from ichbench.store import Store, migrations
-from ichbench.store.owner import _start, alive_elsewhere, this_process
+from ichbench.store.owner import alive_elsewhere, this_process
 
 try:
     from test_store import fill, make_run
@@ -39,11 +40,25 @@ def sleeper():
 
 def owner_of(proc: subprocess.Popen) -> str:
     for _ in range(50):  # the child's /proc entry is there as soon as it is forked
-        start = _start(proc.pid)
+        start = start_of(proc.pid)
         if start:
             return f"{socket.gethostname()}:{proc.pid}:{start}"
         time.sleep(0.01)
     raise AssertionError("no /proc entry for the child")
+
+
+def protocol(tmp_path: Path) -> RunProtocol:
+    return RunProtocol(RunConfig(**TINY), cache_dir=tmp_path / "cache")
+
+
+def create(db: Path, tmp_path: Path) -> Job:
+    """A new run of TINY, as `ichbench run` creates it."""
+    return Lifecycle(Store(db)).open(protocol(tmp_path))
+
+
+def plan(db: Path, tmp_path: Path) -> Job | Busy | str:
+    """What a grid does with TINY: reuse its unfinished run, or skip it."""
+    return Lifecycle(Store(db)).open(protocol(tmp_path), reuse=True)
 
 
 def set_owner(db: Path, run_id: str, owner: str | None, status: str = "running") -> None:
@@ -71,6 +86,18 @@ def test_a_live_process_of_this_host_is_alive_and_nothing_else_is(sleeper):
     assert not alive_elsewhere(owner)
 
 
+def test_pid_alive_knows_recycled_pids_and_zombies(sleeper):
+    start = owner_of(sleeper).rsplit(":", 1)[1]
+    assert pid_alive(sleeper.pid) and pid_alive(sleeper.pid, start)
+    assert not pid_alive(sleeper.pid, "another-start")
+    assert not pid_alive(0) and not pid_alive(-1) and not pid_alive(2**80)
+    sleeper.kill()
+    time.sleep(0.2)
+    assert not pid_alive(sleeper.pid)  # a zombie is not running
+    sleeper.wait()
+    assert not pid_alive(sleeper.pid)
+
+
 def test_store_refuses_to_take_over_a_live_run(tmp_path, sleeper):
     db = tmp_path / "runs.duckdb"
     store = Store(db)
@@ -91,8 +118,7 @@ def test_store_refuses_to_take_over_a_live_run(tmp_path, sleeper):
 
 def test_resume_and_grid_leave_a_live_run_alone(tmp_path, sleeper, capsys):
     db = tmp_path / "runs.duckdb"
-    runner = Runner(RunConfig(**TINY), Store(db), cache_dir=tmp_path / "cache")
-    prepared = runner.prepare()
+    prepared = create(db, tmp_path)
     set_owner(db, prepared.run_id, owner_of(sleeper))
 
     with pytest.raises(SystemExit) as exit_info:
@@ -102,13 +128,13 @@ def test_resume_and_grid_leave_a_live_run_alone(tmp_path, sleeper, capsys):
     assert f"Run {prepared.run_id} is being run by process {sleeper.pid}" in err
     assert Store(db).get_run(prepared.run_id)["owner"] == owner_of(sleeper)
 
-    planned = plan_job(Runner(RunConfig(**TINY), Store(db), cache_dir=tmp_path / "cache"))
+    planned = plan(db, tmp_path)
     assert isinstance(planned, Busy) and planned.run_id == prepared.run_id
 
     sleeper.kill()
     sleeper.wait()
-    planned = plan_job(Runner(RunConfig(**TINY), Store(db), cache_dir=tmp_path / "cache"))
-    assert isinstance(planned, Job) and planned.prepared.run_id == prepared.run_id
+    planned = plan(db, tmp_path)
+    assert isinstance(planned, Job) and planned.run_id == prepared.run_id
     assert planned.folds == [0, 1]
 
 
@@ -152,11 +178,11 @@ def test_exclusive_creation_refuses_a_configuration_finished_or_running_elsewher
 def test_a_run_finished_by_another_process_while_planning_counts_as_finished(
         tmp_path, monkeypatch):
     db = tmp_path / "runs.duckdb"
-    runner = Runner(RunConfig(**TINY), Store(db), cache_dir=tmp_path / "cache")
-    prepared = runner.prepare()
+    prepared = create(db, tmp_path)
     stale = [{"run_id": prepared.run_id, "status": "interrupted",
-              "dataset_hash": prepared.dataset.dataset_hash}]
+              "dataset_hash": prepared.dataset.dataset_hash,
+              "plugins": prepared.protocol.plugin_versions()}]
     set_owner(db, prepared.run_id, None, status="finished")  # what the other process did
     monkeypatch.setattr(Store, "runs_with_config", lambda self, config_hash: stale)
-    planned = plan_job(Runner(RunConfig(**TINY), Store(db), cache_dir=tmp_path / "cache"))
+    planned = plan(db, tmp_path)
     assert planned == prepared.run_id

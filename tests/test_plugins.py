@@ -322,3 +322,97 @@ def test_cli_lists_a_third_party_plugin_with_its_distribution(site, monkeypatch,
     assert rows[("strategy", "focal")]["distribution"] == "ichbench-focal"
     assert rows[("strategy", "focal")]["version"] == "0.1.0"
     assert rows[("patient", "fraction")]["help"].startswith("fraction:P")
+
+
+# --------------------------------------------------------------------------- registered()
+
+
+def test_registered_refuses_a_taken_name_and_never_removes_the_plugin_there(fresh_default):
+    def strategies(register):
+        register("mine", lambda spec: None)
+
+    with pytest.raises(PluginError, match=r"A plugin named 'ichbench_plugins.strategies' is "
+                                          r"already registered \(from ichbench\)"):
+        with registered(make_plugin(register_strategies=strategies),
+                        "ichbench_plugins.strategies"):
+            pass
+    assert "augment" in get_registry().names("strategy")
+
+
+def test_registered_refuses_a_plugin_registered_under_another_name(fresh_default):
+    import ichbench_plugins.strategies
+
+    with pytest.raises(PluginError, match="already registered as 'ichbench_plugins.strategies'"):
+        with registered(ichbench_plugins.strategies, "again"):
+            pass
+    assert "augment" in get_registry().names("strategy")
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def test_a_register_function_without_hookimpl_is_a_warning():
+    def register_strategies(register):
+        register("never", lambda spec: None)
+
+    plugin = type("Undecorated", (), {"register_strategies": staticmethod(register_strategies)})()
+    plugins = local_plugins(("forgetful", plugin))
+    assert plugins.registry.names("strategy") == []
+    assert plugins.warnings == [
+        "Plugin 'forgetful' (dist-of-forgetful 1.0) defines register_strategies without "
+        "@hookimpl, so ichbench never calls it; decorate it with ichbench.hookimpl",
+        "Plugin 'forgetful' (dist-of-forgetful 1.0) registered nothing"]
+
+
+def test_warnings_are_pending_once():
+    plugins = local_plugins(("quiet", make_plugin(register_strategies=lambda register: None)))
+    assert plugins.pending_warnings() == ["Plugin 'quiet' (dist-of-quiet 1.0) registered nothing"]
+    assert plugins.pending_warnings() == []
+    assert len(plugins.warnings) == 1
+
+
+def test_builtins_give_no_warnings(monkeypatch):
+    monkeypatch.setenv(LOAD_ENV, "")
+    assert Plugins().warnings == []
+
+
+@pytest.mark.parametrize("selection, warnings", [
+    ("ichbench-focal", []),
+    ("ichbench, ichbench-focal", []),
+    ("ICHBENCH_Focal", ["ICHBENCH_LOAD_PLUGINS names 'ICHBENCH_Focal'; write it normalised as "
+                        "'ichbench-focal'"]),
+    ("ichbench-focus", ["ICHBENCH_LOAD_PLUGINS names 'ichbench-focus', which is not an "
+                        "installed ichbench plugin distribution (installed: "]),
+])
+def test_the_plugin_selection_warns_about_names_that_load_nothing_or_only_by_luck(
+        site, monkeypatch, selection, warnings):
+    fake_install(SAMPLE, site)
+    monkeypatch.setenv(LOAD_ENV, selection)
+    plugins = Plugins()
+    assert ("focal" in plugins.registry.names("strategy")) is (selection != "ichbench-focus")
+    assert len(plugins.warnings) == len(warnings)
+    for got, expected in zip(plugins.warnings, warnings):
+        assert got.startswith(expected)
+    if selection == "ichbench-focus":
+        assert "ichbench-focal" in plugins.warnings[0]
+
+
+def test_cli_prints_each_plugin_warning_once_on_stderr(tmp_path):
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    fake_install(HERE / "faulty_plugin", site)
+    result = run_cli("plugins", "--json", env={LOAD_ENV: "ichbench_faulty,not-installed",
+                                               "PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr
+    assert {(r["name"], r["distribution"]) for r in json.loads(result.stdout)} >= {
+        ("divide-by-zero", "ichbench-faulty")}
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("Warning: ") for line in lines), lines
+    text = "\n".join(lines)
+    assert len(lines) == 4 and len(set(lines)) == 4
+    for needle in ("names 'ichbench_faulty'; write it normalised as 'ichbench-faulty'",
+                   "names 'not-installed', which is not an installed ichbench plugin",
+                   "Plugin 'ichbench_faulty' (ichbench-faulty 0.2.0) defines register_backbones "
+                   "without @hookimpl",
+                   "Plugin 'ichbench_empty' (ichbench-faulty 0.2.0) registered nothing"):
+        assert needle in text

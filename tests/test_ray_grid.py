@@ -18,10 +18,10 @@ from ichbench.executors import (
     RayExecutor,
     TrialSpec,
     import_ray,
-    plan_job,
-    run_jobs,
 )
 from ichbench.grid import Grid, axes_from_options
+from ichbench.lifecycle import Lifecycle
+from ichbench.protocol import RunProtocol
 from ichbench.store import Store
 
 try:
@@ -45,10 +45,19 @@ def grid_configs() -> tuple[str, list[RunConfig]]:
     return plan.grid_id, plan.configs()
 
 
+def lifecycle_of(executor, store: Store, grid_id: str | None = None) -> Lifecycle:
+    return Lifecycle(store, grid_id=grid_id, device_label=executor.device_label)
+
+
+def plan(executor, cfg: RunConfig, store: Store, grid_id: str | None = None):
+    return lifecycle_of(executor, store, grid_id).open(RunProtocol(cfg), reuse=True)
+
+
 def run_grid(executor, store: Store) -> list[str]:
     grid_id, configs = grid_configs()
-    jobs = [plan_job(executor.runner(cfg, store, grid_id=grid_id)) for cfg in configs]
-    return [result.run_id for result in run_jobs(jobs, executor)]
+    jobs = [plan(executor, cfg, store, grid_id) for cfg in configs]
+    lifecycle = lifecycle_of(executor, store, grid_id)
+    return [result.run_id for result in lifecycle.drive(jobs, executor)]
 
 
 def q(store: Store, sql: str, *params) -> list[dict]:
@@ -178,7 +187,7 @@ def test_ray_grid_stores_what_the_local_executor_stores(both_grids):
 def test_rerun_finds_every_configuration_finished(both_grids, grid_cache):
     _, _, ray_store, ray_ids, executor = both_grids
     grid_id, configs = grid_configs()
-    found = [plan_job(executor.runner(cfg, ray_store, grid_id=grid_id)) for cfg in configs]
+    found = [plan(executor, cfg, ray_store, grid_id) for cfg in configs]
     assert sorted(found) == sorted(ray_ids)
 
 
@@ -189,10 +198,10 @@ def test_worker_refuses_data_other_than_the_drivers(both_grids, grid_cache):
     _, _, _, _, executor = both_grids
     cfg = RunConfig(**TINY, weights=["ich:2"])
     store = Store(both_grids[0].path.parent / "bad.duckdb")
-    job = plan_job(executor.runner(cfg, store))
-    job.prepared.dataset = _with_hash(job.prepared.dataset, "0" * 64)
+    job = plan(executor, cfg, store)
+    job.dataset = _with_hash(job.dataset, "0" * 64)
     with pytest.raises(DataError, match="every node must see the same data"):
-        list(run_jobs([job], executor))
+        list(lifecycle_of(executor, store).drive([job], executor))
     assert store.get_run(job.run_id)["status"] == "failed"
 
 

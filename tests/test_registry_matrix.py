@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from test_plugins import SAMPLE, fake_install
 
+from ichbench import __version__
 from ichbench.config import RunConfig
+from ichbench.lifecycle import run_config
 from ichbench.plugins import get_registry
-from ichbench.runner import Runner
 from ichbench.store import Store
 
 TINY = dict(data="synthetic:14,2,32", backbone="tinycnn", folds=2, epochs=1, image_size=16,
@@ -30,7 +31,7 @@ def cache(tmp_path_factory) -> Path:
 
 def run_tiny(tmp_path: Path, cache: Path, **changes):
     store = Store(tmp_path / "runs.duckdb")
-    result = Runner(RunConfig(**{**TINY, **changes}), store, cache_dir=cache).run()
+    result = run_config(RunConfig(**{**TINY, **changes}), store, cache_dir=cache)
     assert store.get_run(result.run_id)["status"] == "finished"
     return store, result
 
@@ -78,3 +79,5 @@ def test_a_third_party_plugin_is_used_by_ichbench_run(tmp_path):
     (run,) = store.list_runs()
     assert run["status"] == "finished"
     assert "focal:2" in run["strategies"] and run["patient_rule"] == "fraction:0.1"
+    assert store.get_run(run["run_id"])["plugins"] == {"ichbench": __version__,
+                                                       "ichbench-focal": "0.1.0"}

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from ichbench.cli import report_cmd
 from ichbench.config import RunConfig
 from ichbench.errors import StoreError
+from ichbench.formatting import fmt
+from ichbench.lifecycle import run_config
 from ichbench.paths import run_dir
 from ichbench.report.build import COMPARE_ID, SECTION_IDS, ReportOptions, build_report
-from ichbench.report.tables import fmt
-from ichbench.runner import Runner
 from ichbench.store import Store
 
 TINY = dict(data="synthetic:14,1,32", backbone="tinycnn", folds=3, epochs=1, image_size=32,
@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory):
         mp.setenv("ICHBENCH_LOAD_PLUGINS", "")
         mp.setenv("HF_HUB_OFFLINE", "1")
         store = Store(root / "runs.duckdb")
-        result = Runner(RunConfig(**TINY), store, cache_dir=root / "cache").run()
+        result = run_config(RunConfig(**TINY), store, cache_dir=root / "cache")
     return root, store, result.run_id
 
 
@@ -89,6 +89,7 @@ def test_every_section_is_in_the_page_in_order(full_report):
     assert positions == sorted(positions)
     assert result.sections == list(SECTION_IDS)
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert "--accent:#1f4e79" in page  # the style sheet shipped beside the package
     assert "http://" not in page and "https://" not in page  # opens offline
     assert result.notes == []  # nothing was missing
 
@@ -144,7 +145,7 @@ def test_provenance_names_what_ran(full_report, tiny_run):
 
 
 def test_provenance_says_which_folds_trained_compiled():
-    from ichbench.report.tables import _compiled_text
+    from ichbench.views.provenance import compiled_text as _compiled_text
 
     assert _compiled_text([]) == "–"
     assert _compiled_text([{"fold": 0, "compiled": False}, {"fold": 1}]) == "no"
@@ -178,7 +179,7 @@ def test_progress_reports_every_step(full_report):
 
 def test_two_runs_give_table_ii_rows(env, tmp_path):
     root, store, run_id = env
-    other = Runner(RunConfig(**TINY, weights=["ich:4"]), store, cache_dir=root / "cache").run()
+    other = run_config(RunConfig(**TINY, weights=["ich:4"]), store, cache_dir=root / "cache")
     result = build_report([run_id, other.run_id], db=store.path, out=tmp_path / "cmp",
                           options=FAST)
     page = result.html.read_text(encoding="utf-8")
@@ -239,17 +240,32 @@ def test_missing_dataset_falls_back_to_the_store(env, tmp_path, monkeypatch):
     assert len(_png_images(section)) == 1
 
 
+def test_a_run_without_stored_patient_decisions_says_so(env, tmp_path):
+    _, store, run_id = env
+    assert store.patient_decisions(run_id)  # what a run records today
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(store.path, db)
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM patient_decisions")  # as a run recorded before they were
+    con.close()
+    result = build_report([run_id], db=db, out=tmp_path / "out", options=FAST)
+    section = _section(result.html.read_text(encoding="utf-8"), "fig-strip")
+    assert "recorded without its patient decisions" in section
+    assert len(_png_images(section)) == 1  # the slices are still drawn
+
+
 def test_unfinished_run_is_labelled_not_finished(env, tmp_path):
     root, store, _ = env
 
     def stop_at_second_fold(event):
-        if event.kind == "fold_started" and event.data["fold"] == 1:
+        if event.kind == "fold_started" and event.fold == 1:
             raise KeyboardInterrupt
 
-    runner = Runner(RunConfig(**TINY, seed=3), store, cache_dir=root / "cache",
-                    observers=[stop_at_second_fold])
     with pytest.raises(KeyboardInterrupt):
-        runner.run()
+        run_config(RunConfig(**TINY, seed=3), store, cache_dir=root / "cache",
+                   observers=[stop_at_second_fold])
     rid = next(r["run_id"] for r in store.list_runs() if r["status"] == "interrupted")
     result = build_report([rid], db=store.path, out=tmp_path / "out",
                           options=ReportOptions(cam=True, tsne=False))

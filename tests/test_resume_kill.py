@@ -69,9 +69,10 @@ def install(spec):
         want = dict(p.split("=", 1) for p in cond.split(",")) if cond else {}
         original, seen = Emitter.__call__, []
 
-        def call(self, event_kind, **data):
-            original(self, event_kind, **data)
-            if event_kind == kind and all(str(data.get(k)) == v for k, v in want.items()):
+        def call(self, event):
+            original(self, event)
+            data = event.data
+            if event.kind == kind and all(str(data.get(k)) == v for k, v in want.items()):
                 seen.append(1)
                 if len(seen) == int(nth or 1):
                     park(spec)

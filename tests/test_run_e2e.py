@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ichbench.config import RunConfig
+from ichbench.lifecycle import run_config
 from ichbench.metrics import point_metrics
-from ichbench.runner import Runner
 from ichbench.store import Store
 from ichbench.vote import THRESHOLDS, best_threshold
 
@@ -25,9 +25,8 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     store = Store(root / "runs.duckdb")
     events = []
-    runner = Runner(RunConfig(**TINY, weights=["ich:4"]), store, observers=[events.append],
-                    cache_dir=root / "cache")
-    result = runner.run()
+    result = run_config(RunConfig(**TINY, weights=["ich:4"]), store, observers=[events.append],
+                        cache_dir=root / "cache")
     return store, result, events
 
 
@@ -122,8 +121,8 @@ def test_no_patient_in_two_roles(finished_run):
 
 def test_cpu_run_is_deterministic(finished_run, tmp_path):
     store, result, _ = finished_run
-    again = Runner(RunConfig(**TINY, weights=["ich:4"]), Store(tmp_path / "b.duckdb"),
-                   cache_dir=tmp_path / "cache").run()
+    again = run_config(RunConfig(**TINY, weights=["ich:4"]), Store(tmp_path / "b.duckdb"),
+                       cache_dir=tmp_path / "cache")
     assert again.threshold == result.threshold
     a = result.vote.predictions.prob
     b = again.vote.predictions.prob

@@ -19,6 +19,7 @@ from ichbench.records import (
     EpochRecord,
     FoldRecord,
     MetricRow,
+    PatientDecisions,
     Predictions,
     RunRecord,
     VoteRecord,
@@ -144,6 +145,7 @@ EXPECTED_SCHEMA = {
         ("train_healthy", "INTEGER"), ("added", "INTEGER"), ("removed", "INTEGER"),
         ("train_patients", "INTEGER[]"), ("val_patients", "INTEGER[]"), ("wall_s", "DOUBLE"),
         ("checkpoint", "VARCHAR"), ("written_at", "TIMESTAMP"), ("compiled", "BOOLEAN"),
+        ("notes", "JSON"),
     ],
     "metrics": [
         ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("model", "VARCHAR"), ("scope", "VARCHAR"),
@@ -156,6 +158,11 @@ EXPECTED_SCHEMA = {
         ("f1_lo", "DOUBLE"), ("f1_hi", "DOUBLE"), ("accuracy_lo", "DOUBLE"),
         ("accuracy_hi", "DOUBLE"), ("auc_lo", "DOUBLE"), ("auc_hi", "DOUBLE"),
         ("ci_method", "VARCHAR"),
+    ],
+    "patient_decisions": [
+        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("split", "VARCHAR"),
+        ("patient_id", "INTEGER"), ("label", "INTEGER"), ("score", "DOUBLE"),
+        ("decision", "BOOLEAN"),
     ],
     "predictions": [
         ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("split", "VARCHAR"),
@@ -185,7 +192,7 @@ EXPECTED_SCHEMA = {
         ("pretrained", "BOOLEAN"), ("pretrained_source", "VARCHAR"), ("threshold", "DOUBLE"),
         ("wall_s", "DOUBLE"), ("versions", "JSON"), ("git_sha", "VARCHAR"),
         ("split_hash", "VARCHAR"), ("grid_id", "VARCHAR"), ("error", "VARCHAR"),
-        ("owner", "VARCHAR"),
+        ("owner", "VARCHAR"), ("plugins", "JSON"),
     ],
     "splits": [
         ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("patient_id", "INTEGER"),
@@ -326,6 +333,114 @@ def test_run_and_folds_round_trip(store: Store) -> None:
     assert store.find_finished_run("cfg-1", "data-1") == "run-1"
     assert store.find_finished_run("cfg-1", "other-data") is None
     assert [m["model"] for m in store.run_metrics("run-1")][-2:] == ["vote", "vote"]
+
+
+def make_patients(fold: int | None) -> PatientDecisions:
+    val = [] if fold is None else FOLD_PATIENTS[fold]["val"]
+    pids = [*val, *TEST_PATIENTS]
+    return PatientDecisions(
+        split=np.array(["val"] * len(val) + ["test"] * len(TEST_PATIENTS)),
+        patient_id=np.array(pids, dtype=np.int64),
+        label=np.array([p % 2 for p in pids], dtype=np.int64),
+        score=np.array([np.nan if p == 2 else p / 20 for p in pids]),
+        decision=np.array([p % 3 == 0 for p in pids]),
+    )
+
+
+def test_patient_decisions_notes_and_plugins_round_trip(store: Store) -> None:
+    run = make_run("run-1")
+    run.plugins = {"ichbench": "0.1.0", "ichbench-extra": "2.0"}
+    store.create_run(run)
+    folds = {}
+    for k in FOLD_PATIENTS:
+        folds[k] = make_fold(k)
+        folds[k].patients = make_patients(k)
+        folds[k].notes = {"augment": {"added": 69, "histogram": [0.1, 0.9]}}
+        store.write_fold("run-1", folds[k])
+    vote = make_vote()
+    vote.patients = make_patients(None)
+    store.finish_run("run-1", vote, wall_s=1.0)
+
+    assert store.get_run("run-1")["plugins"] == run.plugins
+    loaded = store.load_fold("run-1", 1)  # what a resumed run gets back
+    assert loaded.notes == folds[1].notes
+    assert loaded.patients is not None
+    original = folds[1].patients
+    order = np.lexsort((original.patient_id, original.split))
+    for column in ("split", "patient_id", "label", "decision"):
+        np.testing.assert_array_equal(getattr(loaded.patients, column),
+                                      getattr(original, column)[order], err_msg=column)
+    np.testing.assert_allclose(loaded.patients.score, original.score[order], equal_nan=True)
+
+    stored = store.patient_decisions("run")
+    assert sorted(stored, key=lambda k: (k is None, k)) == [0, 1, None]
+    assert set(stored[None].split) == {"test"}
+    assert stored[None].patient_id.tolist() == TEST_PATIENTS
+    assert stored[None].decision.tolist() == [False, False, True]
+    assert count(store, "patient_decisions", "fold IS NULL AND score IS NULL") == 1
+    assert [f["notes"] for f in store.folds("run-1")] == [folds[0].notes, folds[1].notes]
+
+    folds[0].patients = make_patients(0)
+    folds[0].patients.decision = ~folds[0].patients.decision
+    store.write_fold("run-1", folds[0])  # a rewritten fold replaces its decisions
+    assert count(store, "patient_decisions", "fold = 0") == 5
+    assert store.patient_decisions("run-1")[0].decision.tolist() == \
+        folds[0].patients.decision[np.lexsort((folds[0].patients.patient_id,
+                                               folds[0].patients.split))].tolist()
+
+
+def test_records_without_the_new_fields_write_nothing_for_them(store: Store) -> None:
+    run = make_run("run-1")
+    run.plugins = None  # type: ignore[assignment]  # a caller that predates the field
+    store.create_run(run)
+    fold = make_fold(0)
+    fold.notes = None  # type: ignore[assignment]
+    store.write_fold("run-1", fold)
+    store.write_fold("run-1", make_fold(1))  # patients None, notes {}
+    store.finish_run("run-1", make_vote(), wall_s=1.0)
+    assert store.get_run("run-1")["plugins"] is None
+    assert [f["notes"] for f in store.folds("run-1")] == [None, {}]
+    assert store.patient_decisions("run-1") == {}
+    assert count(store, "patient_decisions") == 0
+    loaded = store.load_fold("run-1", 0)
+    assert loaded.patients is None and loaded.notes == {}
+
+
+def test_typed_reads_give_what_a_report_needs(store: Store) -> None:
+    fill(store, "run-1")
+    fill(store, "run-2", finish=False)
+    split = store.split("run-1")
+    assert split.test == TEST_PATIENTS
+    assert split.folds == {k: {"train": sorted(v["train"]), "val": sorted(v["val"])}
+                           for k, v in FOLD_PATIENTS.items()}
+    epochs = store.epoch_rows("run-1")
+    assert [(e["fold"], e["epoch"]) for e in epochs] == [(f, e) for f in (0, 1)
+                                                        for e in range(3)]
+    curves = store.curves("run-1")
+    assert sorted(curves, key=lambda k: (k is None, k)) == [0, 1, None]
+    thresholds, f1 = curves[0]
+    assert thresholds[0] == 0 and thresholds[-1] == pytest.approx(1.0) and len(f1) == 101
+    assert np.isnan(f1[-1]) and f1[0] == pytest.approx(0.2)
+    assert None not in store.curves("run-2")
+    preds = store.prediction_columns("run-1")
+    assert set(preds) == {"fold", "split", "patient_id", "slice", "label", "prob"}
+    assert len(preds["prob"]) == 2 * 100 + 60
+    assert (preds["fold"] == -1).sum() == 60 and preds["prob"].dtype == np.float64
+    assert list(preds["fold"]) == sorted(preds["fold"])
+    assert len(store.prediction_columns("run-2")["prob"]) == 200
+    with pytest.raises(StoreError, match="Unknown run"):
+        store.curves("nope")
+
+
+def test_readers_bind_values_never_format_them(store: Store) -> None:
+    """A run id that looks like SQL is only ever a value."""
+    nasty = "x' OR '1'='1"
+    fill(store, nasty)
+    fill(store, "other")
+    assert len(store.run_metrics(nasty)) == 2 * 4 + 2
+    assert {f["run_id"] for f in store.folds(nasty)} == {nasty}
+    assert len(store.prediction_columns(nasty)["prob"]) == 260
+    assert store.split(nasty).test == TEST_PATIENTS
 
 
 def test_predictions_are_bulk_inserted_not_row_by_row(store: Store,

@@ -13,9 +13,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from ichbench.cli import common, store_cmd
+from ichbench.cli.render import print_run_tables
 from ichbench.errors import StoreError, UsageError
+from ichbench.formatting import fmt
 from ichbench.store import Store
-from ichbench.store.render import fmt, print_run_tables
 
 try:
     from test_store import fill
@@ -92,7 +93,8 @@ def test_show_prints_fold_vote_and_paper_tables(app: typer.Typer, db: Path) -> N
     for text in ("alpha-1", "resnet50", "mean / any", "Slice level, test set",
                  "Patient level, test set", "fold 0", "fold 1", "vote",
                  "0.70 [0.60–0.80]", "0.60 [0.50–0.70]", "Table I", "Table III",
-                 "paper vote", "paper fold 4", "Neethi 2024", "Kyung 2022", "abc123"):
+                 "paper vote", "paper fold 4", "Neethi 2024", "Kyung 2022", "abc123",
+                 "torch.compile", "Excluded patients", "Plugins", "Strategy notes"):
         assert text in stdout, text
 
 

@@ -12,7 +12,8 @@ from ichbench.cli.app import main
 from ichbench.config import RunConfig
 from ichbench.events import Emitter
 from ichbench.interfaces import TrainPlan
-from ichbench.runner import Runner
+from ichbench.lifecycle import Lifecycle
+from ichbench.protocol import RunProtocol
 from ichbench.store import Store
 from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
 from ichbench_plugins.backbones import _tiny_cnn
@@ -123,11 +124,12 @@ def test_run_compile_option_trains_through_torch_compile(capsys, tmp_path, dynam
 def test_a_resumed_run_may_change_compile(capsys, tmp_path, dynamo_graphs, stored, flag,
                                           compiled):
     db = tmp_path / "runs.duckdb"
-    runner = Runner(RunConfig(data="synthetic:10,1,32", backbone="tinycnn", folds=2, epochs=1,
-                              image_size=32, preset="quick", device="cpu", compile=stored),
-                    Store(db))
-    run_id = runner.prepare().run_id
-    runner.store.mark_run(run_id, "interrupted")
+    lifecycle = Lifecycle(db)
+    job = lifecycle.open(RunProtocol(RunConfig(
+        data="synthetic:10,1,32", backbone="tinycnn", folds=2, epochs=1, image_size=32,
+        preset="quick", device="cpu", compile=stored)))
+    lifecycle.mark(job, "interrupted")
+    run_id = job.run_id
     _main(capsys, "run", "--db", str(db), "--resume", run_id, *([flag] if flag else []))
     assert (dynamo_graphs() > 0) == compiled
     store = Store(db, create=False)

@@ -1,4 +1,4 @@
-"""What every command shares: the consoles.
+"""What every command shares: the consoles, and JSON for `--json`.
 
 Data goes to stdout, progress and messages to stderr, so `ichbench runs --json | jq`
 works. When output is not a terminal (a pipe, a file, CI logs) rich would assume 80
@@ -7,8 +7,11 @@ columns and truncate wide tables; `$COLUMNS`, else 200, is used instead.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from datetime import datetime
+from typing import Any
 
 from rich.console import Console
 
@@ -24,3 +27,21 @@ def _width(stream) -> int | None:
 
 out = Console(width=_width(sys.stdout))  # data
 err = Console(stderr=True, width=_width(sys.stderr))  # progress, messages, errors
+
+
+def to_json(value: Any) -> str:
+    """JSON for `--json` outputs: timestamps as ISO 8601, arrays as lists, anything else
+    exotic as text."""
+    def default(obj: Any) -> Any:
+        if isinstance(obj, datetime):
+            return obj.isoformat()
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        return str(obj)
+
+    return json.dumps(value, indent=2, default=default)
+
+
+def emit_json(value: Any) -> None:
+    """JSON goes out verbatim (no wrapping, no markup) so it can be piped."""
+    out.out(to_json(value), highlight=False)

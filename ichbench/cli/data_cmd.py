@@ -15,11 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ichbench.cli.common import err, out
-from ichbench.errors import DataError, UsageError
+from ichbench.cli.options import ExcludeOpt, JsonOpt
+from ichbench.errors import DataError
+from ichbench.exclusion import DEFAULT_EXCLUDE_TEXT, parse_exclude
 from ichbench.interfaces import SUBTYPES, LoadOptions
 from ichbench.plugins import get_registry
 
-EXCLUDE_HELP = "Patients to leave out, comma-separated ('' for none)."
 DATASET_HELP = "A dataset folder (either release) or a dataset spec such as 'synthetic:40'."
 
 
@@ -39,15 +40,6 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
 
     with bar:
         yield update
-
-
-def parse_exclude(text: str) -> tuple[int, ...]:
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise UsageError(f"--exclude {text!r}: expected patient numbers such as 58,79") from None
 
 
 def parse_windows(text: str) -> tuple[str, ...]:
@@ -139,16 +131,16 @@ def _print_check(report) -> None:
 
 def check(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    exclude: str = typer.Option("58,79", "--exclude", help=EXCLUDE_HELP),
+    exclude: ExcludeOpt = DEFAULT_EXCLUDE_TEXT,
     deep: bool = typer.Option(False, "--deep", help="Also decode every image (slower)."),
     windows: str = typer.Option("brain", "--windows",
                                 help="Windows to decode with --deep, comma-separated."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Validate a dataset folder and summarise what it holds; exits non-zero on a problem."""
     from ichbench.data.inspect import check_folder, dataset_stats
 
-    excluded = parse_exclude(exclude)
+    excluded = parse_exclude(exclude, option="--exclude")
     source, folder = _resolve(dataset)
     if folder is None:
         stats = dataset_stats(_load(source, excluded))
@@ -211,13 +203,13 @@ def stats(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     png: Path | None = typer.Option(None, "--out", help="PNG to write (default: "
                                     "DIR_stats.png here; with --json only when given)."),
-    exclude: str = typer.Option("58,79", "--exclude", help=EXCLUDE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    exclude: ExcludeOpt = DEFAULT_EXCLUDE_TEXT,
+    as_json: JsonOpt = False,
 ) -> None:
     """Class and slice-position distributions, as tables and a three-panel PNG."""
     from ichbench.data.inspect import dataset_stats, folder_stats, plot_stats
 
-    excluded = parse_exclude(exclude)
+    excluded = parse_exclude(exclude, option="--exclude")
     source, folder = _resolve(dataset)
     if folder is not None:
         result = folder_stats(folder, excluded)

@@ -10,54 +10,90 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ichbench.cli.common import err, out
-from ichbench.cli.progress import Bars
-from ichbench.config import RunConfig
-from ichbench.events import Event
+from ichbench.cli.options import (
+    BackboneAxisOpt,
+    BatchSizeOpt,
+    CompileOpt,
+    D,
+    DataOpt,
+    DbOpt,
+    DeviceOpt,
+    EnsembleOpt,
+    EpochsOpt,
+    ExcludeOpt,
+    FoldsOpt,
+    ImageSizeOpt,
+    LrOpt,
+    PatienceOpt,
+    PatientRuleOpt,
+    PresetOpt,
+    PretrainedOpt,
+    SeedOpt,
+    StrategyAxisOpt,
+    TestSizeOpt,
+    WeightAxisOpt,
+    WeightsFileOpt,
+    WindowOpt,
+    experiment_config,
+)
+from ichbench.config import RunConfig, preset_for_device
 
 EXECUTORS = ("local", "ray")
+
+
+ExecutorOpt = Annotated[str, typer.Option(
+    "--executor", help="local (this process, one trial at a time) or ray (trials over a Ray "
+                       "cluster, one GPU each where it has GPUs; needs the ray extra).")]
+AddressOpt = Annotated[str | None, typer.Option(
+    "--address", help="With --executor ray: the cluster to join, 'auto' (started with `ray "
+                      "start`) or HOST:PORT; default: a local Ray instance.")]
+CpusOpt = Annotated[float, typer.Option(
+    "--cpus-per-trial", help="With --executor ray: CPUs (and torch threads) each trial takes.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="A grid TOML file, e.g. benchmarks/paper_grid.toml (its axes add to the "
+                     "options'; its [run] table sets any run option).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the configurations only.")]
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def grid(
-        strategy: list[str] = typer.Option([], "--strategy", help="One axis per option; "
-                                           "commas list its values: augment:1,2,3.3 or "
-                                           "none,undersample:0.5."),
-        weight: list[str] = typer.Option([], "--weight", help="One axis per option: "
-                                         "ich:2,4,6,8,10 or healthy:1,0.5."),
-        backbone: list[str] = typer.Option([], "--backbone", help="An axis of backbones: "
-                                           "resnet50,vgg16,mobilenetv2,inception_v3."),
-        config: Path = typer.Option(None, "--config", help="A grid TOML file, e.g. "
-                                    "benchmarks/paper_grid.toml (its axes add to the options')."),
-        data: str = typer.Option("synthetic", "--data"),
-        preset: str = typer.Option("auto", "--preset", help="auto: paper where trials get a "
-                                   "GPU, quick otherwise."),
-        epochs: int = typer.Option(None, "--epochs"),
-        image_size: int = typer.Option(None, "--image-size"),
-        folds: int = typer.Option(5, "--folds"),
-        seed: int = typer.Option(0, "--seed"),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]; with "
-                                   "--executor ray, cpu keeps trials off the cluster's GPUs."),
-        compile: bool = typer.Option(False, "--compile/--no-compile", help="Train through "
-                                     "torch.compile (see `ichbench run --help`)."),
-        db: Path = typer.Option(None, "--db"),
-        executor: str = typer.Option("local", "--executor", help="local (this process, one "
-                                     "trial at a time) or ray (trials over a Ray cluster, one "
-                                     "GPU each where it has GPUs; needs the ray extra)."),
-        address: str = typer.Option(None, "--address", help="With --executor ray: the cluster "
-                                    "to join, 'auto' (started with `ray start`) or HOST:PORT; "
-                                    "default: a local Ray instance."),
-        cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="With --executor "
-                                             "ray: CPUs (and torch threads) each trial takes."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="List the configurations only."),
+        strategy: StrategyAxisOpt = [],  # noqa: B006 - typer reads, never mutates, the default
+        weight: WeightAxisOpt = [],  # noqa: B006
+        backbone: BackboneAxisOpt = [],  # noqa: B006
+        config: ConfigOpt = None,
+        data: DataOpt = D.data,
+        ensemble: EnsembleOpt = D.ensemble,
+        patient_rule: PatientRuleOpt = D.patient_rule,
+        folds: FoldsOpt = D.folds,
+        test_size: TestSizeOpt = D.test_size,
+        epochs: EpochsOpt = None,
+        batch_size: BatchSizeOpt = None,
+        lr: LrOpt = None,
+        patience: PatienceOpt = None,
+        image_size: ImageSizeOpt = None,
+        window: WindowOpt = D.window,
+        preset: PresetOpt = D.preset,
+        seed: SeedOpt = D.seed,
+        weights: WeightsFileOpt = None,
+        pretrained: PretrainedOpt = None,
+        exclude: ExcludeOpt = D.exclude,
+        device: DeviceOpt = D.device,
+        compile: CompileOpt = None,
+        db: DbOpt = None,
+        executor: ExecutorOpt = "local",
+        address: AddressOpt = None,
+        cpus_per_trial: CpusOpt = 1.0,
+        dry_run: DryRunOpt = False,
     ) -> None:
         """Run the cartesian product of the given options; rank by mean validation F1."""
+        from ichbench.cli.plugins_cmd import print_plugin_warnings
         from ichbench.errors import UsageError
         from ichbench.executors import import_ray, make_executor
         from ichbench.grid import Grid, axes_from_options, load_toml
@@ -77,9 +113,12 @@ def register(app: typer.Typer) -> None:
             axes += file_axes
         if not axes:
             raise UsageError("No grid axes: give --strategy/--weight/--backbone lists or --config")
-        base = RunConfig(data=data, preset=preset, epochs=epochs, image_size=image_size,
-                         folds=folds, seed=seed, device=device, compile=compile)
-        base = replace(base, **fixed)
+        base = experiment_config(
+            data=data, ensemble=ensemble, patient_rule=patient_rule, folds=folds,
+            test_size=test_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+            image_size=image_size, window=window, preset=preset, seed=seed, weights=weights,
+            pretrained=pretrained, exclude=exclude, device=device, compile=compile)
+        base = RunConfig.from_dict({**base.as_dict(), **fixed})
         plan = Grid(axes=axes, base=base)
         configs = plan.configs()
         err.print(f"Grid [bold]{plan.grid_id}[/]: {len(configs)} configuration(s)")
@@ -87,6 +126,7 @@ def register(app: typer.Typer) -> None:
             for cfg in configs:
                 out.print(" ".join(_describe(cfg)))
             return
+        print_plugin_warnings()
         store = Store(db or default_db())
         trials = make_executor(executor, address, device=device, cpus_per_trial=cpus_per_trial)
         try:
@@ -103,25 +143,27 @@ def register(app: typer.Typer) -> None:
 def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """One configuration after the other, with the progress bars of `ichbench run`."""
     from ichbench.cli.progress import RunProgress
-    from ichbench.executors import run_jobs
+    from ichbench.lifecycle import Lifecycle
 
+    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label)
     for i, cfg in enumerate(configs, start=1):
         label = f"[{i}/{len(configs)}] {' '.join(_describe(cfg))}"
         with RunProgress() as progress:
-            job = _plan(executor, cfg, store, grid_id, progress, label)
+            job = _plan(lifecycle, cfg, progress, label)
             if job is None:
                 continue
             err.print(label)
-            for _ in run_jobs([job], executor):
+            for _ in lifecycle.drive([job], executor):
                 pass
 
 
-def _plan(executor, cfg: RunConfig, store, grid_id: str, progress, label: str):
+def _plan(lifecycle, cfg: RunConfig, progress, label: str):
     """The configuration's job, or None, said on stderr, when it has nothing to run here:
     finished already, or being run by another live process."""
-    from ichbench.executors import Job, plan_job
+    from ichbench.lifecycle import Job
+    from ichbench.protocol import RunProtocol
 
-    job = plan_job(executor.runner(cfg, store, observers=[progress], grid_id=grid_id))
+    job = lifecycle.open(RunProtocol(cfg, observers=[progress]), reuse=True)
     if isinstance(job, Job):
         return job
     reason = f"already finished as {job}" if isinstance(job, str) else f"skipped: {job.error}"
@@ -132,66 +174,40 @@ def _plan(executor, cfg: RunConfig, store, grid_id: str, progress, label: str):
 def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
     once; a line per fold and per run as results come back."""
-    from ichbench.executors import abandon, run_jobs
+    from ichbench.cli.progress import GridProgress, fold_line
+    from ichbench.events import FoldFinished
+    from ichbench.lifecycle import Lifecycle
 
     # the driver trains nothing: its own device is the CPU, the trials' is the cluster's
-    configs = [replace(_preset_for(cfg, executor.device), device="cpu") for cfg in configs]
+    configs = [replace(cfg, preset=preset_for_device(cfg.preset, executor.device),
+                       device="cpu") for cfg in configs]
     labels = [" ".join(_describe(cfg)) for cfg in configs]
-    with _GridProgress() as progress:
+    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label)
+    with GridProgress() as progress:
         jobs, job_labels = [], []
         try:
             for i, cfg in enumerate(configs):
-                job = _plan(executor, cfg, store, grid_id, progress,
-                            f"[{i + 1}/{len(configs)}] {labels[i]}")
+                job = _plan(lifecycle, cfg, progress, f"[{i + 1}/{len(configs)}] {labels[i]}")
                 if job is None:
                     continue
                 jobs.append(job)
                 job_labels.append(labels[i])
         except BaseException:
-            abandon(jobs)  # runs already opened are left resumable, not `running`
+            lifecycle.abandon(jobs)  # runs already opened are left resumable, not `running`
             raise
         progress.start_trials(sum(len(j.folds) for j in jobs))
 
         def on_trial(index: int, record) -> None:
             test_f1 = next((m.f1 for m in record.metrics
                             if m.split == "test" and m.scope == "slice"), None)
-            progress.trial_done(f"{job_labels[index]} fold {record.fold}: threshold "
-                                f"{record.threshold:.2f}, val F1 {float(record.curve.max()):.3f}, "
-                                f"test F1 {_fmt(test_f1)} ({record.wall_s:.1f} s)")
+            event = FoldFinished(fold=record.fold, threshold=record.threshold,
+                                 val_f1=float(record.curve.max()), test_f1=test_f1,
+                                 wall_s=record.wall_s)
+            progress.trial_done(f"{job_labels[index]} fold {record.fold}: {fold_line(event)}")
 
-        for result in run_jobs(jobs, executor, on_trial=on_trial):
+        for result in lifecycle.drive(jobs, executor, on_trial=on_trial):
             err.print(f"Finished [bold]{result.run_id}[/]: voting threshold "
                       f"{result.threshold:.2f}")
-
-
-def _preset_for(cfg: RunConfig, trial_device: str) -> RunConfig:
-    """`--preset auto` follows the device the trials get, not the driver's."""
-    if cfg.preset != "auto":
-        return cfg
-    return replace(cfg, preset="paper" if trial_device == "cuda" else "quick")
-
-
-class _GridProgress(Bars):
-    """Preprocessing and trial bars on stderr for a distributed grid."""
-
-    def __init__(self) -> None:
-        super().__init__(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TimeElapsedColumn())
-        self.trial_task = None
-
-    def __call__(self, event: Event) -> None:
-        d = event.data
-        if self.shared(event):
-            return
-        if event.kind == "run_started" and d["resumed"]:
-            err.print(f"Resuming [bold]{d['run_id']}[/] (folds {d['finished']} kept)")
-
-    def start_trials(self, total: int) -> None:
-        self.trial_task = self.progress.add_task("Trials", total=total)
-
-    def trial_done(self, line: str) -> None:
-        err.print(f"  {line}")
-        self.progress.advance(self.trial_task)
 
 
 def _describe(cfg: RunConfig) -> list[str]:

@@ -8,12 +8,13 @@ from typing import Any
 import typer
 from rich import box
 from rich.console import Group
+from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ichbench.cli.common import out
-from ichbench.plugins import KIND_LABELS, Entry, get_registry
+from ichbench.cli.common import err, out
+from ichbench.plugins import KIND_LABELS, Entry, Plugins, get_plugins
 
 WIDE = 130  # columns needed for the table layout
 
@@ -47,13 +48,22 @@ def _stacked(entries: list[Entry]) -> Group:
     return Group(*lines)
 
 
+def print_plugin_warnings(plugins: Plugins | None = None) -> None:
+    """Each plugin warning once per process, as a `Warning: ...` line on stderr (what a
+    command calls before it uses the plugins)."""
+    for warning in (plugins or get_plugins()).pending_warnings():
+        err.print(f"[yellow]Warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("plugins")
     def plugins(
         as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     ) -> None:
         """List every strategy, backbone, aggregation rule and dataset, with its package."""
-        entries = get_registry().entries()
+        plugins = get_plugins()
+        entries = plugins.registry.entries()
+        print_plugin_warnings(plugins)
         if as_json:
             text = json.dumps([entry_row(e) for e in entries], indent=2)
             out.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -1,7 +1,16 @@
-"""The CLI's observer of runner events: rich progress bars on stderr."""
+"""Every progress display of the CLI, on stderr: the run's bars (data, folds, epochs), the
+distributed grid's trial bar, and a step bar for shorter jobs (data commands, reports).
+
+Observers receive the typed events of `ichbench.events`; nothing here is called by the
+core, which never prints.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -13,12 +22,42 @@ from rich.progress import (
 )
 
 from ichbench.cli.common import err
-from ichbench.events import Event
+from ichbench.events import (
+    BatchFinished,
+    DataLoaded,
+    DataProgress,
+    EpochFinished,
+    Event,
+    FoldFinished,
+    FoldSkipped,
+    FoldStarted,
+    RunStarted,
+    RunWarning,
+)
+
+
+@contextmanager
+def step_bar(description: str, *, transient: bool = True) -> Iterator[Callable[..., None]]:
+    """A bar driven by `update(done, total, description=None)`; silent when stderr is not
+    a terminal, so logs and captured output stay clean."""
+    if not err.is_terminal:
+        yield lambda done, total, description=None: None
+        return
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=transient)
+    task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int, description: str | None = None) -> None:
+        changes = {"description": description} if description else {}
+        bar.update(task, completed=done, total=total, **changes)
+
+    with bar:
+        yield update
 
 
 class Bars:
-    """Live bars on stderr for the life of a `with` block; every observer shows the
-    preprocessing bar and warnings the same way."""
+    """Live bars on stderr for the life of a `with` block; every run observer shows the
+    preprocessing bar and warnings alike."""
 
     def __init__(self, *columns) -> None:
         self.progress = Progress(*columns, console=err, transient=False)
@@ -33,14 +72,13 @@ class Bars:
 
     def shared(self, event: Event) -> bool:
         """Handle the events every observer shows alike; False for the others."""
-        d = event.data
-        if event.kind == "data_progress":
+        if isinstance(event, DataProgress):
             if self.data_task is None:
-                self.data_task = self.progress.add_task("Preprocessing", total=d["total"],
+                self.data_task = self.progress.add_task("Preprocessing", total=event.total,
                                                         info="")
-            self.progress.update(self.data_task, completed=d["done"])
-        elif event.kind == "warning":
-            err.print(f"[yellow]Warning:[/] {d['message']}")
+            self.progress.update(self.data_task, completed=event.done)
+        elif isinstance(event, RunWarning):
+            err.print(f"[yellow]Warning:[/] {escape(event.message)}")
         else:
             return False
         return True
@@ -59,35 +97,64 @@ class RunProgress(Bars):
         self.epoch_task = None
 
     def __call__(self, event: Event) -> None:
-        d = event.data
         p = self.progress
         if self.shared(event):
             return
-        if event.kind == "data_loaded":
-            err.print(f"Dataset: {d['patients']} patients, {d['slices']} slices")
-        elif event.kind == "run_started":
-            verb = "Resuming" if d["resumed"] else "Run"
-            err.print(f"{verb} [bold]{d['run_id']}[/]")
-            self.fold_task = p.add_task("Folds", total=d["folds"], info="",
-                                        completed=len(d.get("finished", [])))
-        elif event.kind == "fold_started":
+        if isinstance(event, DataLoaded):
+            err.print(f"Dataset: {event.patients} patients, {event.slices} slices")
+        elif isinstance(event, RunStarted):
+            verb = "Resuming" if event.resumed else "Run"
+            err.print(f"{verb} [bold]{event.run_id}[/]")
+            if self.fold_task is not None:
+                p.remove_task(self.fold_task)
+            self.fold_task = p.add_task("Folds", total=event.folds, info="",
+                                        completed=len(event.finished))
+        elif isinstance(event, FoldStarted):
             if self.epoch_task is not None:
                 p.remove_task(self.epoch_task)
-            self.epoch_task = p.add_task(f"  fold {d['fold']} epochs", total=d["epochs"],
-                                         info=f"{d['train_samples']} samples/epoch")
-        elif event.kind == "batch_finished" and self.epoch_task is not None:
-            frac = (d["epoch"] - 1) + d["batch"] / d["batches"]
-            p.update(self.epoch_task, completed=frac)
-        elif event.kind == "epoch_finished" and self.epoch_task is not None:
-            p.update(self.epoch_task, completed=d["epoch"],
-                     info=f"loss {d['train_loss']:.3f}  val F1 {d['val_f1']:.3f}")
-        elif event.kind == "fold_finished":
+            self.epoch_task = p.add_task(f"  fold {event.fold} epochs", total=event.epochs,
+                                         info=f"{event.train_samples} samples/epoch")
+        elif isinstance(event, BatchFinished) and self.epoch_task is not None:
+            p.update(self.epoch_task, completed=(event.epoch - 1) + event.batch / event.batches)
+        elif isinstance(event, EpochFinished) and self.epoch_task is not None:
+            p.update(self.epoch_task, completed=event.epoch,
+                     info=f"loss {event.train_loss:.3f}  val F1 {event.val_f1:.3f}")
+        elif isinstance(event, FoldFinished):
             if self.epoch_task is not None:
                 p.remove_task(self.epoch_task)
                 self.epoch_task = None
-            p.advance(self.fold_task)
-            test_f1 = "n/a" if d["test_f1"] is None else f"{d['test_f1']:.3f}"
-            err.print(f"  fold {d['fold']}: threshold {d['threshold']:.2f}, val F1 "
-                      f"{d['val_f1']:.3f}, test F1 {test_f1} ({d['wall_s']:.1f} s)")
-        elif event.kind == "fold_skipped":
-            err.print(f"  fold {d['fold']}: already finished, kept")
+            if self.fold_task is not None:
+                p.advance(self.fold_task)
+            err.print(f"  fold {event.fold}: {fold_line(event)}")
+        elif isinstance(event, FoldSkipped):
+            err.print(f"  fold {event.fold}: already finished, kept")
+
+
+class GridProgress(Bars):
+    """Preprocessing and trial bars for a grid whose trials run elsewhere (a cluster):
+    one line per trial as it comes back."""
+
+    def __init__(self) -> None:
+        super().__init__(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TimeElapsedColumn())
+        self.trial_task = None
+
+    def __call__(self, event: Event) -> None:
+        if self.shared(event):
+            return
+        if isinstance(event, RunStarted) and event.resumed:
+            err.print(f"Resuming [bold]{event.run_id}[/] (folds {event.finished} kept)")
+
+    def start_trials(self, total: int) -> None:
+        self.trial_task = self.progress.add_task("Trials", total=total)
+
+    def trial_done(self, line: str) -> None:
+        err.print(f"  {line}")
+        self.progress.advance(self.trial_task)
+
+
+def fold_line(event: FoldFinished) -> str:
+    """A finished fold in one line, alike for runs and grids."""
+    test_f1 = "n/a" if event.test_f1 is None else f"{event.test_f1:.3f}"
+    return (f"threshold {event.threshold:.2f}, val F1 {event.val_f1:.3f}, test F1 {test_f1} "
+            f"({event.wall_s:.1f} s)")

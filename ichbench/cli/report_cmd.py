@@ -9,14 +9,13 @@ from typing import Annotated
 import typer
 
 from ichbench.cli.common import err, out
+from ichbench.cli.options import DbOpt
 
 RunsArg = Annotated[list[str], typer.Argument(
     metavar="RUN...", help="Run ids (or unique prefixes); several give a comparison.")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", help="Output folder (default ./report-<run> for one run, ./report-compare for "
                   "several).")]
-DbOpt = Annotated[Path | None, typer.Option(
-    "--db", help="Run store (default ./runs.duckdb or $ICHBENCH_DB).")]
 NoCamOpt = Annotated[bool, typer.Option(
     "--no-cam", help="Skip Grad-CAM (it needs the fold checkpoints and the dataset).")]
 NoTsneOpt = Annotated[bool, typer.Option("--no-tsne", help="Skip the t-SNE of embeddings.")]

@@ -9,30 +9,21 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ichbench import paths
-from ichbench.cli.common import err, out
+from ichbench.cli import render
+from ichbench.cli.common import emit_json, err, out
+from ichbench.cli.options import DbOpt, JsonOpt
 from ichbench.errors import UsageError
-from ichbench.store import Store, render
-
-DbOption = Annotated[
-    Path | None,
-    typer.Option("--db", dir_okay=False,
-                 help="Run store (DuckDB file). Default: $ICHBENCH_DB or ./runs.duckdb."),
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+from ichbench.store import Store
+from ichbench.views.metrics import compare_table, literature_table, runs_table
 
 
 def _open(db: Path | None) -> Store:
     return Store(db or paths.default_db(), create=False)
-
-
-def _emit_json(value: Any) -> None:
-    """JSON goes out verbatim (no wrapping, no markup) so it can be piped."""
-    out.out(render.to_json(value), highlight=False)
 
 
 def runs(
@@ -45,38 +36,36 @@ def runs(
         "--grid", help="Only runs of this grid id.")] = None,
     limit: Annotated[int | None, typer.Option(
         "--limit", min=1, help="At most this many runs.")] = None,
-    as_json: JsonFlag = False,
-    db: DbOption = None,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
 ) -> None:
     """List runs, newest first, with their vote's test F1."""
     rows = _open(db).list_runs(status=status, backbone=backbone, grid_id=grid, limit=limit)
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     if not rows:
         err.print("No runs match.")
         return
-    out.print(render.runs_table(rows))
+    out.print(render.rich_table(runs_table(rows)))
 
 
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN",
                                           help="Run id or a unique prefix of it.")],
-    as_json: JsonFlag = False,
-    db: DbOption = None,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
 ) -> None:
     """One run: config, provenance, per-fold and vote metrics with 95% CIs at slice and
     patient level, beside the paper's numbers."""
     store = _open(db)
     run = store.get_run(run_id)
     if as_json:
-        _emit_json({"run": run, "folds": store.folds(run["run_id"]),
-                    "metrics": store.run_metrics(run["run_id"]),
-                    "baselines": store.baselines()})
+        emit_json({"run": run, "folds": store.folds(run["run_id"]),
+                   "metrics": store.run_metrics(run["run_id"]),
+                   "baselines": store.baselines()})
         return
-    out.print(render.run_overview(run))
-    out.print()
-    render.print_run_tables(out, store, run["run_id"])
+    render.print_run(out, store, run["run_id"])
 
 
 def compare(
@@ -84,8 +73,8 @@ def compare(
         metavar="RUN", help="Run ids or unique prefixes.")] = None,
     grid: Annotated[str | None, typer.Option(
         "--grid", help="Also every run of this grid id.")] = None,
-    as_json: JsonFlag = False,
-    db: DbOption = None,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
 ) -> None:
     """Runs side by side (the vote's test metrics, slice and patient level, mean
     validation F1) with the literature's reported results."""
@@ -99,13 +88,14 @@ def compare(
         if not in_grid:
             raise UsageError(f"No runs with grid id '{grid}' in {store.path}")
         rows += [r for r in reversed(in_grid) if r["run_id"] not in seen]
-    reported = [b for b in store.baselines() if b["model"] != "fold"]
+    baselines = store.baselines()
+    reported = [b for b in baselines if b["model"] != "fold"]
     if as_json:
-        _emit_json({"runs": rows, "baselines": reported})
+        emit_json({"runs": rows, "baselines": reported})
         return
-    out.print(render.compare_table(rows))
+    out.print(render.rich_table(compare_table(rows, baselines, "compare", brief=True)))
     out.print()
-    out.print(render.baselines_table(reported))
+    out.print(render.rich_table(literature_table(reported)))
 
 
 def sql(
@@ -113,14 +103,14 @@ def sql(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     as_json: Annotated[bool, typer.Option("--json",
                                           help="Print a JSON list of objects.")] = False,
-    db: DbOption = None,
+    db: DbOpt = None,
 ) -> None:
     """Run a read-only SQL query on the store (see docs/store.md for the schema)."""
     if as_csv and as_json:
         raise UsageError("--csv and --json are exclusive: choose one")
     columns, rows = _open(db).query(query)
     if as_json:
-        _emit_json([dict(zip(columns, row, strict=True)) for row in rows])
+        emit_json([dict(zip(columns, row, strict=True)) for row in rows])
     elif as_csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

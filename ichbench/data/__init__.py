@@ -7,9 +7,9 @@ listing plugins or printing `--help` stays fast.
 from __future__ import annotations
 
 from ichbench.data.physionet import PhysioNetSource, open_folder
-from ichbench.data.resolve import resolve_dataset
+from ichbench.data.resolve import dataset_entry, resolve_dataset
 from ichbench.data.synth import SyntheticSource, generate
 from ichbench.data.windows import WINDOWS
 
-__all__ = ["WINDOWS", "PhysioNetSource", "SyntheticSource", "generate", "open_folder",
-           "resolve_dataset"]
+__all__ = ["WINDOWS", "PhysioNetSource", "SyntheticSource", "dataset_entry", "generate",
+           "open_folder", "resolve_dataset"]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ichbench.interfaces import LoadOptions, SliceDataset
+from ichbench.liveness import pid_alive
 
 CACHE_FORMAT = 1
 META = "meta.json"
@@ -121,16 +122,6 @@ def open_entry(folder: Path, *, name: str, source: str) -> SliceDataset:
         windows=tuple(meta.get("windows", ("brain",))),
         source=source,
     )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _remove_dead_temps(entry: Path) -> None:

@@ -31,6 +31,7 @@ from ichbench.data.physionet import (
 )
 from ichbench.data.windows import JPG_WINDOWS, check_windows
 from ichbench.errors import DataError
+from ichbench.exclusion import DEFAULT_EXCLUDE
 from ichbench.interfaces import SliceDataset
 
 DEEP_SIZE = 32
@@ -97,7 +98,7 @@ def _jpg_window_warnings(folder: PhysioNetFolder, patient: int) -> list[str]:
     return out
 
 
-def check_folder(root: Path, exclude: tuple[int, ...] = (58, 79), *, deep: bool = False,
+def check_folder(root: Path, exclude: tuple[int, ...] = DEFAULT_EXCLUDE, *, deep: bool = False,
                  windows: tuple[str, ...] = ("brain",),
                  progress: Progress | None = None) -> CheckReport:
     """Validate a folder of either layout, collecting every problem rather than the first.
@@ -149,7 +150,7 @@ def _decode_all(folder: PhysioNetFolder, patients: list[int], windows: tuple[str
     return errors
 
 
-def folder_stats(root: Path, exclude: tuple[int, ...] = (58, 79)) -> LabelStats:
+def folder_stats(root: Path, exclude: tuple[int, ...] = DEFAULT_EXCLUDE) -> LabelStats:
     """Statistics of a folder's used patients from its label file alone."""
     layout, label_path = detect_layout(Path(root).expanduser())
     return label_stats(read_labels(label_path).without(exclude))

@@ -1,8 +1,9 @@
 """`ichbench report`: one run (or several compared) as an HTML page and a Markdown file.
 
-Tables and curves are read from the store; Grad-CAM and t-SNE reload the fold
-checkpoints and the run's dataset. Heavy imports (matplotlib, torch, scikit-learn) wait
-until a report is built, so importing this package stays cheap.
+The report only reads: tables and curves from the store, and for Grad-CAM and t-SNE the
+fold checkpoints and the run's dataset through ichbench.checkpoints. Heavy imports
+(matplotlib, torch, scikit-learn) wait until a report is built, so importing this
+package stays cheap.
 """
 
 from __future__ import annotations

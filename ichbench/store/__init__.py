@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ichbench.store.reads import StoredSplit
 from ichbench.store.store import Store
 
-__all__ = ["Store"]
+__all__ = ["Store", "StoredSplit"]

@@ -235,11 +235,29 @@ def m004_owner_and_compiled(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE folds ADD COLUMN compiled BOOLEAN")
 
 
+def m005_patient_decisions_notes_plugins(con: duckdb.DuckDBPyConnection) -> None:
+    """Patient decisions as the run's rule made them (so a reader never needs the rule
+    plugin), each fold's strategy notes, and the plugin distributions a run used."""
+    con.execute("""
+CREATE TABLE patient_decisions (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER,
+    split VARCHAR NOT NULL CHECK (split IN ('val', 'test')),
+    patient_id INTEGER NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    score DOUBLE,
+    decision BOOLEAN NOT NULL
+)""")
+    con.execute("ALTER TABLE folds ADD COLUMN notes JSON")
+    con.execute("ALTER TABLE runs ADD COLUMN plugins JSON")
+
+
 MIGRATIONS: list[Migration] = [
     ("m001_initial_tables", m001_initial_tables),
     ("m002_seed_baselines", m002_seed_baselines),
     ("m003_views", m003_views),
     ("m004_owner_and_compiled", m004_owner_and_compiled),
+    ("m005_patient_decisions_notes_plugins", m005_patient_decisions_notes_plugins),
 ]
 
 

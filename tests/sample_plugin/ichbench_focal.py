@@ -10,10 +10,15 @@ from functools import partial
 
 import numpy as np
 
-from ichbench.errors import UsageError
-from ichbench.hookspecs import hookimpl
-from ichbench.interfaces import StrategyContext, TrainPlan
-from ichbench.spec import Spec, expect_args, parse_float
+from ichbench import (
+    Spec,
+    StrategyContext,
+    TrainPlan,
+    UsageError,
+    expect_args,
+    hookimpl,
+    parse_float,
+)
 
 FOCAL_FORM = "focal:GAMMA with GAMMA >= 0"
 FRACTION_FORM = "fraction:P with 0 < P <= 1"

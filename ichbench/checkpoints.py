@@ -1,0 +1,172 @@
+"""Fold checkpoints: where they live, what they hold, how they are written and read back,
+and how a stored run becomes fold models ready for inference.
+
+A fold's kept weights are written beside the store, `<store>.runs/<run>/fold<k>.pt`,
+atomically (a temporary file renamed into place), so a crash or a full disk leaves
+either the whole checkpoint or none. They are read with `weights_only=True`: a
+checkpoint is data, never code. Everything that needs a trained model (the report's
+Grad-CAM and t-SNE, evaluation of a finished run, prediction) goes through
+`load_fold_models`, and everything that initialises one goes through `init_seed`, so a
+model is rebuilt exactly as the run built it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ichbench.data.preprocess import network_input
+from ichbench.device import inference_device
+from ichbench.errors import UsageError
+from ichbench.interfaces import BuildOptions, SliceDataset
+from ichbench.paths import run_dir
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FORMAT_KEYS = ("state_dict", "backbone", "in_chans", "image_size", "windows", "fold")
+
+
+def checkpoint_name(fold: int) -> str:
+    return f"fold{fold}.pt"
+
+
+def checkpoint_path(store_path: Path, run_id: str, fold: int) -> Path:
+    return run_dir(Path(store_path), run_id) / checkpoint_name(fold)
+
+
+def init_seed(seed: int, fold: int) -> int:
+    """The torch seed a fold's network is initialised with: fold models of one run start
+    apart, and a run repeated with the same seed starts where it started."""
+    return seed * 1000 + fold
+
+
+def seed_init(seed: int, fold: int) -> None:
+    import torch
+
+    torch.manual_seed(init_seed(seed, fold))
+
+
+def save_checkpoint(store_path: Path, run_id: str, fold: int, state: dict, *, backbone: str,
+                    in_chans: int, image_size: int, windows: list[str]) -> str:
+    """Write a fold's kept weights atomically; returns the file name (relative to the run
+    folder), which the fold row records."""
+    import torch
+
+    folder = run_dir(Path(store_path), run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / checkpoint_name(fold)
+    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        torch.save({"state_dict": state, "backbone": backbone, "in_chans": in_chans,
+                    "image_size": image_size, "windows": list(windows), "fold": fold}, tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file on a full disk is only in the way
+        raise
+    return final.name
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, on the CPU; raises ValueError when it lacks a field."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in FORMAT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"not an ichbench checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+@dataclass
+class FoldModel:
+    """A fold's network in eval mode on `device`, with what its inputs must look like."""
+
+    fold: int
+    model: nn.Module
+    backbone: str
+    input_size: int | None
+    image_size: int
+    windows: tuple[str, ...]
+    in_chans: int
+    device: torch.device
+
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        """Cached uint8 images (N, C, H, W) as this network saw them in training."""
+        return network_input(images, self.input_size, self.device)
+
+
+@dataclass
+class LoadedModels:
+    models: dict[int, FoldModel]
+    problems: list[str]  # one line per fold that could not be loaded
+
+    @property
+    def any(self) -> bool:
+        return bool(self.models)
+
+
+def _build(backbone: str, in_chans: int):
+    from ichbench.plugins import get_registry
+
+    return get_registry().create("backbone", backbone).build(
+        BuildOptions(in_chans=in_chans, pretrained=False))
+
+
+def load_fold_models(store_path: Path, run_id: str, folds: list[int],
+                     device: torch.device | None = None) -> LoadedModels:
+    """Every fold model of a run whose checkpoint exists and loads; the others are named
+    in `problems`, so a caller can say what is missing instead of failing."""
+    device = device or inference_device()
+    models: dict[int, FoldModel] = {}
+    problems: list[str] = []
+    for fold in folds:
+        path = checkpoint_path(store_path, run_id, fold)
+        if not path.is_file():
+            problems.append(f"fold {fold}: no checkpoint at {path}")
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+            built = _build(str(ckpt["backbone"]), int(ckpt["in_chans"]))
+            built.model.load_state_dict(ckpt["state_dict"])
+        except Exception as exc:  # a corrupt or foreign file must not stop the caller
+            problems.append(f"fold {fold}: cannot load {path} ({type(exc).__name__}: {exc})")
+            continue
+        built.model.to(device).eval()
+        models[fold] = FoldModel(
+            fold=fold, model=built.model, backbone=str(ckpt["backbone"]),
+            input_size=built.input_size, image_size=int(ckpt["image_size"]),
+            windows=tuple(ckpt["windows"]), in_chans=int(ckpt["in_chans"]), device=device)
+    return LoadedModels(models, problems)
+
+
+def fresh_model(backbone: str, in_chans: int, seed: int, fold: int,
+                device: torch.device | None = None, *, image_size: int = 0,
+                windows: tuple[str, ...] = ()) -> FoldModel:
+    """The network as the run initialised `fold` before training (without pretrained
+    weights): what the trained model is compared against."""
+    device = device or inference_device()
+    seed_init(seed, fold)
+    built = _build(backbone, in_chans)
+    built.model.to(device).eval()
+    return FoldModel(fold=fold, model=built.model, backbone=backbone,
+                     input_size=built.input_size, image_size=image_size, windows=windows,
+                     in_chans=in_chans, device=device)
+
+
+def load_run_dataset(config: dict[str, Any], cache_dir: Path | None = None) -> SliceDataset:
+    """The dataset a run trained on, from its stored configuration, through the cache.
+    Raises an IchbenchError (DataError, PluginError) when it cannot be had."""
+    from ichbench.config import RunConfig
+    from ichbench.data.open import open_dataset
+
+    cfg = RunConfig.from_dict(config)
+    if cfg.image_size is None:
+        raise UsageError("The run's configuration has no image size; it was never resolved")
+    _, dataset = open_dataset(cfg, cache_dir=cache_dir)
+    return dataset

@@ -1,0 +1,332 @@
+"""Reading the store: the typed queries every reader (report, `show`, resume) uses.
+
+Every statement here binds its values as `?` parameters on a read-only connection; no
+reader ever builds SQL from a value. `Store.query` is only for a user's own SQL.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from ichbench.errors import StoreError
+from ichbench.records import EpochRecord, FoldRecord, PatientDecisions, Predictions
+from ichbench.store import migrations
+from ichbench.store.rows import (
+    decode_json,
+    dicts,
+    metric_row,
+    patients_from,
+    predictions_from,
+)
+
+STATUSES = migrations.RUN_STATUSES
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+
+
+@dataclass
+class StoredSplit:
+    """A run's patient split as recorded: the held-out test patients and, per fold, its
+    training and validation patients."""
+
+    test: list[int] = field(default_factory=list)
+    folds: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def exists(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    return con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None
+
+
+def _fold_cond(fold: int | None) -> tuple[str, list[Any]]:
+    return ("fold IS NULL", []) if fold is None else ("fold = ?", [fold])
+
+
+class StoreReads:
+    """The read half of `Store`; needs `path` and `_reader()` from it."""
+
+    path: Path
+
+    def _reader(self, sandbox: bool = False,
+                ) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        raise NotImplementedError  # provided by Store
+
+    # ------------------------------------------------------------------ runs
+
+    def resolve(self, run_id: str) -> str:
+        """The full id of a run given its id or a unique prefix of it."""
+        with self._reader() as con:
+            return self._resolve(con, run_id)
+
+    def _resolve(self, con: duckdb.DuckDBPyConnection, run_id: str) -> str:
+        if exists(con, run_id):
+            return run_id
+        matches = [r[0] for r in con.execute(
+            "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id LIMIT 6",
+            [run_id]).fetchall()] if run_id else []
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise StoreError(f"Run id '{run_id}' is ambiguous: it starts "
+                             f"{', '.join(matches[:5])}{' ...' if len(matches) > 5 else ''}")
+        recent = [r[0] for r in con.execute(
+            "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5").fetchall()]
+        hint = f"Recent runs: {', '.join(recent)}" if recent else "The store has no runs yet"
+        raise StoreError(f"Unknown run '{run_id}'. {hint}")
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """The `runs` row (config, versions and plugins as dicts); accepts a unique id
+        prefix."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            row = dicts(con.execute("SELECT * FROM runs WHERE run_id = ?", [full]))[0]
+        return decode_json(row, "runs")
+
+    def list_runs(self, status: str | None = None, backbone: str | None = None,
+                  grid_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """`run_summary` rows, newest first."""
+        if status is not None and status not in STATUSES:
+            raise StoreError(f"Unknown status '{status}'; expected one of {', '.join(STATUSES)}")
+        where, params = [], []
+        for column, value in (("status", status), ("backbone", backbone),
+                              ("grid_id", grid_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT * FROM run_summary"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, run_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+        with self._reader() as con:
+            return dicts(con.execute(sql, params))
+
+    def summaries(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """`run_summary` rows of the given runs (ids or unique prefixes), in that order."""
+        with self._reader() as con:
+            full = list(dict.fromkeys(self._resolve(con, r) for r in run_ids))
+            rows = dicts(con.execute("SELECT * FROM run_summary WHERE list_contains(?, run_id)",
+                                     [full]))
+        by_id = {row["run_id"]: row for row in rows}
+        return [by_id[r] for r in full]
+
+    def find_finished_run(self, config_hash: str, dataset_hash: str) -> str | None:
+        """The newest finished run of this config on this dataset, so a grid can skip it."""
+        with self._reader() as con:
+            row = con.execute(
+                "SELECT run_id FROM runs WHERE status = 'finished' AND config_hash = ? "
+                "AND dataset_hash = ? ORDER BY finished_at DESC LIMIT 1",
+                [config_hash, dataset_hash],
+            ).fetchone()
+        return row[0] if row else None
+
+    def runs_with_config(self, config_hash: str) -> list[dict[str, Any]]:
+        """Runs of one configuration, finished first, then the newest: what a grid resumes."""
+        with self._reader() as con:
+            return [decode_json(r, "runs") for r in dicts(con.execute(
+                "SELECT run_id, status, dataset_hash, plugins FROM runs WHERE config_hash = ? "
+                "ORDER BY status = 'finished' DESC, started_at DESC", [config_hash]))]
+
+    # ------------------------------------------------------------------ folds
+
+    def finished_folds(self, run_id: str) -> set[int]:
+        with self._reader() as con:
+            rows = con.execute(
+                "SELECT fold FROM folds WHERE run_id = ? AND status = 'finished'", [run_id]
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def load_fold(self, run_id: str, fold: int) -> FoldRecord:
+        """A stored fold as the runner wrote it, enough to recompute the vote on resume.
+        Predictions come back ordered by split, patient and slice; patient decisions by
+        split and patient (None for a fold recorded without them)."""
+        with self._reader() as con:
+            rows = dicts(con.execute(
+                "SELECT * FROM folds WHERE run_id = ? AND fold = ?", [run_id, fold]))
+            if not rows:
+                raise StoreError(f"Run '{run_id}' has no fold {fold} in {self.path}")
+            row = decode_json(rows[0], "folds")
+            curve = self._load_curve(con, run_id, fold)
+            metrics = [metric_row(m) for m in dicts(con.execute(
+                "SELECT * FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold' "
+                "ORDER BY scope, split", [run_id, fold]))]
+            preds = self._load_predictions(con, run_id, fold)
+            patients = self._load_patients(con, run_id, fold)
+            epochs = [EpochRecord(e["epoch"], e["train_loss"], e["val_loss"], e["val_f1"],
+                                  e["wall_s"]) for e in dicts(con.execute(
+                "SELECT * FROM epochs WHERE run_id = ? AND fold = ? ORDER BY epoch",
+                [run_id, fold]))]
+        return FoldRecord(
+            fold=row["fold"], threshold=row["threshold"], best_epoch=row["best_epoch"],
+            train_ich_before=row["train_ich_before"],
+            train_healthy_before=row["train_healthy_before"], train_ich=row["train_ich"],
+            train_healthy=row["train_healthy"], added=row["added"], removed=row["removed"],
+            train_patients=list(row["train_patients"] or []),
+            val_patients=list(row["val_patients"] or []), wall_s=row["wall_s"], curve=curve,
+            metrics=metrics, predictions=preds, epochs=epochs, checkpoint=row["checkpoint"],
+            status=row["status"], compiled=bool(row["compiled"]),
+            patients=patients if len(patients) else None, notes=dict(row["notes"] or {}),
+        )
+
+    def folds(self, run_id: str) -> list[dict[str, Any]]:
+        """The `folds` rows of a run, in fold order, `notes` as a dict (None when the fold
+        was recorded without them)."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            rows = dicts(con.execute(
+                "SELECT * FROM folds WHERE run_id = ? ORDER BY fold", [full]))
+        return [decode_json(r, "folds") for r in rows]
+
+    def epoch_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """The `epochs` rows of a run, by fold then epoch."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            return dicts(con.execute(
+                "SELECT * FROM epochs WHERE run_id = ? ORDER BY fold, epoch", [full]))
+
+    def split(self, run_id: str) -> StoredSplit:
+        """The run's patient split as recorded at its creation."""
+        result = StoredSplit()
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            rows = con.execute(
+                "SELECT fold, patient_id, role FROM splits WHERE run_id = ? "
+                "ORDER BY fold NULLS FIRST, role, patient_id", [full]).fetchall()
+        for fold, pid, role in rows:
+            if role == "test":
+                result.test.append(int(pid))
+            else:
+                parts = result.folds.setdefault(int(fold), {"train": [], "val": []})
+                parts[role].append(int(pid))
+        return result
+
+    # ------------------------------------------------------------------ results
+
+    def run_metrics(self, run_id: str) -> list[dict[str, Any]]:
+        """Every `metrics` row of a run: folds in order, then the vote."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            return dicts(con.execute(
+                "SELECT * FROM metrics WHERE run_id = ? "
+                "ORDER BY model = 'vote', fold, scope DESC, split DESC", [full]))
+
+    def _load_curve(self, con: duckdb.DuckDBPyConnection, run_id: str,
+                    fold: int | None) -> np.ndarray:
+        cond, extra = _fold_cond(fold)
+        rows = con.execute(
+            f"SELECT f1 FROM curves WHERE run_id = ? AND {cond} ORDER BY threshold",
+            [run_id, *extra]).fetchall()
+        return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
+
+    def load_curve(self, run_id: str, fold: int | None) -> np.ndarray:
+        """A fold's validation F1 curve, or the vote's mean curve for `fold=None`."""
+        with self._reader() as con:
+            return self._load_curve(con, run_id, fold)
+
+    def curves(self, run_id: str) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
+        """Every curve of a run: fold (None for the mean curve) -> (thresholds, F1), the
+        F1 NaN where it was undefined."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            rows = con.execute(
+                "SELECT fold, threshold, coalesce(f1, 'NaN'::DOUBLE) FROM curves "
+                "WHERE run_id = ? ORDER BY fold NULLS LAST, threshold", [full]).fetchall()
+        grouped: dict[int | None, tuple[list[float], list[float]]] = {}
+        for fold, thr, f1 in rows:
+            thresholds, values = grouped.setdefault(fold, ([], []))
+            thresholds.append(thr)
+            values.append(f1)
+        return {k: (np.asarray(t, dtype=float), np.asarray(f, dtype=float))
+                for k, (t, f) in grouped.items()}
+
+    def _load_predictions(self, con: duckdb.DuckDBPyConnection, run_id: str,
+                          fold: int | None) -> Predictions:
+        cond, extra = _fold_cond(fold)
+        cols = con.execute(
+            "SELECT split, patient_id, slice, label, coalesce(prob, 'NaN'::DOUBLE) AS prob "
+            f"FROM predictions WHERE run_id = ? AND {cond} ORDER BY split, patient_id, slice",
+            [run_id, *extra]).fetchnumpy()
+        return predictions_from(cols)
+
+    def load_vote_predictions(self, run_id: str) -> Predictions:
+        """The ensemble's test probabilities recorded by `finish_run`."""
+        with self._reader() as con:
+            return self._load_predictions(con, run_id, None)
+
+    def prediction_columns(self, run_id: str) -> dict[str, np.ndarray]:
+        """Every prediction of a run as columns `fold` (-1 for the vote), `split`,
+        `patient_id`, `slice`, `label`, `prob` (NaN where NULL), ordered by fold, split,
+        patient and slice."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            cols = con.execute(
+                "SELECT coalesce(fold, -1) AS fold, split, patient_id, slice, label, "
+                "coalesce(prob, 'NaN'::DOUBLE) AS prob FROM predictions WHERE run_id = ? "
+                "ORDER BY fold, split, patient_id, slice", [full]).fetchnumpy()
+        out = {"fold": np.asarray(cols["fold"], dtype=np.int64)}
+        preds = predictions_from(cols)
+        out.update({name: getattr(preds, name)
+                    for name in ("split", "patient_id", "slice", "label", "prob")})
+        return out
+
+    def _load_patients(self, con: duckdb.DuckDBPyConnection, run_id: str,
+                       fold: int | None) -> PatientDecisions:
+        cond, extra = _fold_cond(fold)
+        cols = con.execute(
+            "SELECT split, patient_id, label, coalesce(score, 'NaN'::DOUBLE) AS score, "
+            f"decision FROM patient_decisions WHERE run_id = ? AND {cond} "
+            "ORDER BY split, patient_id", [run_id, *extra]).fetchnumpy()
+        return patients_from(cols)
+
+    def patient_decisions(self, run_id: str) -> dict[int | None, PatientDecisions]:
+        """The stored patient decisions of each model of a run: fold -> decisions, None
+        for the vote. A model recorded without them (an older run) is absent."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            folds = [r[0] for r in con.execute(
+                "SELECT DISTINCT fold FROM patient_decisions WHERE run_id = ? "
+                "ORDER BY fold NULLS LAST", [full]).fetchall()]
+            return {fold: self._load_patients(con, full, fold) for fold in folds}
+
+    def baselines(self) -> list[dict[str, Any]]:
+        with self._reader() as con:
+            return dicts(con.execute(
+                "SELECT * FROM baselines ORDER BY source, scope DESC, setting, backbone, "
+                "model, fold NULLS LAST"))
+
+    # ------------------------------------------------------------------ user SQL
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run one read-only statement on a sandboxed connection (no writes, no files,
+        no extensions) and return (column names, rows)."""
+        with self._reader(sandbox=True) as con:
+            try:
+                statements = con.extract_statements(sql)
+            except duckdb.Error as exc:
+                raise StoreError(f"SQL error: {first_line(exc)}") from exc
+            if len(statements) != 1:
+                raise StoreError(f"ichbench sql runs exactly one statement; got "
+                                 f"{len(statements)}")
+            kind = statements[0].type.name
+            if kind not in READ_ONLY_STATEMENTS:
+                raise StoreError(f"ichbench sql is read-only: {kind} statements are not "
+                                 "allowed (use SELECT)")
+            try:
+                result = con.execute(sql)
+                columns = [d[0] for d in result.description or []]
+                return columns, result.fetchall()
+            except duckdb.Error as exc:
+                text = first_line(exc)
+                if "read-only" in text or "Permission" in text:
+                    raise StoreError(f"ichbench sql is read-only: {text}") from exc
+                raise StoreError(f"SQL error: {text}") from exc

@@ -1,0 +1,125 @@
+"""Configuration and provenance of a run: what ran, on what, with which code, plugins
+and libraries. `ichbench show` and the report print this same table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ichbench.formatting import DASH, fmt, fmt_wall
+from ichbench.views.metrics import strategies_text
+from ichbench.views.model import Row, TableData
+from ichbench.views.run_data import RunData
+
+NOT_RECORDED = "not recorded"
+
+
+def compiled_text(folds: list[dict[str, Any]]) -> str:
+    """Which folds trained through torch.compile: a resumed run may mix both."""
+    compiled = [int(f["fold"]) for f in folds if f.get("compiled")]
+    if not folds:
+        return DASH
+    if not compiled:
+        return "no"
+    if len(compiled) == len(folds):
+        return "yes, every fold"
+    return "folds " + ", ".join(map(str, compiled)) + " only"
+
+
+def _compact(value: Any) -> Any:
+    """Floats to four significant digits, so a histogram stays readable in one cell."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_compact(v) for v in value]
+    return value
+
+
+def notes_text(folds: list[dict[str, Any]]) -> str:
+    """Each fold's strategy notes; folds recorded before notes were kept say so."""
+    if not folds:
+        return DASH
+    if all(f.get("notes") is None for f in folds):
+        return NOT_RECORDED
+    if all(f.get("notes") == {} for f in folds):
+        return "none"
+    parts = []
+    for f in folds:
+        notes = f.get("notes")
+        if notes is None:
+            text = NOT_RECORDED
+        elif not notes:
+            text = "none"
+        else:
+            text = json.dumps(_compact(notes), sort_keys=True, default=str)
+        parts.append(f"fold {f['fold']}: {text}")
+    return "; ".join(parts)
+
+
+def plugins_text(plugins: dict[str, str] | None) -> str:
+    if not plugins:
+        return NOT_RECORDED
+    return ", ".join(f"{name} {version}" for name, version in sorted(plugins.items()))
+
+
+def _pool_size(data: RunData) -> int:
+    pool: set[int] = set()
+    for parts in data.fold_patients.values():
+        pool.update(parts["train"])
+        pool.update(parts["val"])
+    return len(pool)
+
+
+def _time(value: Any) -> str:
+    return DASH if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
+    """Configuration and provenance as field / value rows."""
+    run = data.run
+    cfg = data.config
+    versions = run.get("versions") or {}
+    pretrained = "yes" if run.get("pretrained") else "no"
+    if run.get("pretrained_source"):
+        pretrained += f" ({run['pretrained_source']})"
+    status = run["status"] if data.finished else f"{run['status'].upper()} — NOT finished"
+    if run.get("error"):
+        status += f": {run['error']}"
+    windows = ", ".join(cfg.get("windows") or []) or DASH
+    items = [
+        ("Run", data.run_id),
+        ("Status", status),
+        ("Dataset", f"{run.get('dataset')}"),
+        ("Dataset hash", str(run.get("dataset_hash"))),
+        ("Excluded patients", ", ".join(str(p) for p in cfg.get("exclude") or []) or "none"),
+        ("Patients", f"{len(data.test_patients)} test; "
+                     f"{_pool_size(data)} in {len(data.fold_patients)} cross-validation folds"),
+        ("Backbone", str(run.get("backbone"))),
+        ("Pretrained", pretrained),
+        ("Imbalance strategies", strategies_text(run)),
+        ("Ensemble / patient rule", f"{run.get('ensemble') or DASH} / "
+                                    f"{run.get('patient_rule') or DASH}"),
+        ("Training", f"at most {cfg.get('epochs')} epoch(s), batch {cfg.get('batch_size')}, "
+                     f"lr {cfg.get('lr')}, patience {cfg.get('patience')}, "
+                     f"{cfg.get('image_size')} px, windows {windows}"),
+        ("Voting threshold", fmt(data.threshold)),
+        ("Preset", str(run.get("preset"))),
+        ("Seed", str(run.get("seed"))),
+        ("Device", str(run.get("device"))),
+        ("torch.compile", compiled_text(data.folds)),
+        ("Strategy notes", notes_text(data.folds)),
+        ("Started / finished", f"{_time(run.get('started_at'))} / "
+                               f"{_time(run.get('finished_at'))}"),
+        ("Wall time", fmt_wall(run.get("wall_s"))),
+        ("Config hash / split hash", f"{run.get('config_hash')} / {run.get('split_hash')}"),
+        ("Git commit", str(run.get("git_sha") or "unknown")),
+        ("Grid", str(run.get("grid_id") or DASH)),
+        ("Plugins", plugins_text(run.get("plugins"))),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or DASH),
+        ("Configuration", json.dumps(cfg, sort_keys=True)),
+    ]
+    return TableData(id=table_id, title="Configuration and provenance", columns=["", ""],
+                     rows=[Row([k, v], strong=k == "Status" and not data.finished)
+                           for k, v in items], numeric_from=99)

@@ -1,0 +1,179 @@
+"""One run lifecycle for every executor: `ichbench run` is a grid of one; the protocol
+holds no store; a plugin that fails before the run starts leaves no run behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import duckdb
+import pytest
+import typer
+
+from ichbench.cli.app import create_app, main
+from ichbench.config import RunConfig
+from ichbench.errors import ExitCode
+from ichbench.hookspecs import hookimpl
+from ichbench.plugins import registered
+
+TINY_ARGS = ["--data", "synthetic:10,1,32", "--backbone", "tinycnn", "--folds", "2",
+             "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--preset", "quick",
+             "--device", "cpu"]
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def rows(db, sql: str, *params) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def test_the_protocol_runs_without_duckdb(tmp_path):
+    """Data, split, every fold trial and the vote, in a process where DuckDB cannot even
+    be imported: the protocol holds no store."""
+    script = f"""
+import sys
+sys.modules["duckdb"] = None
+from ichbench.config import RunConfig
+from ichbench.protocol import RunProtocol
+protocol = RunProtocol(RunConfig(data="synthetic:10,1,32", backbone="tinycnn", folds=2,
+                                 epochs=1, image_size=32, preset="quick", device="cpu",
+                                 weights=["ich:4"]), cache_dir=r"{tmp_path / 'cache'}")
+dataset = protocol.load_data()
+split = protocol.split_of(dataset)
+folds = {{k: protocol.fold_trial(dataset, split, k)[0] for k in range(2)}}
+vote = protocol.vote(dataset, split, folds)
+assert "duckdb" not in {{m for m in sys.modules if sys.modules[m] is not None}}
+print(vote.threshold, len(vote.patients), sorted(folds[0].notes))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={"ICHBENCH_LOAD_PLUGINS": "", "HF_HUB_OFFLINE": "1",
+                               "PATH": ""}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    threshold, patients, notes = done.stdout.split(" ", 2)
+    assert 0.0 <= float(threshold) <= 1.0
+    assert int(patients) > 0
+    assert "steps" in notes  # the weight strategy's notes travel with the fold record
+
+
+def test_run_and_a_grid_of_one_store_the_same_results(capsys, tmp_path):
+    """`ichbench run` and `ichbench grid` with one configuration go through the same
+    lifecycle: same configuration hash, same split, the same numbers in every table."""
+    run_db, grid_db = tmp_path / "run.duckdb", tmp_path / "grid.duckdb"
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--weight", "ich:4", "--db", str(run_db))
+    assert code == 0, err
+    code, _, err = run_main(capsys, "grid", *TINY_ARGS, "--weight", "ich:4",
+                            "--db", str(grid_db))
+    assert code == 0, err
+    (a,), (b,) = (rows(db, "SELECT config_hash, split_hash, threshold, status, plugins "
+                           "FROM runs") for db in (run_db, grid_db))
+    assert a == b and a[3] == "finished"
+    assert "ichbench" in a[4]  # the plugins it used, with their versions
+    for table, order in (("metrics", "model, fold, scope, split"),
+                         ("curves", "fold, threshold"),
+                         ("predictions", "fold, split, patient_id, slice"),
+                         ("patient_decisions", "fold, split, patient_id")):
+        cols = {"metrics": "model, fold, scope, split, threshold, f1, auc, tp, fp, tn, fn",
+                "curves": "fold, threshold, f1", "predictions": "fold, split, patient_id, "
+                "slice, label, prob", "patient_decisions": "fold, split, patient_id, label, "
+                "score, decision"}[table]
+        left = rows(run_db, f"SELECT {cols} FROM {table} ORDER BY {order}")
+        right = rows(grid_db, f"SELECT {cols} FROM {table} ORDER BY {order}")
+        assert left and left == right, table
+    decided = rows(run_db, "SELECT count(*) FROM patient_decisions WHERE fold IS NULL "
+                           "AND split = 'test'")
+    assert decided[0][0] > 0
+
+
+class _Raising:
+    """A strategy whose first call raises, as a third party's bug would."""
+
+    def apply(self, plan, ctx):
+        raise ZeroDivisionError("the strategy divided by zero")
+
+
+class _NotABackbone:
+    """A 'backbone' factory result without `build`."""
+
+    name = "notabackbone"
+
+
+def _plugin(**factories) -> types.SimpleNamespace:
+    def register_strategies(register):
+        if "strategy" in factories:
+            register("explodes", factories["strategy"], help="raises on first call")
+
+    def register_backbones(register):
+        if "backbone" in factories:
+            register("notabackbone", factories["backbone"], help="returns the wrong kind")
+
+    return types.SimpleNamespace(register_strategies=hookimpl(register_strategies),
+                                 register_backbones=hookimpl(register_backbones))
+
+
+@pytest.mark.parametrize("option, value, plugin, needle", [
+    ("--strategy", "explodes", _plugin(strategy=lambda spec: _Raising()), "explodes"),
+    ("--backbone", "notabackbone", _plugin(backbone=lambda spec: _NotABackbone()),
+     "notabackbone"),
+])
+def test_a_failing_plugin_is_blamed_and_leaves_no_run(capsys, tmp_path, option, value, plugin,
+                                                      needle):
+    db = tmp_path / "runs.duckdb"
+    args = list(TINY_ARGS)
+    if option == "--backbone":
+        i = args.index("--backbone")
+        args[i + 1] = value
+    else:
+        args += [option, value]
+    with registered(plugin, "failing-test-plugin"):
+        code, _, err = run_main(capsys, "run", *args, "--db", str(db))
+    assert code == ExitCode.PLUGIN, err
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+    assert not db.exists() or rows(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def _options(command) -> set[str]:
+    return {opt for p in command.params if p.param_type_name == "option" for opt in p.opts}
+
+
+def test_grid_accepts_every_run_option():
+    group = typer.main.get_command(create_app())
+    run, grid = group.commands["run"], group.commands["grid"]
+    assert {"--db", "--weights", "--exclude", "--lr", "--window"} <= _options(run)
+    only_run = _options(run) - _options(grid)
+    assert only_run == {"--resume"}, only_run  # resuming names one run; a grid has many
+
+
+def test_exclude_none_means_nobody_everywhere(capsys, tmp_path):
+    """One parser: `--exclude none` is accepted by run (and data check) alike."""
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--exclude", "none", "--db",
+                            str(tmp_path / "r.duckdb"))
+    assert code == 0, err
+    (config,) = rows(tmp_path / "r.duckdb", "SELECT config FROM runs")[0]
+    assert RunConfig.from_dict(__import__("json").loads(config)).exclude == []
+
+
+def test_grid_reruns_a_configuration_whose_plugins_changed(capsys, tmp_path):
+    """A finished run made with another version of a plugin is not reused by a grid."""
+    db = tmp_path / "runs.duckdb"
+    code, _, err = run_main(capsys, "grid", *TINY_ARGS, "--weight", "ich:4", "--db", str(db))
+    assert code == 0, err
+    code, _, err = run_main(capsys, "grid", *TINY_ARGS, "--weight", "ich:4", "--db", str(db))
+    assert code == 0 and "already finished" in err
+    with duckdb.connect(str(db)) as con:
+        con.execute("""UPDATE runs SET plugins = '{"ichbench": "0.0.1"}'""")
+    code, _, err = run_main(capsys, "grid", *TINY_ARGS, "--weight", "ich:4", "--db", str(db))
+    assert code == 0, err
+    assert "already finished" not in err
+    statuses = rows(db, "SELECT status FROM runs ORDER BY started_at")
+    assert [s for (s,) in statuses] == ["finished", "finished"]
