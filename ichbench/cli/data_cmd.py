@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ichbench.cli.common import err, out
+from ichbench.cli.common import emit_json, err, out
 from ichbench.cli.options import ExcludeOpt, JsonOpt
+from ichbench.cli.progress import step_bar
 from ichbench.errors import DataError
 from ichbench.exclusion import DEFAULT_EXCLUDE_TEXT, parse_exclude
 from ichbench.interfaces import SUBTYPES, LoadOptions
@@ -24,30 +21,8 @@ from ichbench.plugins import get_registry
 DATASET_HELP = "A dataset folder (either release) or a dataset spec such as 'synthetic:40'."
 
 
-@contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar on stderr, driven by progress(done, total) callbacks; silent when stderr
-    is not a terminal, so logs and captured output stay clean."""
-    if not err.is_terminal:
-        yield lambda done, total: None
-        return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err, transient=True)
-    task = bar.add_task(description, total=None)
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    with bar:
-        yield update
-
-
 def parse_windows(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _emit_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
 
 
 def _resolve(text: str) -> tuple[Any, Path | None]:
@@ -58,14 +33,14 @@ def _resolve(text: str) -> tuple[Any, Path | None]:
     folder = getattr(source, "folder", None)
     if not callable(folder):
         return source, None
-    with progress_bar("Preparing dataset"):
+    with step_bar("Preparing dataset"):
         return source, Path(folder())
 
 
 def _load(source: Any, exclude: tuple[int, ...]):
     from ichbench.paths import cache_dir
 
-    with progress_bar("Decoding") as progress:
+    with step_bar("Decoding") as progress:
         return source.load(LoadOptions(exclude=exclude), cache_dir(), progress)
 
 
@@ -84,7 +59,7 @@ def synth(
     from ichbench.data.synth import generate
 
     start = time.perf_counter()
-    with progress_bar("Generating patients") as progress:
+    with step_bar("Generating patients") as progress:
         summary = generate(out_dir, patients, seed, size, force=force, progress=progress)
     err.print(
         f"Wrote {summary.out}: {summary.patients} patients ({summary.ich_patients} ICH), "
@@ -146,7 +121,7 @@ def check(
         stats = dataset_stats(_load(source, excluded))
         data = {"dataset": source.name, "ok": True, "used": stats.as_dict()}
         if as_json:
-            _emit_json(data)
+            emit_json(data)
         else:
             out.print(_counts_table(source.name, [
                 ("Patients", str(stats.patients), ""), ("Slices", str(stats.slices), ""),
@@ -154,13 +129,13 @@ def check(
                 ("ICH patients", str(stats.ich_patients), "")]))
         return
     if deep:
-        with progress_bar("Decoding") as progress:
+        with step_bar("Decoding") as progress:
             report = check_folder(folder, excluded, deep=True,
                                   windows=parse_windows(windows), progress=progress)
     else:
         report = check_folder(folder, excluded)
     if as_json:
-        _emit_json(report.as_dict())
+        emit_json(report.as_dict())
     else:
         _print_check(report)
     if not report.ok:
@@ -219,7 +194,7 @@ def stats(
     if target is not None:
         plot_stats(result, str(getattr(source, "name", dataset)), target)
     if as_json:
-        _emit_json({"dataset": getattr(source, "name", dataset), "exclude": list(excluded),
+        emit_json({"dataset": getattr(source, "name", dataset), "exclude": list(excluded),
                     **result.as_dict(), "png": str(target) if target else None})
         return
     _print_stats(str(getattr(source, "name", dataset)), result)

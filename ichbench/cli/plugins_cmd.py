@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
@@ -13,7 +12,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ichbench.cli.common import err, out
+from ichbench.cli.common import emit_json, err, out
+from ichbench.cli.options import JsonOpt
 from ichbench.plugins import KIND_LABELS, Entry, Plugins, get_plugins
 
 WIDE = 130  # columns needed for the table layout
@@ -58,15 +58,14 @@ def print_plugin_warnings(plugins: Plugins | None = None) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("plugins")
     def plugins(
-        as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+        as_json: JsonOpt = False,
     ) -> None:
         """List every strategy, backbone, aggregation rule and dataset, with its package."""
         plugins = get_plugins()
         entries = plugins.registry.entries()
         print_plugin_warnings(plugins)
         if as_json:
-            text = json.dumps([entry_row(e) for e in entries], indent=2)
-            out.print(text, markup=False, highlight=False, soft_wrap=True)
+            emit_json([entry_row(e) for e in entries])
         elif out.width >= WIDE:
             out.print(_table(entries))
         else:

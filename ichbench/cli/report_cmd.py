@@ -27,26 +27,15 @@ def register(app: typer.Typer) -> None:
                no_cam: NoCamOpt = False, no_tsne: NoTsneOpt = False) -> None:
         """Tables (per fold and vote, slice and patient level, beside the paper's numbers)
         and figures (thresholds, confusion, ROC, Grad-CAM, t-SNE, per-patient strip)."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
+        from ichbench.cli.progress import step_bar
         from ichbench.paths import default_db
         from ichbench.report.build import ReportOptions, build_report
 
         options = ReportOptions(cam=not no_cam, tsne=not no_tsne)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                      transient=True) as bar:
-            task = bar.add_task("Report", total=None)
+        with step_bar("Report") as update:
 
             def progress(description: str, done: int, total: int) -> None:
-                bar.update(task, description=description, completed=done, total=total)
+                update(done, total, description=description)
 
             result = build_report(runs, db=db or default_db(), out=out_dir, options=options,
                                   progress=progress)
