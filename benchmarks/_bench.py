@@ -44,9 +44,13 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "platform": platform.platform(), "load_average": load_average(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average": load_average(),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -131,8 +135,10 @@ def md_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
 
 def machine_line(info: dict[str, Any]) -> str:
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
-    return (f"{info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads){gpu}; "
-            f"torch {info['torch']}; load average {info['load_average']} at {info['when']}")
+    return (
+        f"{info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads){gpu}; "
+        f"torch {info['torch']}; load average {info['load_average']} at {info['when']}"
+    )
 
 
 def command_line() -> str:

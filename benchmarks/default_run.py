@@ -29,10 +29,18 @@ METRICS = ("sensitivity", "specificity", "f1", "auc")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--no-split", action="store_true", help="skip the in-process run that "
-                   "splits the time into data, training, evaluation and store")
-    p.add_argument("--args", default="", help="extra `ichbench run` arguments, for a smoke "
-                   "test (e.g. \"--data synthetic:14,1,32 --epochs 1 --folds 2\")")
+    p.add_argument(
+        "--no-split",
+        action="store_true",
+        help="skip the in-process run that "
+        "splits the time into data, training, evaluation and store",
+    )
+    p.add_argument(
+        "--args",
+        default="",
+        help="extra `ichbench run` arguments, for a smoke "
+        'test (e.g. "--data synthetic:14,1,32 --epochs 1 --folds 2")',
+    )
     p.add_argument("--name", default="default_run")
     return p.parse_args(argv)
 
@@ -41,14 +49,21 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> dict:
     """One `ichbench` subprocess: wall time, exit code and peak RSS (from wait4)."""
     started = time.perf_counter()
     with log.open("w") as handle:
-        child = subprocess.Popen([sys.executable, "-m", "ichbench", *args], cwd=cwd, env=env,
-                                 stdout=handle, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ichbench", *args],
+            cwd=cwd,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
         _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
     if child.returncode != 0:
-        raise SystemExit(f"ichbench {' '.join(args)} failed ({child.returncode}); see {log}:\n"
-                         + log.read_text()[-2000:])
+        raise SystemExit(
+            f"ichbench {' '.join(args)} failed ({child.returncode}); see {log}:\n"
+            + log.read_text()[-2000:]
+        )
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "log": str(log)}
 
 
@@ -58,10 +73,16 @@ def vote_metrics(db: Path) -> dict:
 
     store = Store(db, create=False)
     (run,) = store.list_runs()
-    rows = [m for m in store.run_metrics(run["run_id"])
-            if m["model"] == "vote" and m["split"] == "test"]
-    out = {"run_id": run["run_id"], "status": run["status"], "threshold": run["threshold"],
-           "preset": run.get("preset"), "backbone": run.get("backbone")}
+    rows = [
+        m for m in store.run_metrics(run["run_id"]) if m["model"] == "vote" and m["split"] == "test"
+    ]
+    out = {
+        "run_id": run["run_id"],
+        "status": run["status"],
+        "threshold": run["threshold"],
+        "preset": run.get("preset"),
+        "backbone": run.get("backbone"),
+    }
     for m in rows:
         out[m["scope"]] = {k: m[k] for k in METRICS}
     return out
@@ -85,8 +106,13 @@ def split_run(cache: Path, db: Path, extra: list[str]) -> dict:
 
 def _config_overrides(extra: list[str]) -> dict:
     """The few `ichbench run` options a smoke test passes, as RunConfig fields."""
-    names = {"--data": ("data", str), "--epochs": ("epochs", int), "--folds": ("folds", int),
-             "--image-size": ("image_size", int), "--backbone": ("backbone", str)}
+    names = {
+        "--data": ("data", str),
+        "--epochs": ("epochs", int),
+        "--folds": ("folds", int),
+        "--image-size": ("image_size", int),
+        "--backbone": ("backbone", str),
+    }
     out = {}
     for flag, value in zip(extra[::2], extra[1::2]):
         if flag not in names:
@@ -104,22 +130,32 @@ def main(argv: list[str] | None = None) -> dict:
         cache = work / "cache"
         env = {**os.environ, "ICHBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
         env.pop("ICHBENCH_DB", None)
-        cold = run_cli(["run", "--db", str(work / "cold.duckdb"), *extra], env, work,
-                       work / "cold.log")
-        warm = run_cli(["run", "--db", str(work / "warm.duckdb"), *extra], env, work,
-                       work / "warm.log")
+        cold = run_cli(
+            ["run", "--db", str(work / "cold.duckdb"), *extra], env, work, work / "cold.log"
+        )
+        warm = run_cli(
+            ["run", "--db", str(work / "warm.duckdb"), *extra], env, work, work / "warm.log"
+        )
         metrics = vote_metrics(work / "warm.duckdb")
         cold_metrics = vote_metrics(work / "cold.duckdb")
         split = None if args.no_split else split_run(cache, work / "split.duckdb", extra)
-        logs = {"cold": (work / "cold.log").read_text()[-3000:],
-                "warm": (work / "warm.log").read_text()[-3000:]}
+        logs = {
+            "cold": (work / "cold.log").read_text()[-3000:],
+            "warm": (work / "warm.log").read_text()[-3000:],
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "benchmark": "default_run", "command": command_line(), "machine": machine(),
-        "ichbench_args": ["run", *extra], "cold": cold, "warm": warm, "split": split,
-        "metrics": metrics, "same_result_cold_and_warm": metrics["threshold"]
-        == cold_metrics["threshold"] and metrics.get("slice") == cold_metrics.get("slice"),
+        "benchmark": "default_run",
+        "command": command_line(),
+        "machine": machine(),
+        "ichbench_args": ["run", *extra],
+        "cold": cold,
+        "warm": warm,
+        "split": split,
+        "metrics": metrics,
+        "same_result_cold_and_warm": metrics["threshold"] == cold_metrics["threshold"]
+        and metrics.get("slice") == cold_metrics.get("slice"),
         "logs": logs,
     }
     write_result(args.name, result, summary(result))
@@ -128,25 +164,53 @@ def main(argv: list[str] | None = None) -> dict:
 
 def summary(r: dict) -> str:
     m = r["metrics"]
-    lines = [f"## `ichbench {' '.join(r['ichbench_args'])}` on CPU", "", f"`{r['command']}`", "",
-             machine_line(r["machine"]), "",
-             md_table(["cache", "wall time", "peak RSS"], [
-                 ["cold (generate + preprocess + run)", f"**{r['cold']['wall_s']:.1f} s**",
-                  f"{r['cold']['peak_rss_mb']:.0f} MiB"],
-                 ["warm", f"**{r['warm']['wall_s']:.1f} s**",
-                  f"{r['warm']['peak_rss_mb']:.0f} MiB"]])]
+    lines = [
+        f"## `ichbench {' '.join(r['ichbench_args'])}` on CPU",
+        "",
+        f"`{r['command']}`",
+        "",
+        machine_line(r["machine"]),
+        "",
+        md_table(
+            ["cache", "wall time", "peak RSS"],
+            [
+                [
+                    "cold (generate + preprocess + run)",
+                    f"**{r['cold']['wall_s']:.1f} s**",
+                    f"{r['cold']['peak_rss_mb']:.0f} MiB",
+                ],
+                ["warm", f"**{r['warm']['wall_s']:.1f} s**", f"{r['warm']['peak_rss_mb']:.0f} MiB"],
+            ],
+        ),
+    ]
     if r["split"]:
         t = r["split"]["timings"]
-        lines += ["", f"Split of a warm run made in-process ({r['split']['wall_s']:.1f} s):", "",
-                  md_table(["data", "training", "evaluation", "store", "other"],
-                           [[f"{t[k]:.1f} s" for k in ("data", "train", "eval", "store",
-                                                        "other")]])]
-    lines += ["", f"Test metrics of the vote (run {m['run_id']}, preset {m['preset']}, "
-              f"{m['backbone']}, threshold {m['threshold']:.2f}):", "",
-              md_table(["scope", *METRICS], [[scope, *[_fmt(m[scope][k]) for k in METRICS]]
-                                               for scope in ("slice", "patient") if scope in m]),
-              "", "Cold and warm runs reached the same result: "
-              f"{'yes' if r['same_result_cold_and_warm'] else 'no'}."]
+        lines += [
+            "",
+            f"Split of a warm run made in-process ({r['split']['wall_s']:.1f} s):",
+            "",
+            md_table(
+                ["data", "training", "evaluation", "store", "other"],
+                [[f"{t[k]:.1f} s" for k in ("data", "train", "eval", "store", "other")]],
+            ),
+        ]
+    lines += [
+        "",
+        f"Test metrics of the vote (run {m['run_id']}, preset {m['preset']}, "
+        f"{m['backbone']}, threshold {m['threshold']:.2f}):",
+        "",
+        md_table(
+            ["scope", *METRICS],
+            [
+                [scope, *[_fmt(m[scope][k]) for k in METRICS]]
+                for scope in ("slice", "patient")
+                if scope in m
+            ],
+        ),
+        "",
+        "Cold and warm runs reached the same result: "
+        f"{'yes' if r['same_result_cold_and_warm'] else 'no'}.",
+    ]
     return "\n".join(lines)
 
 

@@ -25,15 +25,28 @@ from pathlib import Path
 
 from _bench import command_line, machine, machine_line, md_table, timed, write_result
 
-SMOKE = {"patients": 14, "native": 32, "image_size": 32, "epochs": 1, "folds": 2,
-         "batch_size": 16, "bare_steps": 5, "device": "cpu"}
+SMOKE = {
+    "patients": 14,
+    "native": 32,
+    "image_size": 32,
+    "epochs": 1,
+    "folds": 2,
+    "batch_size": 16,
+    "bare_steps": 5,
+    "device": "cpu",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--patients", type=int, default=80)
-    p.add_argument("--native", type=int, default=256, help="generated volume size (real CT: "
-                   "512; 256 keeps generation short, the loader resizes to --image-size)")
+    p.add_argument(
+        "--native",
+        type=int,
+        default=256,
+        help="generated volume size (real CT: "
+        "512; 256 keeps generation short, the loader resizes to --image-size)",
+    )
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--epochs", type=int, default=2)
@@ -41,10 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bare-steps", type=int, default=50)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--compile", action="store_true", help="train through torch.compile (the "
-                   "run's --compile; the bare bound compiled too)")
-    p.add_argument("--smoke", action="store_true", help="tiny settings on the CPU: "
-                   + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="train through torch.compile (the run's --compile; the bare bound compiled too)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny settings on the CPU: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()),
+    )
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -91,14 +110,21 @@ class Clock:
                 seconds = self.last_batch - self.start
                 self.train_s += seconds
                 self.images += self.samples[d["fold"]]
-                self.phases.append({"fold": d["fold"], "epoch": d["epoch"], "train_s": seconds,
-                                    "images": self.samples[d["fold"]]})
+                self.phases.append(
+                    {
+                        "fold": d["fold"],
+                        "epoch": d["epoch"],
+                        "train_s": seconds,
+                        "images": self.samples[d["fold"]],
+                    }
+                )
             self.epochs_run[d["fold"]] = d["epoch"]
             self.start = now
             self.last_batch = None
         elif event.kind == "fold_finished":
-            self.folds.append({k: d[k] for k in ("fold", "threshold", "val_f1", "test_f1",
-                                                 "wall_s")})
+            self.folds.append(
+                {k: d[k] for k in ("fold", "threshold", "val_f1", "test_f1", "wall_s")}
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -117,11 +143,19 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("No CUDA device here: run on a GPU machine, or use --smoke on the CPU")
     work = Path(tempfile.mkdtemp(prefix="ichbench-gpu-"))
     try:
-        config = RunConfig(data=f"synthetic:{args.patients},0,{args.native}", preset="paper",
-                           backbone=args.backbone, image_size=args.image_size,
-                           epochs=args.epochs, folds=args.folds, batch_size=args.batch_size,
-                           patience=args.epochs + 1, pretrained=False, device=args.device,
-                           compile=args.compile)
+        config = RunConfig(
+            data=f"synthetic:{args.patients},0,{args.native}",
+            preset="paper",
+            backbone=args.backbone,
+            image_size=args.image_size,
+            epochs=args.epochs,
+            folds=args.folds,
+            batch_size=args.batch_size,
+            patience=args.epochs + 1,
+            pretrained=False,
+            device=args.device,
+            compile=args.compile,
+        )
         clock = Clock(cuda=args.device.startswith("cuda"))
         protocol = RunProtocol(config, observers=[clock], cache_dir=work / "cache")
         lifecycle = Lifecycle(work / "runs.duckdb")
@@ -135,31 +169,58 @@ def main(argv: list[str] | None = None) -> dict:
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         dataset = protocol.load_data()
         data = DeviceImages(dataset.images, dataset.labels, device)
-        settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=protocol.cfg.lr,
-                                 patience=2, seed=0, device=device)
+        settings = TrainSettings(
+            epochs=1,
+            batch_size=args.batch_size,
+            lr=protocol.cfg.lr,
+            patience=2,
+            seed=0,
+            device=device,
+        )
         loss = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 4.0], device=device))
         bare_model = prepare(build(args.backbone), device, args.compile)
         bare = bare_throughput(bare_model, data, settings, loss, args.bare_steps)
-        metrics = {f"{m.scope}": {"sensitivity": m.sensitivity, "specificity": m.specificity,
-                                  "f1": m.f1, "auc": m.auc}
-                   for m in result.vote.metrics if m.split == "test"}
+        metrics = {
+            f"{m.scope}": {
+                "sensitivity": m.sensitivity,
+                "specificity": m.specificity,
+                "f1": m.f1,
+                "auc": m.auc,
+            }
+            for m in result.vote.metrics
+            if m.split == "test"
+        }
         run = lifecycle.store.get_run(result.run_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     pipeline = clock.images / clock.train_s if clock.train_s else 0.0
     out = {
-        "benchmark": "gpu_paper_preset", "command": command_line(),
+        "benchmark": "gpu_paper_preset",
+        "command": command_line(),
         "machine": machine(args.device),
-        "settings": {**vars(args), "strategies": protocol.cfg.strategy_specs(),
-                     "preset": protocol.cfg.preset, "lr": protocol.cfg.lr},
-        "slices": len(dataset), "patients": len(set(dataset.patient_ids.tolist())),
-        "generate_s": t_gen.seconds, "run_wall_s": t_run.seconds,
-        "timings": result.timings, "trained_images": clock.images,
-        "train_phase_s": clock.train_s, "pipeline_images_per_s": pipeline,
-        "bare_images_per_s": bare, "efficiency": pipeline / bare if bare else None,
-        "steady_images_per_s": clock.steady_rate(), "epoch_phases": clock.phases,
-        "epochs_run": clock.epochs_run, "folds": clock.folds, "vote_test": metrics,
-        "threshold": result.threshold, "device_label": run["device"],
+        "settings": {
+            **vars(args),
+            "strategies": protocol.cfg.strategy_specs(),
+            "preset": protocol.cfg.preset,
+            "lr": protocol.cfg.lr,
+        },
+        "slices": len(dataset),
+        "patients": len(set(dataset.patient_ids.tolist())),
+        "generate_s": t_gen.seconds,
+        "run_wall_s": t_run.seconds,
+        "timings": result.timings,
+        "trained_images": clock.images,
+        "train_phase_s": clock.train_s,
+        "pipeline_images_per_s": pipeline,
+        "bare_images_per_s": bare,
+        "efficiency": pipeline / bare if bare else None,
+        "steady_images_per_s": clock.steady_rate(),
+        "epoch_phases": clock.phases,
+        "epochs_run": clock.epochs_run,
+        "folds": clock.folds,
+        "vote_test": metrics,
+        "threshold": result.threshold,
+        "device_label": run["device"],
         "pretrained": run["pretrained"],
     }
     if peak_gib is not None:
@@ -172,29 +233,69 @@ def main(argv: list[str] | None = None) -> dict:
 
 def summary(r: dict) -> str:
     s, t = r["settings"], r["timings"]
-    head = (f"## Paper preset, {s['folds']} folds × {s['epochs']} epochs: {s['backbone']} at "
-            f"{s['image_size']} px, {r['patients']} patients / {r['slices']} slices"
-            + (", torch.compile" if s.get("compile") else ""))
-    rows = [[f"{r['run_wall_s']:.1f} s", f"{t['data']:.1f}", f"{t['train']:.1f}",
-             f"{t['eval']:.1f}", f"{t['store']:.1f}", r["trained_images"],
-             f"{r['pipeline_images_per_s']:.0f}", f"{r['bare_images_per_s']:.0f}",
-             f"**{r['efficiency']:.3f}**" if r["efficiency"] else "–",
-             f"{r['steady_images_per_s'] / r['bare_images_per_s']:.3f}"
-             if r["steady_images_per_s"] else "–"]]
-    vote = [[scope, *(_fmt(m[k]) for k in ("sensitivity", "specificity", "f1", "auc"))]
-            for scope, m in sorted(r["vote_test"].items())]
-    return "\n".join([
-        head, "", f"`{r['command']}`", "", machine_line(r["machine"]), "",
-        f"Device recorded: {r['device_label']}; strategies {', '.join(s['strategies'])}; "
-        f"generation of the volumes {r['generate_s']:.1f} s (not in the run)."
-        + (f" Peak GPU memory of the run {r['peak_gpu_memory_gib']:.1f} GiB."
-           if "peak_gpu_memory_gib" in r else ""), "",
-        md_table(["run wall", "data s", "train s", "eval s", "store s", "trained images",
-                  "loop img/s", "bare img/s", "loop ÷ bare", "after warm-up epochs ÷ bare"],
-                 rows), "",
-        "Vote on the test set (random initial weights, few epochs: a smoke figure, not a "
-        "result):", "", md_table(["scope", "sensitivity", "specificity", "F1", "AUC"], vote),
-    ])
+    head = (
+        f"## Paper preset, {s['folds']} folds × {s['epochs']} epochs: {s['backbone']} at "
+        f"{s['image_size']} px, {r['patients']} patients / {r['slices']} slices"
+        + (", torch.compile" if s.get("compile") else "")
+    )
+    rows = [
+        [
+            f"{r['run_wall_s']:.1f} s",
+            f"{t['data']:.1f}",
+            f"{t['train']:.1f}",
+            f"{t['eval']:.1f}",
+            f"{t['store']:.1f}",
+            r["trained_images"],
+            f"{r['pipeline_images_per_s']:.0f}",
+            f"{r['bare_images_per_s']:.0f}",
+            f"**{r['efficiency']:.3f}**" if r["efficiency"] else "–",
+            f"{r['steady_images_per_s'] / r['bare_images_per_s']:.3f}"
+            if r["steady_images_per_s"]
+            else "–",
+        ]
+    ]
+    vote = [
+        [scope, *(_fmt(m[k]) for k in ("sensitivity", "specificity", "f1", "auc"))]
+        for scope, m in sorted(r["vote_test"].items())
+    ]
+    return "\n".join(
+        [
+            head,
+            "",
+            f"`{r['command']}`",
+            "",
+            machine_line(r["machine"]),
+            "",
+            f"Device recorded: {r['device_label']}; strategies {', '.join(s['strategies'])}; "
+            f"generation of the volumes {r['generate_s']:.1f} s (not in the run)."
+            + (
+                f" Peak GPU memory of the run {r['peak_gpu_memory_gib']:.1f} GiB."
+                if "peak_gpu_memory_gib" in r
+                else ""
+            ),
+            "",
+            md_table(
+                [
+                    "run wall",
+                    "data s",
+                    "train s",
+                    "eval s",
+                    "store s",
+                    "trained images",
+                    "loop img/s",
+                    "bare img/s",
+                    "loop ÷ bare",
+                    "after warm-up epochs ÷ bare",
+                ],
+                rows,
+            ),
+            "",
+            "Vote on the test set (random initial weights, few epochs: a smoke figure, not a "
+            "result):",
+            "",
+            md_table(["scope", "sensitivity", "specificity", "F1", "AUC"], vote),
+        ]
+    )
 
 
 def _fmt(value) -> str:

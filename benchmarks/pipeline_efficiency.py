@@ -41,23 +41,37 @@ from _bench import command_line, machine, machine_line, md_table, synthetic, tim
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="tinycnn", help="a backbone spec (tinycnn, "
-                   "timm:resnet18, efficientnet_lite0, resnet50, ...)")
+    p.add_argument(
+        "--backbone",
+        default="tinycnn",
+        help="a backbone spec (tinycnn, timm:resnet18, efficientnet_lite0, resnet50, ...)",
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patients", type=int, default=20, help="synthetic patients")
-    p.add_argument("--native", type=int, default=None, help="synthetic volume size "
-                   "(default: the image size)")
+    p.add_argument(
+        "--native", type=int, default=None, help="synthetic volume size (default: the image size)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=8, help="measured rounds (after a warm-up)")
     p.add_argument("--augment-fraction", type=float, default=0.5)
-    p.add_argument("--bare-steps", type=int, default=None, help="timed bare steps (default: "
-                   "one epoch's worth of batches)")
+    p.add_argument(
+        "--bare-steps",
+        type=int,
+        default=None,
+        help="timed bare steps (default: one epoch's worth of batches)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (both: "
-                   "the loop through `ichbench run --compile`'s setting)")
-    p.add_argument("--profile", action="store_true", help="torch.profiler over pipeline "
-                   "batches: the top operators go into the Markdown summary")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (both: the loop through `ichbench run --compile`'s setting)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler over pipeline batches: the top operators go into the Markdown summary",
+    )
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default: a temp)")
     p.add_argument("--name", default=None, help="output name (default from the settings)")
     return p.parse_args(argv)
@@ -194,8 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_rows = np.flatnonzero(~np.isin(dataset.patient_ids, val_patients))
     plan = make_plan(dataset, train_rows, args.augment_fraction)
     data = DeviceImages(dataset.images, dataset.labels, device)
-    settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=1e-3, patience=2, seed=0,
-                             device=device)
+    settings = TrainSettings(
+        epochs=1, batch_size=args.batch_size, lr=1e-3, patience=2, seed=0, device=device
+    )
     loss_fn = make_loss(plan, device)
     steps = args.bare_steps or max(10, len(train_rows) // args.batch_size)
     per_epoch = images_per_epoch(len(plan.indices), args.batch_size)
@@ -211,19 +226,31 @@ def main(argv: list[str] | None = None) -> dict:
         start, end = clock.phases[1]
         pipeline = per_epoch / (end - start)
         if r:
-            rounds.append({"round": r, "bare_images_per_s": bare,
-                           "pipeline_images_per_s": pipeline, "ratio": pipeline / bare,
-                           "load_average": list(os.getloadavg())})
+            rounds.append(
+                {
+                    "round": r,
+                    "bare_images_per_s": bare,
+                    "pipeline_images_per_s": pipeline,
+                    "ratio": pipeline / bare,
+                    "load_average": list(os.getloadavg()),
+                }
+            )
     prep_ms = batch_prep_ms(data, plan, settings)
     bare_all = [x["bare_images_per_s"] for x in rounds]
     pipe_all = [x["pipeline_images_per_s"] for x in rounds]
     result = {
-        "benchmark": "pipeline_efficiency", "command": command_line(),
+        "benchmark": "pipeline_efficiency",
+        "command": command_line(),
         "machine": machine(args.device),
-        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "native": native, "train_rows": int(len(plan.indices)),
-                     "augmented_rows": int(plan.augment.sum()), "val_rows": int(len(val_rows)),
-                     "bare_steps": steps, "dataset_load_s": round(t_data.seconds, 2)},
+        "settings": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "native": native,
+            "train_rows": int(len(plan.indices)),
+            "augmented_rows": int(plan.augment.sum()),
+            "val_rows": int(len(val_rows)),
+            "bare_steps": steps,
+            "dataset_load_s": round(t_data.seconds, 2),
+        },
         "rounds": rounds,
         "bare_images_per_s": max(bare_all),
         "pipeline_images_per_s": max(pipe_all),
@@ -231,15 +258,20 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_prep_ms": prep_ms,
         "bare_step_ms": 1000 * args.batch_size / max(bare_all),
         "efficiency_from_components": 1 / (1 + prep_ms * max(bare_all) / 1000 / args.batch_size),
-        "median": {"bare_images_per_s": statistics.median(bare_all),
-                   "pipeline_images_per_s": statistics.median(pipe_all),
-                   "ratio": statistics.median(x["ratio"] for x in rounds)},
+        "median": {
+            "bare_images_per_s": statistics.median(bare_all),
+            "pipeline_images_per_s": statistics.median(pipe_all),
+            "ratio": statistics.median(x["ratio"] for x in rounds),
+        },
     }
     if args.profile:
-        result["profile"] = profile_pipeline(prepare(build(args.backbone), device, False),
-                                             plan, data, val_rows, loop_settings)
-    name = args.name or (f"pipeline_efficiency-{args.device}-{args.backbone.replace(':', '_')}"
-                         f"-{args.image_size}px" + ("-compiled" if args.compile else ""))
+        result["profile"] = profile_pipeline(
+            prepare(build(args.backbone), device, False), plan, data, val_rows, loop_settings
+        )
+    name = args.name or (
+        f"pipeline_efficiency-{args.device}-{args.backbone.replace(':', '_')}"
+        f"-{args.image_size}px" + ("-compiled" if args.compile else "")
+    )
     write_result(name, result, summary(result))
     return result
 
@@ -247,23 +279,48 @@ def main(argv: list[str] | None = None) -> dict:
 def summary(r: dict) -> str:
     s = r["settings"]
     med = r["median"]
-    rows = [[s["backbone"], f"{s['image_size']} px", s["batch_size"],
-             (r["machine"].get("gpu") or "cpu") + (" (compiled)" if s["compile"] else ""),
-             f"{r['pipeline_images_per_s']:.1f}", f"{r['bare_images_per_s']:.1f}",
-             f"**{r['efficiency']:.3f}**",
-             f"{med['pipeline_images_per_s']:.1f} / {med['bare_images_per_s']:.1f} / "
-             f"{med['ratio']:.3f}"]]
-    text = [f"## Pipeline efficiency: {s['backbone']} at {s['image_size']} px on {s['device']}",
-            "", f"`{r['command']}`", "", machine_line(r["machine"]), "",
-            md_table(["backbone", "size", "batch", "device", "pipeline img/s (best)",
-                      "bare img/s (best)", "pipeline ÷ bare", "median: pipeline / bare / "
-                      "ratio per round"], rows),
-            "", f"{s['train_rows']} training rows per epoch, {s['augmented_rows']} flagged for "
-            f"augmentation; {len(r['rounds'])} rounds after a warm-up round; per-round "
-            f"ratios {', '.join(f'{x:.3f}' for x in (x['ratio'] for x in r['rounds']))}.",
-            "", f"Components: preparing a batch takes {r['batch_prep_ms']:.2f} ms (median), a "
-            f"bare step {r['bare_step_ms']:.1f} ms (best), so the loop's own work alone would "
-            f"give {r['efficiency_from_components']:.3f}."]
+    rows = [
+        [
+            s["backbone"],
+            f"{s['image_size']} px",
+            s["batch_size"],
+            (r["machine"].get("gpu") or "cpu") + (" (compiled)" if s["compile"] else ""),
+            f"{r['pipeline_images_per_s']:.1f}",
+            f"{r['bare_images_per_s']:.1f}",
+            f"**{r['efficiency']:.3f}**",
+            f"{med['pipeline_images_per_s']:.1f} / {med['bare_images_per_s']:.1f} / "
+            f"{med['ratio']:.3f}",
+        ]
+    ]
+    text = [
+        f"## Pipeline efficiency: {s['backbone']} at {s['image_size']} px on {s['device']}",
+        "",
+        f"`{r['command']}`",
+        "",
+        machine_line(r["machine"]),
+        "",
+        md_table(
+            [
+                "backbone",
+                "size",
+                "batch",
+                "device",
+                "pipeline img/s (best)",
+                "bare img/s (best)",
+                "pipeline ÷ bare",
+                "median: pipeline / bare / ratio per round",
+            ],
+            rows,
+        ),
+        "",
+        f"{s['train_rows']} training rows per epoch, {s['augmented_rows']} flagged for "
+        f"augmentation; {len(r['rounds'])} rounds after a warm-up round; per-round "
+        f"ratios {', '.join(f'{x:.3f}' for x in (x['ratio'] for x in r['rounds']))}.",
+        "",
+        f"Components: preparing a batch takes {r['batch_prep_ms']:.2f} ms (median), a "
+        f"bare step {r['bare_step_ms']:.1f} ms (best), so the loop's own work alone would "
+        f"give {r['efficiency_from_components']:.3f}.",
+    ]
     if "profile" in r:
         text += ["", "Top operators over 20 pipeline batches:", "", "```", r["profile"], "```"]
     return "\n".join(text)

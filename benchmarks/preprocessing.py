@@ -28,8 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=128, help="cached image size in px")
     p.add_argument("--windows", default="brain", help="comma-separated CT windows")
     p.add_argument("--warm-repeats", type=int, default=5)
-    p.add_argument("--workdir", type=Path, default=None, help="where the data and cache go "
-                   "(default: a temp folder, removed afterwards)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the data and cache go (default: a temp folder, removed afterwards)",
+    )
     p.add_argument("--name", default=None)
     return p.parse_args(argv)
 
@@ -47,8 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(folder)
         with timed() as t_gen:
             generate(folder, args.patients, 0, args.native)
-        options = LoadOptions(image_size=args.image_size,
-                              windows=tuple(args.windows.split(",")), exclude=())
+        options = LoadOptions(
+            image_size=args.image_size, windows=tuple(args.windows.split(",")), exclude=()
+        )
         source = PhysioNetSource(folder)
         cache = work / "cache"
         shutil.rmtree(cache, ignore_errors=True)
@@ -70,14 +75,20 @@ def main(argv: list[str] | None = None) -> dict:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     result = {
-        "benchmark": "preprocessing", "command": command_line(), "machine": machine(),
+        "benchmark": "preprocessing",
+        "command": command_line(),
+        "machine": machine(),
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}},
-        "slices": slices, "patients": args.patients,
-        "generate_s": t_gen.seconds, "first_load_s": t_cold.seconds,
+        "slices": slices,
+        "patients": args.patients,
+        "generate_s": t_gen.seconds,
+        "first_load_s": t_cold.seconds,
         "first_load_slices_per_s": slices / t_cold.seconds,
-        "cached_load_s": statistics.median(warm), "cached_load_all_s": warm,
+        "cached_load_s": statistics.median(warm),
+        "cached_load_all_s": warm,
         "cached_read_all_images_s": statistics.median(read),
-        "source_mb": volume_mb, "cache_mb": cache_mb,
+        "source_mb": volume_mb,
+        "cache_mb": cache_mb,
     }
     name = args.name or f"preprocessing-{args.patients}p-{args.native}to{args.image_size}px"
     write_result(name, result, summary(result))
@@ -86,17 +97,46 @@ def main(argv: list[str] | None = None) -> dict:
 
 def summary(r: dict) -> str:
     s = r["settings"]
-    rows = [[r["patients"], r["slices"], f"{s['native']} → {s['image_size']} px", s["windows"],
-             f"{r['generate_s']:.1f} s", f"{r['first_load_s']:.2f} s",
-             f"**{r['first_load_slices_per_s']:.0f}**", f"**{r['cached_load_s'] * 1000:.1f} ms**",
-             f"{r['cached_read_all_images_s'] * 1000:.1f} ms"]]
-    return "\n".join([
-        f"## Preprocessing: {r['patients']} synthetic patients, {s['native']} → "
-        f"{s['image_size']} px", "", f"`{r['command']}`", "", machine_line(r["machine"]), "",
-        md_table(["patients", "slices", "size", "windows", "generate", "first load",
-                  "first load slices/s", "cached load (median)", "read all cached images"], rows),
-        "", f"Source volumes {r['source_mb']:.0f} MiB; cache entry {r['cache_mb']:.0f} MiB.",
-    ])
+    rows = [
+        [
+            r["patients"],
+            r["slices"],
+            f"{s['native']} → {s['image_size']} px",
+            s["windows"],
+            f"{r['generate_s']:.1f} s",
+            f"{r['first_load_s']:.2f} s",
+            f"**{r['first_load_slices_per_s']:.0f}**",
+            f"**{r['cached_load_s'] * 1000:.1f} ms**",
+            f"{r['cached_read_all_images_s'] * 1000:.1f} ms",
+        ]
+    ]
+    return "\n".join(
+        [
+            f"## Preprocessing: {r['patients']} synthetic patients, {s['native']} → "
+            f"{s['image_size']} px",
+            "",
+            f"`{r['command']}`",
+            "",
+            machine_line(r["machine"]),
+            "",
+            md_table(
+                [
+                    "patients",
+                    "slices",
+                    "size",
+                    "windows",
+                    "generate",
+                    "first load",
+                    "first load slices/s",
+                    "cached load (median)",
+                    "read all cached images",
+                ],
+                rows,
+            ),
+            "",
+            f"Source volumes {r['source_mb']:.0f} MiB; cache entry {r['cache_mb']:.0f} MiB.",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -46,12 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patients", default="20,80,320")
     p.add_argument("--sizes", default="64,128,224")
     p.add_argument("--native", type=int, default=256, help="generated volume size in px")
-    p.add_argument("--train-samples", type=int, default=256, help="samples in the training "
-                   "slice of each point (0: no training)")
+    p.add_argument(
+        "--train-samples",
+        type=int,
+        default=256,
+        help="samples in the training slice of each point (0: no training)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--backbone", default="tinycnn")
-    p.add_argument("--workdir", type=Path, default=None, help="keep data and caches here "
-                   "(default: a temp folder, removed afterwards)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep data and caches here (default: a temp folder, removed afterwards)",
+    )
     p.add_argument("--name", default="scaling")
     p.add_argument("--point", default=None, help=argparse.SUPPRESS)  # child: DATA,CACHE,SIZE
     return p.parse_args(argv)
@@ -100,27 +108,47 @@ def measure_point(data: Path, cache: Path, size: int, args: argparse.Namespace) 
             dataset = source.load(options, cache)
         with timed() as t_read:
             int(np.asarray(dataset.images).sum(dtype=np.int64))  # every page read once
-    out.update(slices=len(dataset), first_load_s=t_cold.seconds, cached_load_s=t_warm.seconds,
-               read_all_s=t_read.seconds, images_mb=dataset.images.nbytes / 2**20,
-               peak_rss_after_load_mb=peak_rss_mb(), peak_anon_load_mb=anon_load.peak,
-               rss_after_load=rss_parts_mb())
+    out.update(
+        slices=len(dataset),
+        first_load_s=t_cold.seconds,
+        cached_load_s=t_warm.seconds,
+        read_all_s=t_read.seconds,
+        images_mb=dataset.images.nbytes / 2**20,
+        peak_rss_after_load_mb=peak_rss_mb(),
+        peak_anon_load_mb=anon_load.peak,
+        rss_after_load=rss_parts_mb(),
+    )
     if args.train_samples:
         with AnonPeak() as anon_train:
             with timed() as t_dev:
                 device_data = DeviceImages(dataset.images, dataset.labels, torch.device("cpu"))
             rng = np.random.default_rng(0)
-            rows = rng.choice(len(dataset), size=min(args.train_samples, len(dataset)),
-                              replace=False)
-            plan = TrainPlan(indices=np.sort(rows).astype(np.int64),
-                             augment=rng.random(len(rows)) < 0.5)
+            rows = rng.choice(
+                len(dataset), size=min(args.train_samples, len(dataset)), replace=False
+            )
+            plan = TrainPlan(
+                indices=np.sort(rows).astype(np.int64), augment=rng.random(len(rows)) < 0.5
+            )
             val_rows = np.arange(min(64, len(dataset)))
-            settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=1e-3, patience=2,
-                                     seed=0, device=torch.device("cpu"))
+            settings = TrainSettings(
+                epochs=1,
+                batch_size=args.batch_size,
+                lr=1e-3,
+                patience=2,
+                seed=0,
+                device=torch.device("cpu"),
+            )
             torch.manual_seed(0)
-            model = get_registry().create("backbone", args.backbone).build(
-                BuildOptions(in_chans=1, pretrained=False)).model
-            warmup = plan.with_(indices=plan.indices[:2 * args.batch_size],
-                                augment=plan.augment[:2 * args.batch_size])
+            model = (
+                get_registry()
+                .create("backbone", args.backbone)
+                .build(BuildOptions(in_chans=1, pretrained=False))
+                .model
+            )
+            warmup = plan.with_(
+                indices=plan.indices[: 2 * args.batch_size],
+                augment=plan.augment[: 2 * args.batch_size],
+            )
             train_fold(model, warmup, device_data, val_rows, settings, lambda *a, **k: None, 0)
             marks: list[float] = []
 
@@ -133,18 +161,32 @@ def measure_point(data: Path, cache: Path, size: int, args: argparse.Namespace) 
             call_s = time.perf_counter() - started
         train_s = marks[-1] - started  # the training phase, without the validation pass
         rate = len(rows) / train_s
-        out.update(device_tensor_s=t_dev.seconds, train_samples=len(rows), train_s=train_s,
-                   train_call_s=call_s, train_images_per_s=rate,
-                   epoch_estimate_s=len(dataset) * 0.8 / rate,
-                   peak_anon_train_mb=anon_train.peak)
+        out.update(
+            device_tensor_s=t_dev.seconds,
+            train_samples=len(rows),
+            train_s=train_s,
+            train_call_s=call_s,
+            train_images_per_s=rate,
+            epoch_estimate_s=len(dataset) * 0.8 / rate,
+            peak_anon_train_mb=anon_train.peak,
+        )
     out.update(peak_rss_mb=peak_rss_mb(), rss_end=rss_parts_mb())
     return out
 
 
 def run_point(data: Path, cache: Path, size: int, args: argparse.Namespace) -> dict:
-    argv = [sys.executable, __file__, "--point", f"{data},{cache},{size}",
-            "--train-samples", str(args.train_samples), "--batch-size", str(args.batch_size),
-            "--backbone", args.backbone]
+    argv = [
+        sys.executable,
+        __file__,
+        "--point",
+        f"{data},{cache},{size}",
+        "--train-samples",
+        str(args.train_samples),
+        "--batch-size",
+        str(args.batch_size),
+        "--backbone",
+        args.backbone,
+    ]
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
@@ -180,16 +222,25 @@ def main(argv: list[str] | None = None) -> dict | None:
                 point = run_point(folder, cache, size, args)
                 point.update(patients=n, size=size, load_average=list(os.getloadavg()))
                 points.append(point)
-                print(f"{n} patients at {size} px: {point['process_wall_s']:.1f} s, peak RSS "
-                      f"{point['peak_rss_mb']:.0f} MiB", file=sys.stderr)
+                print(
+                    f"{n} patients at {size} px: {point['process_wall_s']:.1f} s, peak RSS "
+                    f"{point['peak_rss_mb']:.0f} MiB",
+                    file=sys.stderr,
+                )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    result = {"benchmark": "scaling", "command": command_line(), "machine": machine(),
-              "settings": {k: (str(v) if isinstance(v, Path) else v)
-                           for k, v in vars(args).items() if k != "point"},
-              "generate_s": generated, "points": points,
-              "total_s": time.perf_counter() - started}
+    result = {
+        "benchmark": "scaling",
+        "command": command_line(),
+        "machine": machine(),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "point"
+        },
+        "generate_s": generated,
+        "points": points,
+        "total_s": time.perf_counter() - started,
+    }
     write_result(args.name, result, summary(result))
     return result
 
@@ -197,28 +248,59 @@ def main(argv: list[str] | None = None) -> dict | None:
 def summary(r: dict) -> str:
     rows = []
     for p in r["points"]:
-        rows.append([p["patients"], p["size"], p["slices"], f"{p['images_mb']:.0f}",
-                     f"{p['rss_start_mb'].get('RssAnon', 0):.0f}",
-                     f"{p['first_load_s']:.1f}", f"{p['slices'] / p['first_load_s']:.0f}",
-                     f"{p['cached_load_s'] * 1000:.0f}",
-                     f"{p['peak_anon_load_mb']:.0f}", f"{p['peak_rss_after_load_mb']:.0f}",
-                     _opt(p.get("train_images_per_s"), "{:.0f}"),
-                     _opt(p.get("epoch_estimate_s"), "{:.0f}"),
-                     f"{p['peak_rss_mb']:.0f}", f"{p['process_wall_s']:.1f}"])
+        rows.append(
+            [
+                p["patients"],
+                p["size"],
+                p["slices"],
+                f"{p['images_mb']:.0f}",
+                f"{p['rss_start_mb'].get('RssAnon', 0):.0f}",
+                f"{p['first_load_s']:.1f}",
+                f"{p['slices'] / p['first_load_s']:.0f}",
+                f"{p['cached_load_s'] * 1000:.0f}",
+                f"{p['peak_anon_load_mb']:.0f}",
+                f"{p['peak_rss_after_load_mb']:.0f}",
+                _opt(p.get("train_images_per_s"), "{:.0f}"),
+                _opt(p.get("epoch_estimate_s"), "{:.0f}"),
+                f"{p['peak_rss_mb']:.0f}",
+                f"{p['process_wall_s']:.1f}",
+            ]
+        )
     gen = ", ".join(f"{n} patients {s:.1f} s" for n, s in r["generate_s"].items())
     s = r["settings"]
-    return "\n".join([
-        f"## Scaling with patients and image size (from {s['native']} px volumes)", "",
-        f"`{r['command']}`", "", machine_line(r["machine"]), "",
-        md_table(["patients", "px", "slices", "images MiB", "anon at start MiB",
-                  "first load s", "slices/s",
-                  "cached load ms", "peak anon after load MiB", "peak RSS after load MiB",
-                  f"train img/s ({s['backbone']})", "epoch est. s (80% rows)",
-                  "peak RSS MiB", "process s"], rows), "",
-        f"Generation beforehand: {gen or 'reused'}. Total {r['total_s']:.0f} s. "
-        "Peak anon is sampled every 20 ms; file-backed pages of the memory-mapped cache "
-        "count in RSS but not in anon.",
-    ])
+    return "\n".join(
+        [
+            f"## Scaling with patients and image size (from {s['native']} px volumes)",
+            "",
+            f"`{r['command']}`",
+            "",
+            machine_line(r["machine"]),
+            "",
+            md_table(
+                [
+                    "patients",
+                    "px",
+                    "slices",
+                    "images MiB",
+                    "anon at start MiB",
+                    "first load s",
+                    "slices/s",
+                    "cached load ms",
+                    "peak anon after load MiB",
+                    "peak RSS after load MiB",
+                    f"train img/s ({s['backbone']})",
+                    "epoch est. s (80% rows)",
+                    "peak RSS MiB",
+                    "process s",
+                ],
+                rows,
+            ),
+            "",
+            f"Generation beforehand: {gen or 'reused'}. Total {r['total_s']:.0f} s. "
+            "Peak anon is sampled every 20 ms; file-backed pages of the memory-mapped cache "
+            "count in RSS but not in anon.",
+        ]
+    )
 
 
 def _opt(value, form: str) -> str:

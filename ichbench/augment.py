@@ -35,14 +35,21 @@ class AugmentConfig:
 DEFAULT = AugmentConfig()
 
 
-def _uniform(n: int, half_width: float, generator: torch.Generator | None,
-             device: torch.device) -> torch.Tensor:
+def _uniform(
+    n: int, half_width: float, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """n values uniform in [-half_width, half_width], drawn on the generator's device."""
     return (torch.rand(n, generator=generator, device=device) * 2 - 1) * half_width
 
 
-def _affine_matrices(n: int, height: int, width: int, config: AugmentConfig,
-                     generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def _affine_matrices(
+    n: int,
+    height: int,
+    width: int,
+    config: AugmentConfig,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
     """(n, 2, 3) matrices for `affine_grid`, in its normalised [-1, 1] coordinates.
 
     The rotation is built in pixel space and converted, so non-square images rotate
@@ -56,15 +63,19 @@ def _affine_matrices(n: int, height: int, width: int, config: AugmentConfig,
     sign = 1.0 - 2.0 * flip.float()
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     aspect = height / width
-    theta = torch.stack([
-        torch.stack([cos * sign, -sin * aspect, shift_x], dim=1),
-        torch.stack([sin * sign / aspect, cos, shift_y], dim=1),
-    ], dim=1)
+    theta = torch.stack(
+        [
+            torch.stack([cos * sign, -sin * aspect, shift_x], dim=1),
+            torch.stack([sin * sign / aspect, cos, shift_y], dim=1),
+        ],
+        dim=1,
+    )
     return theta
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
-                  config: AugmentConfig = DEFAULT) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator | None = None, config: AugmentConfig = DEFAULT
+) -> torch.Tensor:
     """A randomly transformed copy of a float batch (B, C, H, W) with values in [0, 1].
 
     Shape, dtype and device are preserved and values stay in [0, 1]; regions moved in
@@ -73,8 +84,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
     default generator's when none is given) and moved to the batch's.
     """
     if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"augment_batch expects a float (B, C, H, W) batch, got "
-                         f"{x.dtype} {tuple(x.shape)}")
+        raise ValueError(
+            f"augment_batch expects a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}"
+        )
     n, _, height, width = x.shape
     if n == 0:
         return x.clone()

@@ -58,8 +58,9 @@ def blamed(entry: Entry, where: str, exc: Exception) -> PluginError:
     return PluginError(f"{describe(entry)} failed in {where}: {type(exc).__name__}: {exc}")
 
 
-def call_blamed(entry: Entry, where: str, function: Callable[..., Any], *args: Any,
-                **kwargs: Any) -> Any:
+def call_blamed(
+    entry: Entry, where: str, function: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
     """Call a plugin's function; an exception that is its fault becomes a PluginError
     chained from the original (so `--debug` still shows the plugin's traceback)."""
     try:
@@ -85,8 +86,10 @@ def check_kind(entry: Entry, obj: Any) -> None:
         return
     missing = [n for n in protocol_members(entry.kind) if not hasattr(obj, n)]
     lacks = f": it has no {', '.join(missing)}" if missing else ""
-    raise PluginError(f"{describe(entry)}: its factory returned {type(obj).__name__}, which is "
-                      f"not a {protocol.__name__}{lacks}")
+    raise PluginError(
+        f"{describe(entry)}: its factory returned {type(obj).__name__}, which is "
+        f"not a {protocol.__name__}{lacks}"
+    )
 
 
 class PluginProxy:
@@ -132,13 +135,21 @@ class PluginProxy:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         entry = object.__getattribute__(self, _ENTRY)
-        return _restore, (object.__getattribute__(self, _TARGET), entry.kind, entry.name,
-                          entry.help, entry.plugin, entry.distribution, entry.version)
+        return _restore, (
+            object.__getattribute__(self, _TARGET),
+            entry.kind,
+            entry.name,
+            entry.help,
+            entry.plugin,
+            entry.distribution,
+            entry.version,
+        )
 
 
 def _is_own_method(value: Any, target: Any) -> bool:
-    return (inspect.ismethod(value) or inspect.isbuiltin(value)) and \
-        getattr(value, "__self__", None) is target
+    return (inspect.ismethod(value) or inspect.isbuiltin(value)) and getattr(
+        value, "__self__", None
+    ) is target
 
 
 def _blaming(entry: Entry, where: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,22 +164,27 @@ def _forwarding(name: str, is_method: bool) -> Any:
     """A class-level member of the kind's protocol, so that `isinstance` checks that look
     only at the class (typing's `getattr_static`, Python 3.12+) find it on the proxy."""
     if is_method:
+
         def method(self: PluginProxy, *args: Any, **kwargs: Any) -> Any:
             target = object.__getattribute__(self, _TARGET)
-            return call_blamed(object.__getattribute__(self, _ENTRY), name,
-                               getattr(target, name), *args, **kwargs)
+            return call_blamed(
+                object.__getattribute__(self, _ENTRY), name, getattr(target, name), *args, **kwargs
+            )
 
         method.__name__ = name
         return method
-    return property(lambda self: getattr(object.__getattribute__(self, _TARGET), name),
-                    lambda self, value: setattr(object.__getattribute__(self, _TARGET), name,
-                                                value))
+    return property(
+        lambda self: getattr(object.__getattribute__(self, _TARGET), name),
+        lambda self, value: setattr(object.__getattribute__(self, _TARGET), name, value),
+    )
 
 
 def _proxy_class(kind: str) -> type[PluginProxy]:
     protocol = KIND_PROTOCOLS[kind]
-    members = {name: _forwarding(name, callable(vars(protocol).get(name)))
-               for name in protocol_members(kind)}
+    members = {
+        name: _forwarding(name, callable(vars(protocol).get(name)))
+        for name in protocol_members(kind)
+    }
     return type(f"{protocol.__name__}Proxy", (PluginProxy,), {"__slots__": (), **members})
 
 
@@ -195,12 +211,15 @@ def entry_of(obj: Any) -> Entry | None:
 
 
 def _not_recreatable(spec: Any) -> Any:
-    raise PluginError("A plugin object restored from a pickle cannot create another one; "
-                      "create it from the registry")
+    raise PluginError(
+        "A plugin object restored from a pickle cannot create another one; "
+        "create it from the registry"
+    )
 
 
-def _restore(target: Any, kind: str, name: str, help: str, plugin: str, distribution: str,
-             version: str) -> Any:
+def _restore(
+    target: Any, kind: str, name: str, help: str, plugin: str, distribution: str, version: str
+) -> Any:
     from ichbench.plugins import Entry
 
     return wrap(target, Entry(kind, name, _not_recreatable, help, plugin, distribution, version))

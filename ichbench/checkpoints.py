@@ -52,8 +52,17 @@ def seed_init(seed: int, fold: int) -> None:
     torch.manual_seed(init_seed(seed, fold))
 
 
-def save_checkpoint(store_path: Path, run_id: str, fold: int, state: dict, *, backbone: str,
-                    in_chans: int, image_size: int, windows: list[str]) -> str:
+def save_checkpoint(
+    store_path: Path,
+    run_id: str,
+    fold: int,
+    state: dict,
+    *,
+    backbone: str,
+    in_chans: int,
+    image_size: int,
+    windows: list[str],
+) -> str:
     """Write a fold's kept weights atomically; returns the file name (relative to the run
     folder), which the fold row records."""
     import torch
@@ -63,8 +72,17 @@ def save_checkpoint(store_path: Path, run_id: str, fold: int, state: dict, *, ba
     final = folder / checkpoint_name(fold)
     tmp = folder / f".{final.name}.tmp-{os.getpid()}"
     try:
-        torch.save({"state_dict": state, "backbone": backbone, "in_chans": in_chans,
-                    "image_size": image_size, "windows": list(windows), "fold": fold}, tmp)
+        torch.save(
+            {
+                "state_dict": state,
+                "backbone": backbone,
+                "in_chans": in_chans,
+                "image_size": image_size,
+                "windows": list(windows),
+                "fold": fold,
+            },
+            tmp,
+        )
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a partial file on a full disk is only in the way
@@ -114,12 +132,16 @@ class LoadedModels:
 def _build(backbone: str, in_chans: int):
     from ichbench.plugins import get_registry
 
-    return get_registry().create("backbone", backbone).build(
-        BuildOptions(in_chans=in_chans, pretrained=False))
+    return (
+        get_registry()
+        .create("backbone", backbone)
+        .build(BuildOptions(in_chans=in_chans, pretrained=False))
+    )
 
 
-def load_fold_models(store_path: Path, run_id: str, folds: list[int],
-                     device: torch.device | None = None) -> LoadedModels:
+def load_fold_models(
+    store_path: Path, run_id: str, folds: list[int], device: torch.device | None = None
+) -> LoadedModels:
     """Every fold model of a run whose checkpoint exists and loads; the others are named
     in `problems`, so a caller can say what is missing instead of failing."""
     device = device or inference_device()
@@ -139,24 +161,44 @@ def load_fold_models(store_path: Path, run_id: str, folds: list[int],
             continue
         built.model.to(device).eval()
         models[fold] = FoldModel(
-            fold=fold, model=built.model, backbone=str(ckpt["backbone"]),
-            input_size=built.input_size, image_size=int(ckpt["image_size"]),
-            windows=tuple(ckpt["windows"]), in_chans=int(ckpt["in_chans"]), device=device)
+            fold=fold,
+            model=built.model,
+            backbone=str(ckpt["backbone"]),
+            input_size=built.input_size,
+            image_size=int(ckpt["image_size"]),
+            windows=tuple(ckpt["windows"]),
+            in_chans=int(ckpt["in_chans"]),
+            device=device,
+        )
     return LoadedModels(models, problems)
 
 
-def fresh_model(backbone: str, in_chans: int, seed: int, fold: int,
-                device: torch.device | None = None, *, image_size: int = 0,
-                windows: tuple[str, ...] = ()) -> FoldModel:
+def fresh_model(
+    backbone: str,
+    in_chans: int,
+    seed: int,
+    fold: int,
+    device: torch.device | None = None,
+    *,
+    image_size: int = 0,
+    windows: tuple[str, ...] = (),
+) -> FoldModel:
     """The network as the run initialised `fold` before training (without pretrained
     weights): what the trained model is compared against."""
     device = device or inference_device()
     seed_init(seed, fold)
     built = _build(backbone, in_chans)
     built.model.to(device).eval()
-    return FoldModel(fold=fold, model=built.model, backbone=backbone,
-                     input_size=built.input_size, image_size=image_size, windows=windows,
-                     in_chans=in_chans, device=device)
+    return FoldModel(
+        fold=fold,
+        model=built.model,
+        backbone=backbone,
+        input_size=built.input_size,
+        image_size=image_size,
+        windows=windows,
+        in_chans=in_chans,
+        device=device,
+    )
 
 
 def load_run_dataset(config: dict[str, Any], cache_dir: Path | None = None) -> SliceDataset:

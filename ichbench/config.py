@@ -101,8 +101,10 @@ def canonical_exclude(value) -> list[int]:
     except (TypeError, ValueError):
         numbers = None
     if numbers is None or (numbers and numbers[0] < 0):
-        raise UsageError(f"exclude {value!r}: expected patient numbers (not negative), e.g. "
-                         f"{list(DEFAULT_EXCLUDE)}")
+        raise UsageError(
+            f"exclude {value!r}: expected patient numbers (not negative), e.g. "
+            f"{list(DEFAULT_EXCLUDE)}"
+        )
     return numbers
 
 
@@ -179,8 +181,7 @@ class RunConfig:
         for text in self.weights:
             spec = parse_spec(text)
             if len(spec.args) != 1:
-                raise UsageError(f"--weight {text!r}: expected CLASS:W, e.g. ich:4 or "
-                                 "healthy:0.5")
+                raise UsageError(f"--weight {text!r}: expected CLASS:W, e.g. ich:4 or healthy:0.5")
 
     def strategy_specs(self) -> list[str]:
         """Strategies in command-line order, then the class weights as `weight:CLASS,W`."""

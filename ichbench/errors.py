@@ -70,6 +70,8 @@ class RunBusyError(StoreError):
     def __init__(self, run_id: str, owner: str) -> None:
         host, _, rest = owner.partition(":")
         pid = rest.partition(":")[0]
-        super().__init__(f"Run {run_id} is being run by process {pid} on {host}; wait for it "
-                         "to end, or stop it, before resuming")
+        super().__init__(
+            f"Run {run_id} is being run by process {pid} on {host}; wait for it "
+            "to end, or stop it, before resuming"
+        )
         self.run_id, self.owner = run_id, owner

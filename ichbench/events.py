@@ -132,8 +132,16 @@ class RunWarning(Event):
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (
-    DataProgress, DataLoaded, RunStarted, FoldStarted, BatchFinished, EpochFinished,
-    FoldFinished, FoldSkipped, RunFinished, RunWarning,
+    DataProgress,
+    DataLoaded,
+    RunStarted,
+    FoldStarted,
+    BatchFinished,
+    EpochFinished,
+    FoldFinished,
+    FoldSkipped,
+    RunFinished,
+    RunWarning,
 )
 KINDS = tuple(t.kind for t in EVENT_TYPES)
 

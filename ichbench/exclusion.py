@@ -22,8 +22,10 @@ def parse_exclude(text: str, *, option: str = "--exclude") -> tuple[int, ...]:
     try:
         numbers = {int(t) for t in items}
     except ValueError:
-        raise UsageError(f"{option} {text!r}: expected patient numbers separated by commas, "
-                         f"e.g. {DEFAULT_EXCLUDE_TEXT}, or 'none'") from None
+        raise UsageError(
+            f"{option} {text!r}: expected patient numbers separated by commas, "
+            f"e.g. {DEFAULT_EXCLUDE_TEXT}, or 'none'"
+        ) from None
     negative = sorted(n for n in numbers if n < 0)
     if negative:
         raise UsageError(f"{option} {text!r}: patient numbers are not negative ({negative[0]})")

@@ -88,24 +88,31 @@ def run_trial(spec: TrialSpec) -> tuple[FoldRecord, dict]:
     protocol = RunProtocol(RunConfig.from_dict(spec.config))
     node = os.uname().nodename
     if protocol.cfg.hash != spec.config_hash:
-        raise UsageError(f"Node {node} resolved configuration {protocol.cfg.hash}, the driver "
-                         f"{spec.config_hash}: install the same ichbench and plugins everywhere")
+        raise UsageError(
+            f"Node {node} resolved configuration {protocol.cfg.hash}, the driver "
+            f"{spec.config_hash}: install the same ichbench and plugins everywhere"
+        )
     with _node_lock(protocol.cache_dir):
         dataset = protocol.load_data()
     if dataset.dataset_hash != spec.dataset_hash:
-        raise DataError(f"Dataset {protocol.cfg.data!r} on node {node} has hash "
-                        f"{dataset.dataset_hash[:12]}, the driver's {spec.dataset_hash[:12]}: "
-                        "every node must see the same data")
+        raise DataError(
+            f"Dataset {protocol.cfg.data!r} on node {node} has hash "
+            f"{dataset.dataset_hash[:12]}, the driver's {spec.dataset_hash[:12]}: "
+            "every node must see the same data"
+        )
     split = protocol.split_of(dataset)
     if split.hash != spec.split_hash:
-        raise LeakageError(f"The split recomputed on node {node} differs from the driver's; "
-                           "refusing to train")
+        raise LeakageError(
+            f"The split recomputed on node {node} differs from the driver's; refusing to train"
+        )
     probe = protocol.build_model(spec.fold, dataset.images.shape[1])
     if (probe.pretrained, probe.pretrained_source) != (spec.pretrained, spec.pretrained_source):
-        raise UsageError(f"Node {node} starts {protocol.cfg.backbone} from "
-                         f"{probe.pretrained_source or 'random weights'}, the run records "
-                         f"{spec.pretrained_source or 'random weights'}: give every node the "
-                         "same weights (--weights FILE at the same path, or the same Hub cache)")
+        raise UsageError(
+            f"Node {node} starts {protocol.cfg.backbone} from "
+            f"{probe.pretrained_source or 'random weights'}, the run records "
+            f"{spec.pretrained_source or 'random weights'}: give every node the "
+            "same weights (--weights FILE at the same path, or the same Hub cache)"
+        )
     return protocol.fold_trial(dataset, split, spec.fold)
 
 
@@ -134,8 +141,14 @@ def import_ray():
 def node_loss_errors(ray) -> list[type[BaseException]]:
     """Exceptions that mean a trial's worker or node went away, not that the trial failed:
     the only ones worth retrying."""
-    names = ("NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError", "OwnerDiedError",
-             "ObjectLostError", "RaySystemError")
+    names = (
+        "NodeDiedError",
+        "WorkerCrashedError",
+        "LocalRayletDiedError",
+        "OwnerDiedError",
+        "ObjectLostError",
+        "RaySystemError",
+    )
     return [getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n)]
 
 
@@ -149,8 +162,14 @@ class RayExecutor:
     that head node.
     """
 
-    def __init__(self, address: str | None = None, *, use_gpus: bool = True,
-                 cpus_per_trial: float = 1, max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        use_gpus: bool = True,
+        cpus_per_trial: float = 1,
+        max_retries: int = 3,
+    ) -> None:
         self.ray = ray = import_ray()
         self._started = False
         if not ray.is_initialized():
@@ -226,11 +245,16 @@ class RayExecutor:
     def _spec_fields(self, job: Job) -> dict[str, Any]:
         config = job.protocol.cfg.as_dict()
         config["device"] = self.device
-        return {"config": config, "config_hash": job.protocol.cfg.hash,
-                "dataset_hash": job.dataset.dataset_hash,
-                "split_hash": job.split.hash, "pretrained": job.pretrained,
-                "pretrained_source": job.pretrained_source,
-                "threads": max(1, int(self.cpus_per_trial)), "env": dict(self.env)}
+        return {
+            "config": config,
+            "config_hash": job.protocol.cfg.hash,
+            "dataset_hash": job.dataset.dataset_hash,
+            "split_hash": job.split.hash,
+            "pretrained": job.pretrained,
+            "pretrained_source": job.pretrained_source,
+            "threads": max(1, int(self.cpus_per_trial)),
+            "env": dict(self.env),
+        }
 
     def close(self) -> None:
         """Stop the local Ray instance this executor started; a cluster keeps running."""
@@ -239,8 +263,9 @@ class RayExecutor:
             self._started = False
 
 
-def make_executor(name: str, address: str | None = None, *, device: str = "auto",
-                  cpus_per_trial: float = 1) -> LocalExecutor | RayExecutor:
+def make_executor(
+    name: str, address: str | None = None, *, device: str = "auto", cpus_per_trial: float = 1
+) -> LocalExecutor | RayExecutor:
     """The executor named on the command line; `--device cpu` keeps Ray trials off GPUs."""
     if name == "local":
         if address:

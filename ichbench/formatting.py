@@ -9,8 +9,9 @@ from datetime import datetime
 DASH = "\u2013"
 
 
-def fmt(value: float | None, lo: float | None = None, hi: float | None = None,
-        digits: int = 2) -> str:
+def fmt(
+    value: float | None, lo: float | None = None, hi: float | None = None, digits: int = 2
+) -> str:
     """`0.91 [0.85\u20130.95]`; a dash for a metric that is undefined (NULL or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH

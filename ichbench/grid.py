@@ -52,14 +52,18 @@ class Grid:
                     weights.append(value)
                 else:
                     backbone = value
-            out.append(replace(self.base, strategies=strategies, weights=weights,
-                               backbone=backbone))
+            out.append(
+                replace(self.base, strategies=strategies, weights=weights, backbone=backbone)
+            )
         return out
 
     @property
     def grid_id(self) -> str:
-        blob = json.dumps({"axes": [(a.option, a.values) for a in self.axes],
-                           "base": self.base.identity()}, sort_keys=True, default=str)
+        blob = json.dumps(
+            {"axes": [(a.option, a.values) for a in self.axes], "base": self.base.identity()},
+            sort_keys=True,
+            default=str,
+        )
         return "g-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -88,8 +92,9 @@ def expand_values(text: str) -> tuple[str | None, ...]:
     return tuple(dict.fromkeys(canonical))
 
 
-def axes_from_options(strategies: list[str], weights: list[str],
-                      backbones: list[str]) -> list[Axis]:
+def axes_from_options(
+    strategies: list[str], weights: list[str], backbones: list[str]
+) -> list[Axis]:
     axes = [Axis("strategy", expand_values(s)) for s in strategies]
     axes += [Axis("weight", expand_values(w)) for w in weights]
     axes += [Axis("backbone", expand_values(b)) for b in backbones]
@@ -108,8 +113,10 @@ def load_toml(path: Path) -> tuple[list[Axis], dict]:
     for i, axis in enumerate(data.get("axis", [])):
         option = axis.get("option")
         if option not in AXIS_OPTIONS:
-            raise UsageError(f"Grid file {path}: axis {i + 1} has option {option!r}; expected "
-                             f"one of {', '.join(AXIS_OPTIONS)}")
+            raise UsageError(
+                f"Grid file {path}: axis {i + 1} has option {option!r}; expected "
+                f"one of {', '.join(AXIS_OPTIONS)}"
+            )
         values: tuple[str | None, ...] = ()
         for v in axis.get("values", []):
             values += expand_values(str(v))

@@ -81,8 +81,12 @@ class DatasetSource(Protocol):
 
     name: str
 
-    def load(self, options: LoadOptions, cache_dir: Path,
-             progress: Callable[[int, int], None] | None = None) -> SliceDataset: ...
+    def load(
+        self,
+        options: LoadOptions,
+        cache_dir: Path,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SliceDataset: ...
 
 
 # --------------------------------------------------------------------------- strategies
@@ -185,8 +189,9 @@ class EnsembleRule(Protocol):
 class PatientRule(Protocol):
     """Turns one patient's slices (ordered by slice number) into one score and decision."""
 
-    def decide(self, scores: np.ndarray, decisions: np.ndarray,
-               threshold: float) -> tuple[float, bool]: ...
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]: ...
 
 
 # --------------------------------------------------------------------------- kinds

@@ -97,8 +97,13 @@ class Lifecycle:
     (configuration, plugins, data, split) have proved good, so bad input never creates
     or touches it."""
 
-    def __init__(self, store: Store | Path | str, *, grid_id: str | None = None,
-                 device_label: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store | Path | str,
+        *,
+        grid_id: str | None = None,
+        device_label: str | None = None,
+    ) -> None:
         self._store = store
         self.grid_id = grid_id
         self.device_label = device_label
@@ -112,8 +117,14 @@ class Lifecycle:
         return self._store
 
     # ----------------------------------------------------------------- opening
-    def open(self, protocol: RunProtocol, *, resume: str | None = None, reuse: bool = False,
-             dataset: SliceDataset | None = None) -> Job | Busy | str:
+    def open(
+        self,
+        protocol: RunProtocol,
+        *,
+        resume: str | None = None,
+        reuse: bool = False,
+        dataset: SliceDataset | None = None,
+    ) -> Job | Busy | str:
         """The run to drive for `protocol`'s configuration: a new one; or, given `resume`,
         that unfinished run with its finished folds kept; or, with `reuse` (a grid), the
         unfinished run of the same configuration, data and plugins, or — when one is
@@ -126,9 +137,11 @@ class Lifecycle:
         if not reuse:
             return self._create(protocol, dataset, split, exclusive=False)
         plugins = protocol.plugin_versions()
-        existing = [r for r in self.store.runs_with_config(protocol.cfg.hash)
-                    if r["dataset_hash"] == dataset.dataset_hash
-                    and (r.get("plugins") or {}) == plugins]
+        existing = [
+            r
+            for r in self.store.runs_with_config(protocol.cfg.hash)
+            if r["dataset_hash"] == dataset.dataset_hash and (r.get("plugins") or {}) == plugins
+        ]
         try:
             if existing and existing[0]["status"] == "finished":
                 return str(existing[0]["run_id"])
@@ -140,53 +153,99 @@ class Lifecycle:
         except RunFinishedError as exc:  # another process finished it meanwhile
             return exc.run_id
 
-    def _create(self, protocol: RunProtocol, dataset: SliceDataset, split: Split,
-                exclusive: bool) -> Job:
+    def _create(
+        self, protocol: RunProtocol, dataset: SliceDataset, split: Split, exclusive: bool
+    ) -> Job:
         built = protocol.preflight(dataset, split)
         run_id = new_run_id()
         record = self._run_record(protocol, run_id, dataset, split, built)
         self.store.create_run(record, exclusive=exclusive)
-        job = Job(protocol, run_id, dataset, split, set(), [f.index for f in split.folds],
-                  built.pretrained, built.pretrained_source)
-        protocol.emit(RunStarted(run_id=run_id, folds=protocol.cfg.folds,
-                                 epochs=protocol.cfg.epochs, resumed=False, finished=[]))
+        job = Job(
+            protocol,
+            run_id,
+            dataset,
+            split,
+            set(),
+            [f.index for f in split.folds],
+            built.pretrained,
+            built.pretrained_source,
+        )
+        protocol.emit(
+            RunStarted(
+                run_id=run_id,
+                folds=protocol.cfg.folds,
+                epochs=protocol.cfg.epochs,
+                resumed=False,
+                finished=[],
+            )
+        )
         return job
 
-    def _reopen(self, protocol: RunProtocol, dataset: SliceDataset, split: Split,
-                run_id: str) -> Job:
+    def _reopen(
+        self, protocol: RunProtocol, dataset: SliceDataset, split: Split, run_id: str
+    ) -> Job:
         run = self.store.get_run(run_id)
         if run["status"] == "finished":
             raise RunFinishedError(run_id)
         if run.get("dataset_hash") != dataset.dataset_hash:
-            raise UsageError(f"Run {run_id} was made on another dataset "
-                             f"(hash {run.get('dataset_hash')}); cannot resume on this one")
+            raise UsageError(
+                f"Run {run_id} was made on another dataset "
+                f"(hash {run.get('dataset_hash')}); cannot resume on this one"
+            )
         if run.get("split_hash") != split.hash:
-            raise LeakageError(f"Run {run_id}: the recomputed split differs from the stored "
-                               "one; refusing to resume")
+            raise LeakageError(
+                f"Run {run_id}: the recomputed split differs from the stored "
+                "one; refusing to resume"
+            )
         done = self.store.finished_folds(run_id)
         self.store.mark_run(run_id, "running")
-        job = Job(protocol, run_id, dataset, split, set(done),
-                  [f.index for f in split.folds if f.index not in done],
-                  bool(run.get("pretrained")), run.get("pretrained_source"))
-        protocol.emit(RunStarted(run_id=run_id, folds=protocol.cfg.folds,
-                                 epochs=protocol.cfg.epochs, resumed=True,
-                                 finished=sorted(done)))
+        job = Job(
+            protocol,
+            run_id,
+            dataset,
+            split,
+            set(done),
+            [f.index for f in split.folds if f.index not in done],
+            bool(run.get("pretrained")),
+            run.get("pretrained_source"),
+        )
+        protocol.emit(
+            RunStarted(
+                run_id=run_id,
+                folds=protocol.cfg.folds,
+                epochs=protocol.cfg.epochs,
+                resumed=True,
+                finished=sorted(done),
+            )
+        )
         for fold in sorted(done):
             protocol.emit(FoldSkipped(fold=fold))
         return job
 
-    def _run_record(self, protocol: RunProtocol, run_id: str, dataset: SliceDataset,
-                    split: Split, built) -> RunRecord:
+    def _run_record(
+        self, protocol: RunProtocol, run_id: str, dataset: SliceDataset, split: Split, built
+    ) -> RunRecord:
         cfg = protocol.cfg
         return RunRecord(
-            run_id=run_id, dataset=protocol.plugins.dataset.name,
-            dataset_hash=dataset.dataset_hash, config=cfg.as_dict(), config_hash=cfg.hash,
-            backbone=cfg.backbone, strategies=cfg.strategy_specs(), seed=cfg.seed,
-            preset=cfg.preset, device=self.device_label or device_label(protocol.device),
-            pretrained=built.pretrained, pretrained_source=built.pretrained_source,
-            versions=library_versions(), git_sha=git_sha(), test_patients=list(split.test),
+            run_id=run_id,
+            dataset=protocol.plugins.dataset.name,
+            dataset_hash=dataset.dataset_hash,
+            config=cfg.as_dict(),
+            config_hash=cfg.hash,
+            backbone=cfg.backbone,
+            strategies=cfg.strategy_specs(),
+            seed=cfg.seed,
+            preset=cfg.preset,
+            device=self.device_label or device_label(protocol.device),
+            pretrained=built.pretrained,
+            pretrained_source=built.pretrained_source,
+            versions=library_versions(),
+            git_sha=git_sha(),
+            test_patients=list(split.test),
             folds={f.index: {"train": list(f.train), "val": list(f.val)} for f in split.folds},
-            split_hash=split.hash, grid_id=self.grid_id, plugins=protocol.plugin_versions(),
+            split_hash=split.hash,
+            grid_id=self.grid_id,
+            plugins=protocol.plugin_versions(),
         )
 
     # ----------------------------------------------------------------- recording
@@ -196,14 +255,27 @@ class Lifecycle:
         t = time.perf_counter()
         cfg = job.protocol.cfg
         record.checkpoint = checkpoints.save_checkpoint(
-            Path(self.store.path), job.run_id, record.fold, state, backbone=cfg.backbone,
-            in_chans=len(cfg.windows), image_size=cfg.image_size, windows=list(cfg.windows))
+            Path(self.store.path),
+            job.run_id,
+            record.fold,
+            state,
+            backbone=cfg.backbone,
+            in_chans=len(cfg.windows),
+            image_size=cfg.image_size,
+            windows=list(cfg.windows),
+        )
         self.store.write_fold(job.run_id, record)
         job.store_s += time.perf_counter() - t
         test_f1 = next(m.f1 for m in record.metrics if m.split == "test" and m.scope == "slice")
-        job.protocol.emit(FoldFinished(fold=record.fold, threshold=record.threshold,
-                                       val_f1=float(record.curve.max()), test_f1=test_f1,
-                                       wall_s=record.wall_s))
+        job.protocol.emit(
+            FoldFinished(
+                fold=record.fold,
+                threshold=record.threshold,
+                val_f1=float(record.curve.max()),
+                test_f1=test_f1,
+                wall_s=record.wall_s,
+            )
+        )
         return record
 
     def finish(self, job: Job, computed: dict[int, FoldRecord]) -> RunResult:
@@ -218,8 +290,11 @@ class Lifecycle:
         self.store.finish_run(job.run_id, vote, wall)
         job.store_s += time.perf_counter() - t
         timings = {**job.protocol.timings, "store": job.store_s}
-        job.protocol.emit(RunFinished(run_id=job.run_id, threshold=vote.threshold, wall_s=wall,
-                                      timings=dict(timings)))
+        job.protocol.emit(
+            RunFinished(
+                run_id=job.run_id, threshold=vote.threshold, wall_s=wall, timings=dict(timings)
+            )
+        )
         return RunResult(job.run_id, vote.threshold, vote, folds, timings)
 
     def mark(self, job: Job, status: str, error: str | None = None) -> None:
@@ -232,9 +307,12 @@ class Lifecycle:
             self.mark(job, status)
 
     # ----------------------------------------------------------------- driving
-    def drive(self, jobs: Sequence[Job], executor: Executor,
-              on_trial: Callable[[int, FoldRecord], None] | None = None
-              ) -> Iterator[RunResult]:
+    def drive(
+        self,
+        jobs: Sequence[Job],
+        executor: Executor,
+        on_trial: Callable[[int, FoldRecord], None] | None = None,
+    ) -> Iterator[RunResult]:
         """Run the trials of `jobs` through `executor`: record every fold as it arrives
         (then call `on_trial(job index, record)`), finish each run when its folds are all
         in, and yield it.
@@ -258,8 +336,9 @@ class Lifecycle:
                     waiting[result.job].discard(result.fold)
                     if on_trial is not None:
                         on_trial(result.job, record)
-                    finished = (None if waiting[result.job]
-                                else self.finish(job, computed[result.job]))
+                    finished = (
+                        None if waiting[result.job] else self.finish(job, computed[result.job])
+                    )
                 if finished is not None:
                     yield finished
         except KeyboardInterrupt:
@@ -292,9 +371,16 @@ def tag(exc: BaseException, job: int) -> None:
         exc.job_index = job  # type: ignore[attr-defined]
 
 
-def run_config(config, store: Store | Path | str, *, resume: str | None = None,
-               observers=None, cache_dir: Path | None = None, registry=None,
-               grid_id: str | None = None) -> RunResult:
+def run_config(
+    config,
+    store: Store | Path | str,
+    *,
+    resume: str | None = None,
+    observers=None,
+    cache_dir: Path | None = None,
+    registry=None,
+    grid_id: str | None = None,
+) -> RunResult:
     """Run one configuration in this process (or finish the unfinished run `resume`): a
     grid of one, through the same lifecycle as any grid."""
     from ichbench.executors import LocalExecutor

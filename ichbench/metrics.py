@@ -21,8 +21,9 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num / den) if den else None
 
 
-def point_metrics(labels: np.ndarray, decisions: np.ndarray,
-                  scores: np.ndarray | None = None) -> dict:
+def point_metrics(
+    labels: np.ndarray, decisions: np.ndarray, scores: np.ndarray | None = None
+) -> dict:
     labels = np.asarray(labels).astype(int)
     decisions = np.asarray(decisions).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(labels, decisions, labels=[0, 1]).ravel())
@@ -38,7 +39,11 @@ def point_metrics(labels: np.ndarray, decisions: np.ndarray,
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
         "auc": auc,
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(len(labels)),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n": int(len(labels)),
     }
 
 
@@ -72,9 +77,15 @@ def _rates(tp, fp, tn, fn) -> dict[str, np.ndarray]:
         }
 
 
-def bootstrap_ci(labels: np.ndarray, decisions: np.ndarray, scores: np.ndarray,
-                 groups: np.ndarray, *, n_boot: int = N_BOOTSTRAP,
-                 seed: int = 0) -> dict[str, tuple[float | None, float | None]]:
+def bootstrap_ci(
+    labels: np.ndarray,
+    decisions: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, tuple[float | None, float | None]]:
     """Percentile 95% intervals, resampling whole groups (patients) with replacement.
 
     Vectorised: each resample is a vector of group multiplicities, so the confusion
@@ -120,18 +131,43 @@ def bootstrap_ci(labels: np.ndarray, decisions: np.ndarray, scores: np.ndarray,
     return out
 
 
-def slice_metrics(model: str, fold: int | None, split: str, threshold: float,
-                  labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray,
-                  patient_ids: np.ndarray, *, seed: int = 0) -> MetricRow:
+def slice_metrics(
+    model: str,
+    fold: int | None,
+    split: str,
+    threshold: float,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    decisions: np.ndarray,
+    patient_ids: np.ndarray,
+    *,
+    seed: int = 0,
+) -> MetricRow:
     point = point_metrics(labels, decisions, scores)
     ci = bootstrap_ci(labels, decisions, scores, patient_ids, seed=seed)
-    return MetricRow(model=model, fold=fold, scope="slice", split=split, threshold=threshold,
-                     ci=ci, ci_method="patient-bootstrap", **point)
+    return MetricRow(
+        model=model,
+        fold=fold,
+        scope="slice",
+        split=split,
+        threshold=threshold,
+        ci=ci,
+        ci_method="patient-bootstrap",
+        **point,
+    )
 
 
-def patient_metrics(model: str, fold: int | None, split: str, threshold: float,
-                    labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray, *,
-                    seed: int = 0) -> MetricRow:
+def patient_metrics(
+    model: str,
+    fold: int | None,
+    split: str,
+    threshold: float,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    decisions: np.ndarray,
+    *,
+    seed: int = 0,
+) -> MetricRow:
     """One row per patient in the inputs: Wilson intervals for proportions, bootstrap
     for F1 and AUC."""
     point = point_metrics(labels, decisions, scores)
@@ -145,5 +181,13 @@ def patient_metrics(model: str, fold: int | None, split: str, threshold: float,
         "f1": boot["f1"],
         "auc": boot["auc"],
     }
-    return MetricRow(model=model, fold=fold, scope="patient", split=split, threshold=threshold,
-                     ci=ci, ci_method="wilson+bootstrap", **point)
+    return MetricRow(
+        model=model,
+        fold=fold,
+        scope="patient",
+        split=split,
+        threshold=threshold,
+        ci=ci,
+        ci_method="wilson+bootstrap",
+        **point,
+    )

@@ -83,8 +83,9 @@ class Entry:
         except Exception as exc:
             if not is_plugin_fault(exc):
                 raise
-            raise PluginError(f"{describe(self)} failed in its factory: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"{describe(self)} failed in its factory: {type(exc).__name__}: {exc}"
+            ) from exc
         check_kind(self, obj)
         return wrap(obj, self)
 
@@ -168,8 +169,9 @@ def plugin_versions(registry: Registry, used: list[tuple[str, str]]) -> dict[str
 
     versions: dict[str, str] = {}
     for kind, text in used:
-        entry = dataset_entry(text, registry)[0] if kind == "dataset" \
-            else registry.entry_of(kind, text)
+        entry = (
+            dataset_entry(text, registry)[0] if kind == "dataset" else registry.entry_of(kind, text)
+        )
         versions[entry.distribution] = entry.version
     return dict(sorted(versions.items()))
 
@@ -211,11 +213,14 @@ def _selection_warnings(installed: set[str]) -> list[str]:
         if not name:
             continue
         if normalise(name) not in known:
-            warnings.append(f"{LOAD_ENV} names {name!r}, which is not an installed ichbench "
-                            f"plugin distribution (installed: {', '.join(others) or 'none'})")
+            warnings.append(
+                f"{LOAD_ENV} names {name!r}, which is not an installed ichbench "
+                f"plugin distribution (installed: {', '.join(others) or 'none'})"
+            )
         elif name != normalise(name):
-            warnings.append(f"{LOAD_ENV} names {name!r}; write it normalised as "
-                            f"{normalise(name)!r}")
+            warnings.append(
+                f"{LOAD_ENV} names {name!r}; write it normalised as {normalise(name)!r}"
+            )
     return warnings
 
 
@@ -257,8 +262,7 @@ class Plugins:
     def _load_entry_points(self) -> None:
         points = _entry_points()
         selection = _selection()
-        self._load_warnings.extend(_selection_warnings({_distribution_of(ep)[0]
-                                                        for ep in points}))
+        self._load_warnings.extend(_selection_warnings({_distribution_of(ep)[0] for ep in points}))
         for ep in points:
             dist_name, version = _distribution_of(ep)
             if not _wanted(dist_name, selection) or self.pm.has_plugin(ep.value):
@@ -272,18 +276,23 @@ class Plugins:
                 ) from exc
             self.register(module, name=ep.value, distribution=dist_name, version=version)
 
-    def register(self, plugin: object, *, name: str, distribution: str = "local",
-                 version: str = "") -> None:
+    def register(
+        self, plugin: object, *, name: str, distribution: str = "local", version: str = ""
+    ) -> None:
         """Add a plugin object (a module, usually) under a name no other plugin has."""
         if self.pm.has_plugin(name):
             dist, _ = self._origin.get(name, ("unknown", ""))
-            raise PluginError(f"A plugin named {name!r} is already registered (from {dist}); "
-                              "register yours under another name")
+            raise PluginError(
+                f"A plugin named {name!r} is already registered (from {dist}); "
+                "register yours under another name"
+            )
         try:
             self.pm.register(plugin, name=name)
         except ValueError as exc:  # pluggy: this very object is registered under another name
-            raise PluginError(f"Plugin {name!r} ({distribution}) is already registered as "
-                              f"{self.pm.get_name(plugin)!r}") from exc
+            raise PluginError(
+                f"Plugin {name!r} ({distribution}) is already registered as "
+                f"{self.pm.get_name(plugin)!r}"
+            ) from exc
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -294,7 +303,8 @@ class Plugins:
         self._load_warnings.extend(
             f"Plugin {name!r} ({origin}) defines {hook} without @hookimpl, so ichbench never "
             "calls it; decorate it with ichbench.hookimpl"
-            for hook in _undecorated_hooks(plugin))
+            for hook in _undecorated_hooks(plugin)
+        )
         self._registry = None
 
     def unregister(self, name: str) -> None:
@@ -330,26 +340,37 @@ class Plugins:
         registered = {e.plugin for e in registry.entries()}
         self._registry_warnings = [
             f"Plugin {name!r} ({f'{dist} {version}'.strip()}) registered nothing"
-            for name, (dist, version) in self._origin.items() if name not in registered]
+            for name, (dist, version) in self._origin.items()
+            if name not in registered
+        ]
         return registry
 
-    def _call_hook(self, registry: Registry, impl: pluggy.HookImpl, hook_name: str,
-                   fixed_kind: str | None) -> None:
+    def _call_hook(
+        self, registry: Registry, impl: pluggy.HookImpl, hook_name: str, fixed_kind: str | None
+    ) -> None:
         plugin_name = impl.plugin_name
         dist, version = self._origin.get(plugin_name, ("local", ""))
 
-        def register(name: str, factory: Callable[[Spec], Any], *, help: str = "",
-                     kind: str | None = None,
-                     claims: Callable[[Path], bool] | None = None) -> None:
+        def register(
+            name: str,
+            factory: Callable[[Spec], Any],
+            *,
+            help: str = "",
+            kind: str | None = None,
+            claims: Callable[[Path], bool] | None = None,
+        ) -> None:
             resolved = fixed_kind if fixed_kind is not None else kind
             if resolved is None:
-                raise PluginError(f"Plugin {plugin_name!r}: {hook_name} needs kind='ensemble' "
-                                  f"or kind='patient' for {name!r}")
+                raise PluginError(
+                    f"Plugin {plugin_name!r}: {hook_name} needs kind='ensemble' "
+                    f"or kind='patient' for {name!r}"
+                )
             if claims is not None and (resolved != "dataset" or not callable(claims)):
-                raise PluginError(f"Plugin {plugin_name!r}: claims= for {name!r} must be a "
-                                  "callable(Path) -> bool, and only datasets claim folders")
-            registry.add(Entry(resolved, name, factory, help, plugin_name, dist, version,
-                               claims))
+                raise PluginError(
+                    f"Plugin {plugin_name!r}: claims= for {name!r} must be a "
+                    "callable(Path) -> bool, and only datasets claim folders"
+                )
+            registry.add(Entry(resolved, name, factory, help, plugin_name, dist, version, claims))
 
         try:
             impl.function(register=register)

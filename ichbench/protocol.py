@@ -59,8 +59,14 @@ class RunProtocol:
     """One resolved configuration and the plugins it names, ready to load its data,
     split it, train and evaluate any fold, and vote."""
 
-    def __init__(self, config: RunConfig, *, registry: Registry | None = None,
-                 observers: list[Observer] | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        registry: Registry | None = None,
+        observers: list[Observer] | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.registry = registry or get_registry()
         self.emit = Emitter(observers)
         self.cache_dir = cache_dir or default_cache_dir()
@@ -76,8 +82,11 @@ class RunProtocol:
     def load_data(self) -> SliceDataset:
         started = time.perf_counter()
         _, dataset = open_dataset(
-            self.cfg, source=self.plugins.dataset, cache_dir=self.cache_dir,
-            progress=lambda done, total: self.emit(DataProgress(done=done, total=total)))
+            self.cfg,
+            source=self.plugins.dataset,
+            cache_dir=self.cache_dir,
+            progress=lambda done, total: self.emit(DataProgress(done=done, total=total)),
+        )
         self.timings["data"] += time.perf_counter() - started
         self.emit(DataLoaded(slices=len(dataset), patients=len(dataset.patients)))
         return dataset
@@ -85,16 +94,27 @@ class RunProtocol:
     def split_of(self, dataset: SliceDataset) -> Split:
         """The run's split of `dataset` (computed once per dataset)."""
         if self._split is None or self._split[0] is not dataset:
-            self._split = (dataset, make_split(
-                dataset.patient_ids, dataset.labels, n_folds=self.cfg.folds,
-                test_size=self.cfg.test_size, seed=self.cfg.seed))
+            self._split = (
+                dataset,
+                make_split(
+                    dataset.patient_ids,
+                    dataset.labels,
+                    n_folds=self.cfg.folds,
+                    test_size=self.cfg.test_size,
+                    seed=self.cfg.seed,
+                ),
+            )
         return self._split[1]
 
     def plugin_versions(self) -> dict[str, str]:
         """{distribution: version} of every plugin this configuration uses."""
         used = [("strategy", s) for s in self.cfg.strategy_specs()]
-        used += [("backbone", self.cfg.backbone), ("ensemble", self.cfg.ensemble),
-                 ("patient", self.cfg.patient_rule), ("dataset", self.cfg.data)]
+        used += [
+            ("backbone", self.cfg.backbone),
+            ("ensemble", self.cfg.ensemble),
+            ("patient", self.cfg.patient_rule),
+            ("dataset", self.cfg.data),
+        ]
         from ichbench.plugins import plugin_versions
 
         return plugin_versions(self.registry, used)
@@ -102,22 +122,28 @@ class RunProtocol:
     def build_model(self, fold: int, in_chans: int) -> BuiltModel:
         checkpoints.seed_init(self.cfg.seed, fold)
         weights = Path(self.cfg.weights_file) if self.cfg.weights_file else None
-        return self.plugins.backbone.build(BuildOptions(
-            in_chans=in_chans, pretrained=bool(self.cfg.pretrained), weights=weights))
+        return self.plugins.backbone.build(
+            BuildOptions(in_chans=in_chans, pretrained=bool(self.cfg.pretrained), weights=weights)
+        )
 
     def plan_for(self, dataset: SliceDataset, train_patients: np.ndarray, fold: int) -> TrainPlan:
         """The fold's training set as the strategies reshape it; never holds a row of a
         patient outside `train_patients`."""
         rows = np.flatnonzero(np.isin(dataset.patient_ids, train_patients))
         plan = TrainPlan(indices=rows, augment=np.zeros(len(rows), dtype=bool))
-        ctx = StrategyContext(dataset=dataset, train_patients=np.asarray(train_patients),
-                              rng=np.random.default_rng(self.cfg.seed * 31 + fold))
+        ctx = StrategyContext(
+            dataset=dataset,
+            train_patients=np.asarray(train_patients),
+            rng=np.random.default_rng(self.cfg.seed * 31 + fold),
+        )
         for strategy in self.plugins.strategies:
             plan = strategy.apply(plan, ctx)
         stray = np.setdiff1d(np.unique(dataset.patient_ids[plan.indices]), train_patients)
         if len(stray):
-            raise LeakageError(f"A strategy put rows of non-training patients "
-                               f"{stray[:10].tolist()} into the training set of fold {fold}")
+            raise LeakageError(
+                f"A strategy put rows of non-training patients "
+                f"{stray[:10].tolist()} into the training set of fold {fold}"
+            )
         return plan
 
     def preflight(self, dataset: SliceDataset, split: Split) -> BuiltModel:
@@ -131,8 +157,9 @@ class RunProtocol:
         return built
 
     # ----------------------------------------------------------------- one fold
-    def fold_trial(self, dataset: SliceDataset, split: Split,
-                   fold_index: int) -> tuple[FoldRecord, dict]:
+    def fold_trial(
+        self, dataset: SliceDataset, split: Split, fold_index: int
+    ) -> tuple[FoldRecord, dict]:
         """Train and evaluate one fold: what an executor runs anywhere. Returns the record
         and the kept state dict (on the CPU)."""
         if self._data is None:
@@ -146,17 +173,25 @@ class RunProtocol:
         base = np.flatnonzero(np.isin(dataset.patient_ids, train_p))
         before_ich = int(dataset.labels[base].sum())
         removed = int(len(np.setdiff1d(base, plan.indices)))
-        self.emit(FoldStarted(fold=fold.index, epochs=self.cfg.epochs,
-                              train_samples=len(plan.indices)))
+        self.emit(
+            FoldStarted(fold=fold.index, epochs=self.cfg.epochs, train_samples=len(plan.indices))
+        )
         val_rows = np.flatnonzero(np.isin(dataset.patient_ids, fold.val))
         test_rows = np.flatnonzero(np.isin(dataset.patient_ids, split.test))
-        settings = TrainSettings(epochs=self.cfg.epochs, batch_size=self.cfg.batch_size,
-                                 lr=self.cfg.lr, patience=self.cfg.patience, seed=self.cfg.seed,
-                                 device=self.device, input_size=built.input_size,
-                                 compile=self.cfg.compile)
+        settings = TrainSettings(
+            epochs=self.cfg.epochs,
+            batch_size=self.cfg.batch_size,
+            lr=self.cfg.lr,
+            patience=self.cfg.patience,
+            seed=self.cfg.seed,
+            device=self.device,
+            input_size=built.input_size,
+            compile=self.cfg.compile,
+        )
         t = time.perf_counter()
-        state, best_epoch, history = train_fold(built.model, plan, self._data, val_rows,
-                                                settings, self.emit, fold.index)
+        state, best_epoch, history = train_fold(
+            built.model, plan, self._data, val_rows, settings, self.emit, fold.index
+        )
         self.timings["train"] += time.perf_counter() - t
         t = time.perf_counter()
         built.model.load_state_dict(state)
@@ -166,53 +201,90 @@ class RunProtocol:
         threshold = best_threshold(curve)
         metrics, patients = [], []
         for name, rows, prob in (("val", val_rows, val_prob), ("test", test_rows, test_prob)):
-            rows_metrics, decided = self._metrics("fold", fold.index, name, threshold, dataset,
-                                                  rows, prob, prob >= threshold)
+            rows_metrics, decided = self._metrics(
+                "fold", fold.index, name, threshold, dataset, rows, prob, prob >= threshold
+            )
             metrics += rows_metrics
             patients.append(decided)
         both = np.concatenate([val_rows, test_rows])
         predictions = Predictions(
             split=np.array(["val"] * len(val_rows) + ["test"] * len(test_rows)),
-            patient_id=dataset.patient_ids[both], slice=dataset.slice_numbers[both],
-            label=dataset.labels[both], prob=np.concatenate([val_prob, test_prob]))
+            patient_id=dataset.patient_ids[both],
+            slice=dataset.slice_numbers[both],
+            label=dataset.labels[both],
+            prob=np.concatenate([val_prob, test_prob]),
+        )
         self.timings["eval"] += time.perf_counter() - t
         after = dataset.labels[plan.indices]
         record = FoldRecord(
-            fold=fold.index, threshold=threshold, best_epoch=best_epoch,
-            train_ich_before=before_ich, train_healthy_before=len(base) - before_ich,
-            train_ich=int(after.sum()), train_healthy=int((after == 0).sum()),
-            added=int(len(plan.indices) - (len(base) - removed)), removed=removed,
-            train_patients=list(fold.train), val_patients=list(fold.val),
-            wall_s=time.perf_counter() - started, curve=curve, metrics=metrics,
-            predictions=predictions, epochs=history, compiled=self.cfg.compile,
-            patients=PatientDecisions.concat(patients), notes=dict(plan.notes),
+            fold=fold.index,
+            threshold=threshold,
+            best_epoch=best_epoch,
+            train_ich_before=before_ich,
+            train_healthy_before=len(base) - before_ich,
+            train_ich=int(after.sum()),
+            train_healthy=int((after == 0).sum()),
+            added=int(len(plan.indices) - (len(base) - removed)),
+            removed=removed,
+            train_patients=list(fold.train),
+            val_patients=list(fold.val),
+            wall_s=time.perf_counter() - started,
+            curve=curve,
+            metrics=metrics,
+            predictions=predictions,
+            epochs=history,
+            compiled=self.cfg.compile,
+            patients=PatientDecisions.concat(patients),
+            notes=dict(plan.notes),
         )
         return record, state
 
-    def _metrics(self, model: str, fold: int | None, split_name: str, threshold: float,
-                 dataset: SliceDataset, rows: np.ndarray, scores: np.ndarray,
-                 decisions: np.ndarray) -> tuple[list[MetricRow], PatientDecisions]:
+    def _metrics(
+        self,
+        model: str,
+        fold: int | None,
+        split_name: str,
+        threshold: float,
+        dataset: SliceDataset,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        decisions: np.ndarray,
+    ) -> tuple[list[MetricRow], PatientDecisions]:
         """Slice and patient metrics of one model on one split, and the patient decisions
         the patient rule made there."""
         labels = dataset.labels[rows]
         pids = dataset.patient_ids[rows]
         seed = self.cfg.seed
-        out = [slice_metrics(model, fold, split_name, threshold, labels, scores, decisions, pids,
-                             seed=seed)]
+        out = [
+            slice_metrics(
+                model, fold, split_name, threshold, labels, scores, decisions, pids, seed=seed
+            )
+        ]
         patients, p_labels, p_scores, p_decisions = patient_decisions(
-            pids, dataset.slice_numbers[rows], labels, scores, decisions,
-            self.plugins.patient_rule, threshold)
-        out.append(patient_metrics(model, fold, split_name, threshold, p_labels, p_scores,
-                                   p_decisions, seed=seed))
+            pids,
+            dataset.slice_numbers[rows],
+            labels,
+            scores,
+            decisions,
+            self.plugins.patient_rule,
+            threshold,
+        )
+        out.append(
+            patient_metrics(
+                model, fold, split_name, threshold, p_labels, p_scores, p_decisions, seed=seed
+            )
+        )
         decided = PatientDecisions(
-            split=np.array([split_name] * len(patients)), patient_id=np.asarray(patients),
-            label=np.asarray(p_labels, dtype=np.int64), score=np.asarray(p_scores, dtype=float),
-            decision=np.asarray(p_decisions, dtype=bool))
+            split=np.array([split_name] * len(patients)),
+            patient_id=np.asarray(patients),
+            label=np.asarray(p_labels, dtype=np.int64),
+            score=np.asarray(p_scores, dtype=float),
+            decision=np.asarray(p_decisions, dtype=bool),
+        )
         return out, decided
 
     # ----------------------------------------------------------------- the vote
-    def vote(self, dataset: SliceDataset, split: Split,
-             folds: dict[int, FoldRecord]) -> VoteRecord:
+    def vote(self, dataset: SliceDataset, split: Split, folds: dict[int, FoldRecord]) -> VoteRecord:
         """The voting threshold (argmax of the mean validation curve), the fold models
         combined on the test set by the ensemble rule and cut there, and each slice's
         out-of-fold validation prediction cut at the same threshold."""
@@ -220,44 +292,75 @@ class RunProtocol:
         ordered = [folds[k] for k in sorted(folds)]
         threshold, mean_curve = voting_threshold([f.curve for f in ordered])
         test_rows = np.flatnonzero(np.isin(dataset.patient_ids, split.test))
-        key = list(zip(dataset.patient_ids[test_rows].tolist(),
-                       dataset.slice_numbers[test_rows].tolist()))
+        key = list(
+            zip(dataset.patient_ids[test_rows].tolist(), dataset.slice_numbers[test_rows].tolist())
+        )
         fold_probs = np.stack([_probs_in_order(f.predictions, "test", key) for f in ordered])
         scores, decisions = self.plugins.ensemble.combine(fold_probs, threshold)
         scores = np.asarray(scores, dtype=float)
-        metrics, test_patients = self._metrics("vote", None, "test", threshold, dataset,
-                                               test_rows, scores,
-                                               np.asarray(decisions, dtype=bool))
-        lookup = {(p, s): i for i, (p, s) in enumerate(zip(dataset.patient_ids.tolist(),
-                                                            dataset.slice_numbers.tolist()))}
+        metrics, test_patients = self._metrics(
+            "vote",
+            None,
+            "test",
+            threshold,
+            dataset,
+            test_rows,
+            scores,
+            np.asarray(decisions, dtype=bool),
+        )
+        lookup = {
+            (p, s): i
+            for i, (p, s) in enumerate(
+                zip(dataset.patient_ids.tolist(), dataset.slice_numbers.tolist())
+            )
+        }
         val_rows, val_prob = [], []
         for f in ordered:
             mask = f.predictions.split == "val"
-            val_rows += [lookup[(int(p), int(s))] for p, s in
-                         zip(f.predictions.patient_id[mask], f.predictions.slice[mask])]
+            val_rows += [
+                lookup[(int(p), int(s))]
+                for p, s in zip(f.predictions.patient_id[mask], f.predictions.slice[mask])
+            ]
             val_prob.append(f.predictions.prob[mask])
         val_rows_arr = np.asarray(val_rows)
         val_prob_arr = np.concatenate(val_prob)
-        val_metrics, val_patients = self._metrics("vote", None, "val", threshold, dataset,
-                                                  val_rows_arr, val_prob_arr,
-                                                  val_prob_arr >= threshold)
+        val_metrics, val_patients = self._metrics(
+            "vote",
+            None,
+            "val",
+            threshold,
+            dataset,
+            val_rows_arr,
+            val_prob_arr,
+            val_prob_arr >= threshold,
+        )
         predictions = Predictions(
-            split=np.array(["test"] * len(test_rows)), patient_id=dataset.patient_ids[test_rows],
-            slice=dataset.slice_numbers[test_rows], label=dataset.labels[test_rows],
-            prob=scores)
+            split=np.array(["test"] * len(test_rows)),
+            patient_id=dataset.patient_ids[test_rows],
+            slice=dataset.slice_numbers[test_rows],
+            label=dataset.labels[test_rows],
+            prob=scores,
+        )
         self.timings["eval"] += time.perf_counter() - started
-        return VoteRecord(threshold=threshold, mean_curve=mean_curve,
-                          metrics=metrics + val_metrics, predictions=predictions,
-                          wall_s=time.perf_counter() - started,
-                          patients=PatientDecisions.concat([val_patients, test_patients]))
+        return VoteRecord(
+            threshold=threshold,
+            mean_curve=mean_curve,
+            metrics=metrics + val_metrics,
+            predictions=predictions,
+            wall_s=time.perf_counter() - started,
+            patients=PatientDecisions.concat([val_patients, test_patients]),
+        )
 
 
 def _probs_in_order(pred: Predictions, split_name: str, key: list[tuple[int, int]]) -> np.ndarray:
     mask = pred.split == split_name
-    index = {(int(p), int(s)): float(v) for p, s, v in
-             zip(pred.patient_id[mask], pred.slice[mask], pred.prob[mask])}
+    index = {
+        (int(p), int(s)): float(v)
+        for p, s, v in zip(pred.patient_id[mask], pred.slice[mask], pred.prob[mask])
+    }
     try:
         return np.array([index[k] for k in key])
     except KeyError as exc:
-        raise LeakageError(f"Stored test predictions lack slice {exc}; the run's test set "
-                           "changed") from None
+        raise LeakageError(
+            f"Stored test predictions lack slice {exc}; the run's test set changed"
+        ) from None

@@ -26,8 +26,12 @@ def library_versions() -> dict[str, str]:
     import torch
 
     return {
-        "ichbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "timm": timm.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+        "ichbench": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
         "duckdb": duckdb.__version__,
     }
 
@@ -35,8 +39,13 @@ def library_versions() -> dict[str, str]:
 def git_sha() -> str | None:
     """The commit of the ichbench checkout that ran, when it runs from one."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -78,8 +78,12 @@ class PatientDecisions:
 
     @classmethod
     def concat(cls, parts: list[PatientDecisions]) -> PatientDecisions:
-        return cls(*(np.concatenate([getattr(p, name) for p in parts])
-                     for name in ("split", "patient_id", "label", "score", "decision")))
+        return cls(
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("split", "patient_id", "label", "score", "decision")
+            )
+        )
 
 
 @dataclass

@@ -35,8 +35,14 @@ def parse_spec(text: str) -> Spec:
     return Spec(name, args)
 
 
-def parse_float(spec: Spec, value: str, *, form: str, minimum: float | None = None,
-                exclusive_minimum: bool = False) -> float:
+def parse_float(
+    spec: Spec,
+    value: str,
+    *,
+    form: str,
+    minimum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> float:
     """Parse one numeric argument with an error that names the plugin and its form."""
     try:
         number = float(value)

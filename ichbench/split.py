@@ -42,8 +42,14 @@ class Split:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def make_split(patient_ids: np.ndarray, labels: np.ndarray, *, n_folds: int = 5,
-               test_size: float = 0.2, seed: int = 0) -> Split:
+def make_split(
+    patient_ids: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_folds: int = 5,
+    test_size: float = 0.2,
+    seed: int = 0,
+) -> Split:
     """Split slices' patients into a test set and `n_folds` train/validation folds.
 
     `patient_ids` and `labels` are per slice; the test set is stratified by patient label
@@ -67,13 +73,15 @@ def make_split(patient_ids: np.ndarray, labels: np.ndarray, *, n_folds: int = 5,
             f"patients ({n_ich} ICH, {n_healthy} healthy); each of the {n_folds} validation "
             f"folds and the test set needs at least one ICH and one healthy patient"
         )
-    dev, test = train_test_split(patients, test_size=n_test, stratify=patient_label,
-                                 random_state=seed)
+    dev, test = train_test_split(
+        patients, test_size=n_test, stratify=patient_label, random_state=seed
+    )
     dev_rows = np.isin(patient_ids, dev)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = []
-    for k, (tr, va) in enumerate(splitter.split(np.zeros(dev_rows.sum()), labels[dev_rows],
-                                                groups=patient_ids[dev_rows])):
+    for k, (tr, va) in enumerate(
+        splitter.split(np.zeros(dev_rows.sum()), labels[dev_rows], groups=patient_ids[dev_rows])
+    ):
         train_p = np.unique(patient_ids[dev_rows][tr])
         val_p = np.unique(patient_ids[dev_rows][va])
         folds.append(Fold(k, tuple(int(p) for p in train_p), tuple(int(p) for p in val_p)))
@@ -88,9 +96,11 @@ def check_no_leakage(split: Split) -> None:
     test = set(split.test)
     for fold in split.folds:
         train, val = set(fold.train), set(fold.val)
-        for a_name, a, b_name, b in (("train", train, "validation", val),
-                                     ("train", train, "test", test),
-                                     ("validation", val, "test", test)):
+        for a_name, a, b_name, b in (
+            ("train", train, "validation", val),
+            ("train", train, "test", test),
+            ("validation", val, "test", test),
+        ):
             shared = a & b
             if shared:
                 raise LeakageError(
@@ -107,9 +117,13 @@ def check_each_set_has_both_classes(split: Split, patient_label: dict[int, int])
         return {patient_label[p] for p in ps}
 
     if classes(split.test) != {0, 1}:
-        raise UsageError(f"The test set ({len(split.test)} patients) lacks an ICH or a healthy "
-                         "patient; use more patients or another --test-size")
+        raise UsageError(
+            f"The test set ({len(split.test)} patients) lacks an ICH or a healthy "
+            "patient; use more patients or another --test-size"
+        )
     for fold in split.folds:
         if classes(fold.val) != {0, 1}:
-            raise UsageError(f"Validation fold {fold.index} ({len(fold.val)} patients) lacks an "
-                             "ICH or a healthy patient; use fewer --folds or more patients")
+            raise UsageError(
+                f"Validation fold {fold.index} ({len(fold.val)} patients) lacks an "
+                "ICH or a healthy patient; use fewer --folds or more patients"
+            )

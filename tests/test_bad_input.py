@@ -44,8 +44,17 @@ def finished_store(tiny_synth_dir, tmp_path_factory) -> Path:
     from ichbench.lifecycle import run_config
 
     root = tmp_path_factory.mktemp("bad-input-store")
-    config = RunConfig(data=str(tiny_synth_dir), backbone="tinycnn", folds=2, epochs=1,
-                       image_size=32, batch_size=16, preset="quick", device="cpu", exclude=[])
+    config = RunConfig(
+        data=str(tiny_synth_dir),
+        backbone="tinycnn",
+        folds=2,
+        epochs=1,
+        image_size=32,
+        batch_size=16,
+        preset="quick",
+        device="cpu",
+        exclude=[],
+    )
     run_config(config, root / "runs.duckdb", cache_dir=root / "cache")
     return root / "runs.duckdb"
 
@@ -63,9 +72,13 @@ def snapshot(db: Path) -> dict[str, object]:
     """Everything a failed command could have changed in a store."""
     con = duckdb.connect(str(db), read_only=True)
     try:
-        tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_type = 'BASE TABLE' ORDER BY table_name").fetchall()]
+        tables = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_type = 'BASE TABLE' ORDER BY table_name"
+            ).fetchall()
+        ]
         counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
         runs = con.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall()
     finally:
@@ -77,7 +90,8 @@ def snapshot(db: Path) -> dict[str, object]:
         "counts": counts,
         "runs": runs,
         "run_folders": sorted(p.name for p in checkpoints.iterdir())
-        if checkpoints.is_dir() else [],
+        if checkpoints.is_dir()
+        else [],
     }
 
 
@@ -105,9 +119,17 @@ def the_error_line(stderr: str) -> str:
 
 def run_args(data: Path | str, db: Path, *extra: str) -> list[str]:
     """A tiny `ichbench run`; `extra` (OPTION VALUE pairs) adds options or overrides them."""
-    options = {"--data": str(data), "--backbone": "tinycnn", "--folds": "2", "--epochs": "1",
-               "--image-size": "32", "--batch-size": "16", "--device": "cpu",
-               "--exclude": "", "--db": str(db)}
+    options = {
+        "--data": str(data),
+        "--backbone": "tinycnn",
+        "--folds": "2",
+        "--epochs": "1",
+        "--image-size": "32",
+        "--batch-size": "16",
+        "--device": "cpu",
+        "--exclude": "",
+        "--db": str(db),
+    }
     options.update(zip(extra[::2], extra[1::2]))
     return ["run", *(item for pair in options.items() for item in pair)]
 
@@ -167,7 +189,7 @@ def _edit_csv(root: Path, edit: Callable[[list[list[str]]], list[list[str]]]) ->
 def drop_column(root: Path) -> None:
     def edit(rows):
         i = rows[0].index("Subdural")
-        return [r[:i] + r[i + 1:] for r in rows]
+        return [r[:i] + r[i + 1 :] for r in rows]
 
     _edit_csv(root, edit)
 
@@ -205,10 +227,19 @@ def no_rows(root: Path) -> None:
 
 def one_ich_patient(root: Path) -> None:
     """Labels that leave a single ICH patient: no split can give every fold one."""
+
     def edit(rows):
         head = rows[0]
-        flags = [head.index(c) for c in ("Intraventricular", "Intraparenchymal",
-                                          "Subarachnoid", "Epidural", "Subdural")]
+        flags = [
+            head.index(c)
+            for c in (
+                "Intraventricular",
+                "Intraparenchymal",
+                "Subarachnoid",
+                "Epidural",
+                "Subdural",
+            )
+        ]
         healthy = head.index("No_Hemorrhage")
         ich = sorted({r[0] for r in rows[1:] if r[healthy] == "0"})
         assert len(ich) >= 2
@@ -247,29 +278,47 @@ CASES = [
     Case("nifti-4d", ExitCode.DATA, (NIFTI, "3-D"), four_d),
     Case("nifti-nan-voxels", ExitCode.DATA, (NIFTI, "NaN"), with_nan),
     Case("nifti-infinite-voxels", ExitCode.DATA, (NIFTI, "infinite"), with_inf),
-    Case("jpg-not-an-image", ExitCode.DATA, ("5.jpg", "not a readable image"),
-         jpg_not_an_image, base="jpg"),
+    Case(
+        "jpg-not-an-image",
+        ExitCode.DATA,
+        ("5.jpg", "not a readable image"),
+        jpg_not_an_image,
+        base="jpg",
+    ),
     Case("csv-missing-column", ExitCode.DATA, (LABELS, "Subdural"), drop_column),
     Case("csv-duplicate-row", ExitCode.DATA, (LABELS, "duplicate"), duplicate_row),
     Case("csv-non-numeric", ExitCode.DATA, (LABELS, "'abc'"), non_numeric),
-    Case("csv-slice-out-of-range", ExitCode.DATA, ("050", "999", "out of range"),
-         slice_out_of_range),
+    Case(
+        "csv-slice-out-of-range", ExitCode.DATA, ("050", "999", "out of range"), slice_out_of_range
+    ),
     Case("patient-without-volume", ExitCode.DATA, ("050", "no images"), no_volume),
     Case("volume-without-rows", ExitCode.DATA, (NIFTI, "no rows"), no_rows),
     Case("data-folder-missing", ExitCode.DATA, ("no-such-folder",)),
-    Case("unknown-strategy", ExitCode.PLUGIN, ("agument", "Did you mean 'augment'"),
-         extra=("--strategy", "agument:2")),
-    Case("unknown-backbone", ExitCode.PLUGIN, ("tinycn", "Did you mean 'tinycnn'"),
-         extra=("--backbone", "tinycn")),
-    Case("augment-negative", ExitCode.USAGE, ("augment", "-1"),
-         extra=("--strategy", "augment:-1")),
-    Case("augment-not-a-number", ExitCode.USAGE, ("augment", "'abc'"),
-         extra=("--strategy", "augment:abc")),
+    Case(
+        "unknown-strategy",
+        ExitCode.PLUGIN,
+        ("agument", "Did you mean 'augment'"),
+        extra=("--strategy", "agument:2"),
+    ),
+    Case(
+        "unknown-backbone",
+        ExitCode.PLUGIN,
+        ("tinycn", "Did you mean 'tinycnn'"),
+        extra=("--backbone", "tinycn"),
+    ),
+    Case("augment-negative", ExitCode.USAGE, ("augment", "-1"), extra=("--strategy", "augment:-1")),
+    Case(
+        "augment-not-a-number",
+        ExitCode.USAGE,
+        ("augment", "'abc'"),
+        extra=("--strategy", "augment:abc"),
+    ),
     Case("weight-zero", ExitCode.USAGE, ("ich", "0"), extra=("--weight", "ich:0")),
     Case("weight-unknown-class", ExitCode.USAGE, ("'bleed'",), extra=("--weight", "bleed:2")),
     Case("folds-more-than-patients", ExitCode.USAGE, ("--folds 10",), extra=("--folds", "10")),
-    Case("split-without-ich-patient", ExitCode.USAGE, ("1 ICH", "at least one ICH"),
-         one_ich_patient),
+    Case(
+        "split-without-ich-patient", ExitCode.USAGE, ("1 ICH", "at least one ICH"), one_ich_patient
+    ),
     Case("image-size-zero", ExitCode.USAGE, ("--image-size 0",), extra=("--image-size", "0")),
 ]
 
@@ -301,8 +350,9 @@ def test_bad_input_never_creates_a_store(case, datasets, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_gives_one_error_line_and_leaves_the_store_alone(case, datasets, db,
-                                                                   tmp_path, capsys):
+def test_bad_input_gives_one_error_line_and_leaves_the_store_alone(
+    case, datasets, db, tmp_path, capsys
+):
     data = case_data(case, datasets, tmp_path)
     before = snapshot(db)
     code, stderr = invoke(run_args(data, db, *case.extra), capsys)
@@ -348,14 +398,21 @@ def store_in_read_only_folder(tmp_path: Path) -> Path:
     return folder / "runs.duckdb"
 
 
-STORE_CASES = [store_is_a_directory, store_of_random_bytes, store_under_a_file,
-               store_in_read_only_folder]
+STORE_CASES = [
+    store_is_a_directory,
+    store_of_random_bytes,
+    store_under_a_file,
+    store_in_read_only_folder,
+]
 
 
 def tree(path: Path) -> dict[str, str]:
     """Every file under the test's folder and its digest (what a command may not touch)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("make", STORE_CASES, ids=[m.__name__ for m in STORE_CASES])
@@ -375,13 +432,18 @@ def test_unusable_store_is_a_store_error(make, tiny_synth_dir, tmp_path, capsys)
 def _run_rows(db: Path, run_id: str) -> dict[str, object]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        status, error = con.execute("SELECT status, error FROM runs WHERE run_id = ?",
-                                    [run_id]).fetchone()
+        status, error = con.execute(
+            "SELECT status, error FROM runs WHERE run_id = ?", [run_id]
+        ).fetchone()
         per_fold = {}
         for table in ("folds", "epochs", "metrics", "curves", "predictions"):
-            per_fold[table] = dict(con.execute(
-                f"SELECT coalesce(fold, -1), count(*) FROM {table} WHERE run_id = ? "
-                "GROUP BY ALL", [run_id]).fetchall())
+            per_fold[table] = dict(
+                con.execute(
+                    f"SELECT coalesce(fold, -1), count(*) FROM {table} WHERE run_id = ? "
+                    "GROUP BY ALL",
+                    [run_id],
+                ).fetchall()
+            )
     finally:
         con.close()
     return {"status": status, "error": error, "per_fold": per_fold}
@@ -423,8 +485,9 @@ def test_disk_full_while_saving_a_checkpoint(db, tiny_synth_dir, monkeypatch, ca
     assert sorted(p.name for p in folder.iterdir()) == [], "a partial checkpoint was left"
 
 
-def test_disk_full_while_writing_a_fold_rolls_the_fold_back(db, tiny_synth_dir, monkeypatch,
-                                                            capsys):
+def test_disk_full_while_writing_a_fold_rolls_the_fold_back(
+    db, tiny_synth_dir, monkeypatch, capsys
+):
     """The store's write of fold 1 fails halfway through its transaction."""
     from ichbench.store.store import Store
 
@@ -469,11 +532,15 @@ def test_bad_input_in_a_real_process(name, datasets, db, tmp_path):
     case = next(c for c in CASES if c.name == name)
     data = case_data(case, datasets, tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "ICHBENCH_DEBUG"}
-    env.update(ICHBENCH_LOAD_PLUGINS="", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               COLUMNS="200")
+    env.update(ICHBENCH_LOAD_PLUGINS="", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200")
     before = snapshot(db)
-    done = subprocess.run([sys.executable, "-m", "ichbench", *run_args(data, db, *case.extra)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "ichbench", *run_args(data, db, *case.extra)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     line = the_error_line(ANSI.sub("", done.stderr))
     assert done.returncode == case.code, line
     assert all(needle in line for needle in case.says), line

@@ -24,11 +24,14 @@ def test_version(capsys):
     assert code == 0 and __version__ in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (("report",), "Missing argument"),
-    (("run", "--bogus"), "No such option: --bogus"),
-    (("frobnicate",), "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("report",), "Missing argument"),
+        (("run", "--bogus"), "No such option: --bogus"),
+        (("frobnicate",), "No such command"),
+    ],
+)
 def test_usage_errors_exit_2_without_traceback(capsys, args, message):
     code, _, err = run_main(capsys, *args)
     assert code == ExitCode.USAGE
@@ -36,12 +39,15 @@ def test_usage_errors_exit_2_without_traceback(capsys, args, message):
 
 
 def test_domain_error_is_one_line(capsys, tmp_path):
-    code, _, err = run_main(capsys, "run", "--strategy", "agument:2", "--db",
-                            str(tmp_path / "r.duckdb"))
+    code, _, err = run_main(
+        capsys, "run", "--strategy", "agument:2", "--db", str(tmp_path / "r.duckdb")
+    )
     assert code == ExitCode.PLUGIN
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == ["Error: Unknown strategy 'agument'. Did you mean 'augment'? Available: "
-                     "augment, bootstrap, undersample, weight"]
+    assert lines == [
+        "Error: Unknown strategy 'agument'. Did you mean 'augment'? Available: "
+        "augment, bootstrap, undersample, weight"
+    ]
     assert not (tmp_path / "r.duckdb").exists()
 
 
@@ -62,9 +68,30 @@ def test_sigterm_marks_a_run_interrupted(tmp_path):
     db = tmp_path / "runs.duckdb"
     env = {**os.environ, "ICHBENCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ichbench", "run", "--data", "synthetic:14,1,32", "--backbone",
-         "tinycnn", "--folds", "3", "--epochs", "500", "--patience", "500", "--image-size", "32",
-         "--db", str(db)], stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "ichbench",
+            "run",
+            "--data",
+            "synthetic:14,1,32",
+            "--backbone",
+            "tinycnn",
+            "--folds",
+            "3",
+            "--epochs",
+            "500",
+            "--patience",
+            "500",
+            "--image-size",
+            "32",
+            "--db",
+            str(db),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in proc.stderr:  # wait until the run exists in the store
         if "Run 20" in line:
             break

@@ -13,7 +13,8 @@ REFERENCE = ROOT / "docs" / "cli.md"
 def test_reference_is_up_to_date():
     assert REFERENCE.is_file(), f"docs/cli.md is missing; run `{REGENERATE}`"
     assert REFERENCE.read_text(encoding="utf-8") == render(), (
-        f"docs/cli.md is out of date with the commands' --help; run `{REGENERATE}`")
+        f"docs/cli.md is out of date with the commands' --help; run `{REGENERATE}`"
+    )
 
 
 def test_reference_is_plain_fixed_width_and_complete(monkeypatch):
@@ -24,7 +25,13 @@ def test_reference_is_plain_fixed_width_and_complete(monkeypatch):
     assert render() == text  # whatever the terminal
     assert "\x1b" not in text
     assert all(len(line) <= WIDTH for line in text.splitlines())
-    for command in ("ichbench", "ichbench run", "ichbench grid", "ichbench data check",
-                    "ichbench data stats", "ichbench sql"):
+    for command in (
+        "ichbench",
+        "ichbench run",
+        "ichbench grid",
+        "ichbench data check",
+        "ichbench data stats",
+        "ichbench sql",
+    ):
         assert f"\n## `{command}`\n" in text
         assert f"Usage: {command} " in text

@@ -24,22 +24,47 @@ pytestmark = pytest.mark.slow
 
 WRITERS = 3
 FOLDS = 3
-RUN = ["run", "--data", "synthetic:14,1,32", "--backbone", "tinycnn", "--folds", str(FOLDS),
-       "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--device", "cpu"]
+RUN = [
+    "run",
+    "--data",
+    "synthetic:14,1,32",
+    "--backbone",
+    "tinycnn",
+    "--folds",
+    str(FOLDS),
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+]
 CURVE_POINTS = 101
 
 
 def cli_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICHBENCH_")}
-    env.update(ICHBENCH_CACHE=str(root / "cache"), ICHBENCH_DB=str(root / "runs.duckdb"),
-               ICHBENCH_LOAD_PLUGINS="", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               COLUMNS="200")
+    env.update(
+        ICHBENCH_CACHE=str(root / "cache"),
+        ICHBENCH_DB=str(root / "runs.duckdb"),
+        ICHBENCH_LOAD_PLUGINS="",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        COLUMNS="200",
+    )
     return env
 
 
 def ichbench(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ichbench", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ichbench", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +73,16 @@ def crowd(tmp_path_factory):
     root = tmp_path_factory.mktemp("crowd")
     env = cli_env(root)
     Store(Path(env["ICHBENCH_DB"]))  # an empty store, so readers have something to open
-    writers = [subprocess.Popen([sys.executable, "-m", "ichbench", *RUN, "--seed", str(seed)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env) for seed in range(WRITERS)]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ichbench", *RUN, "--seed", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for seed in range(WRITERS)
+    ]
     reads: list[subprocess.CompletedProcess] = []
     try:
         while any(w.poll() is None for w in writers) or len(reads) < 2:
@@ -84,12 +116,15 @@ def test_every_run_is_finished_with_all_its_rows(crowd):
     con = duckdb.connect(str(db), read_only=True)
     try:
         runs = con.execute("SELECT run_id, status, seed FROM runs ORDER BY seed").fetchall()
-        assert [(status, seed) for _, status, seed in runs] == \
-            [("finished", s) for s in range(WRITERS)]
+        assert [(status, seed) for _, status, seed in runs] == [
+            ("finished", s) for s in range(WRITERS)
+        ]
         for run_id, _, _ in runs:
+
             def count(table: str, cond: str = "TRUE", run_id: str = run_id) -> int:
-                return con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ? AND {cond}",
-                                   [run_id]).fetchone()[0]
+                return con.execute(
+                    f"SELECT count(*) FROM {table} WHERE run_id = ? AND {cond}", [run_id]
+                ).fetchone()[0]
 
             assert count("folds", "status = 'finished'") == FOLDS
             assert count("epochs") >= FOLDS
@@ -97,13 +132,23 @@ def test_every_run_is_finished_with_all_its_rows(crowd):
             assert count("metrics", "model = 'vote'") == 4
             assert count("curves") == (FOLDS + 1) * CURVE_POINTS
             assert count("predictions", "fold IS NULL") > 0
-            assert con.execute("SELECT count(*) FROM (SELECT fold, split, patient_id, slice "
-                               "FROM predictions WHERE run_id = ? GROUP BY ALL "
-                               "HAVING count(*) > 1)", [run_id]).fetchone()[0] == 0
+            assert (
+                con.execute(
+                    "SELECT count(*) FROM (SELECT fold, split, patient_id, slice "
+                    "FROM predictions WHERE run_id = ? GROUP BY ALL "
+                    "HAVING count(*) > 1)",
+                    [run_id],
+                ).fetchone()[0]
+                == 0
+            )
     finally:
         con.close()
-    printed = {line.split()[3] for _, _, stderr in outcomes for line in stderr.splitlines()
-               if line.startswith("Stored as run")}
+    printed = {
+        line.split()[3]
+        for _, _, stderr in outcomes
+        for line in stderr.splitlines()
+        if line.startswith("Stored as run")
+    }
     assert printed == {run_id for run_id, _, _ in runs}
 
 
@@ -114,8 +159,9 @@ def test_concurrent_builders_agree_on_the_dataset(crowd):
     con = duckdb.connect(str(db), read_only=True)
     try:
         hashes = con.execute("SELECT DISTINCT dataset_hash FROM runs").fetchall()
-        patients = con.execute("SELECT run_id, count(DISTINCT patient_id) FROM splits "
-                               "GROUP BY run_id").fetchall()
+        patients = con.execute(
+            "SELECT run_id, count(DISTINCT patient_id) FROM splits GROUP BY run_id"
+        ).fetchall()
     finally:
         con.close()
     assert len(hashes) == 1

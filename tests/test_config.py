@@ -15,31 +15,39 @@ from ichbench.config import (
 from ichbench.errors import UsageError
 
 
-@pytest.mark.parametrize("a, b", [
-    (dict(exclude=[58, 79, 79]), dict(exclude=[58, 79])),
-    (dict(exclude=[79, 58]), dict(exclude=[58, 79])),
-    (dict(weights=["ICH:4"]), dict(weights=["ich:4"])),
-    (dict(weights=["ich:4.0"]), dict(weights=["ich:4"])),
-    (dict(strategies=["augment:3.30"]), dict(strategies=["augment:3.3"])),
-    (dict(strategies=["Undersample:1e-1"]), dict(strategies=["undersample:0.1"])),
-    (dict(windows=["Brain", "BONE"]), dict(windows=["brain", "bone"])),
-    (dict(backbone="ResNet50"), dict(backbone="resnet50")),
-    (dict(patient_rule="k-consecutive:2.0"), dict(patient_rule="k-consecutive:2")),
-    (dict(lr=1), dict(lr=1.0)),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (dict(exclude=[58, 79, 79]), dict(exclude=[58, 79])),
+        (dict(exclude=[79, 58]), dict(exclude=[58, 79])),
+        (dict(weights=["ICH:4"]), dict(weights=["ich:4"])),
+        (dict(weights=["ich:4.0"]), dict(weights=["ich:4"])),
+        (dict(strategies=["augment:3.30"]), dict(strategies=["augment:3.3"])),
+        (dict(strategies=["Undersample:1e-1"]), dict(strategies=["undersample:0.1"])),
+        (dict(windows=["Brain", "BONE"]), dict(windows=["brain", "bone"])),
+        (dict(backbone="ResNet50"), dict(backbone="resnet50")),
+        (dict(patient_rule="k-consecutive:2.0"), dict(patient_rule="k-consecutive:2")),
+        (dict(lr=1), dict(lr=1.0)),
+    ],
+)
 def test_equal_settings_hash_equally(a, b):
     assert RunConfig(**a).hash == RunConfig(**b).hash
     assert RunConfig(**a).as_dict() == RunConfig(**b).as_dict()
 
 
-@pytest.mark.parametrize("a, b", [
-    (dict(strategies=["augment:3.3"]), dict(strategies=["augment:3.4"])),
-    (dict(strategies=["augment:2", "undersample:1"]),
-     dict(strategies=["undersample:1", "augment:2"])),  # order of strategies matters
-    (dict(windows=["brain", "bone"]), dict(windows=["bone", "brain"])),  # channel order
-    (dict(exclude=[58]), dict(exclude=[58, 79])),
-    (dict(backbone="timm:convnext_tiny"), dict(backbone="timm:ConvNeXt_Tiny")),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (dict(strategies=["augment:3.3"]), dict(strategies=["augment:3.4"])),
+        (
+            dict(strategies=["augment:2", "undersample:1"]),
+            dict(strategies=["undersample:1", "augment:2"]),
+        ),  # order of strategies matters
+        (dict(windows=["brain", "bone"]), dict(windows=["bone", "brain"])),  # channel order
+        (dict(exclude=[58]), dict(exclude=[58, 79])),
+        (dict(backbone="timm:convnext_tiny"), dict(backbone="timm:ConvNeXt_Tiny")),
+    ],
+)
 def test_different_settings_hash_differently(a, b):
     assert RunConfig(**a).hash != RunConfig(**b).hash
 
@@ -73,8 +81,13 @@ def test_replace_and_resolved_stay_canonical():
 
 
 def test_round_trip_is_exact():
-    cfg = RunConfig(strategies=["augment:3.3"], weights=["ich:4"], exclude=[],
-                    windows=["brain", "subdural"], lr=1e-4).resolved("cpu")
+    cfg = RunConfig(
+        strategies=["augment:3.3"],
+        weights=["ich:4"],
+        exclude=[],
+        windows=["brain", "subdural"],
+        lr=1e-4,
+    ).resolved("cpu")
     again = RunConfig.from_dict(cfg.as_dict())
     assert again == cfg and again.as_dict() == cfg.as_dict() and again.hash == cfg.hash
 

@@ -60,8 +60,9 @@ def test_second_load_is_a_memory_mapped_hit(dataset_dir, tmp_path, count_builds)
 
 def test_progress_is_reported_per_patient_while_building(dataset_dir, tmp_path):
     seen = []
-    PhysioNetSource(dataset_dir).load(OPTIONS, tmp_path / "cache",
-                                      progress=lambda done, total: seen.append((done, total)))
+    PhysioNetSource(dataset_dir).load(
+        OPTIONS, tmp_path / "cache", progress=lambda done, total: seen.append((done, total))
+    )
     assert seen == [(i, 8) for i in range(1, 9)]
 
 
@@ -81,8 +82,9 @@ def test_options_and_file_changes_change_the_key(dataset_dir, tmp_path, count_bu
 def test_dataset_hash_is_the_content_hash_independent_of_options(dataset_dir, tmp_path):
     source = PhysioNetSource(dataset_dir)
     a = source.load(OPTIONS, tmp_path / "cache")
-    b = source.load(LoadOptions(image_size=16, windows=("brain", "bone"), exclude=(49,)),
-                    tmp_path / "cache")
+    b = source.load(
+        LoadOptions(image_size=16, windows=("brain", "bone"), exclude=(49,)), tmp_path / "cache"
+    )
     folder = open_folder(dataset_dir)
     assert a.dataset_hash == b.dataset_hash == content_hash(dataset_dir, folder.data_files())
     with open(dataset_dir / "ct_scans/051.nii", "r+b") as handle:  # one voxel, same size
@@ -107,8 +109,10 @@ def only_entry(cache):
     return cache / "slices" / name
 
 
-@pytest.mark.parametrize("damage", ["missing array", "garbage meta", "wrong key",
-                                    "truncated images", "wrong rows", "no meta"])
+@pytest.mark.parametrize(
+    "damage",
+    ["missing array", "garbage meta", "wrong key", "truncated images", "wrong rows", "no meta"],
+)
 def test_a_corrupt_entry_is_rebuilt(dataset_dir, tmp_path, count_builds, damage):
     source = PhysioNetSource(dataset_dir)
     cache = tmp_path / "cache"

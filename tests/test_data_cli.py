@@ -35,8 +35,9 @@ def run(capsys, *args):
 
 def test_synth_writes_a_dataset_that_checks_clean(tmp_path, capsys):
     out = tmp_path / "s"
-    code, _, err = run(capsys, "data", "synth", "--out", str(out), "--patients", "4",
-                       "--seed", "2", "--size", "32")
+    code, _, err = run(
+        capsys, "data", "synth", "--out", str(out), "--patients", "4", "--seed", "2", "--size", "32"
+    )
     assert code == 0, err
     assert "4 patients" in err and (out / "ct_scans/052.nii").is_file()
     code, stdout, err = run(capsys, "data", "check", str(out), "--json")
@@ -63,15 +64,20 @@ def test_check_real_sample_reports_counts_and_the_missing_bone_slice(jpg_sample_
     assert "No fatal problem found" in stdout
     code, stdout, _ = run(capsys, "data", "check", str(jpg_sample_dir), "--json")
     report = json.loads(stdout)
-    assert (report["used"]["patients"], report["used"]["slices"], report["used"]["ich_slices"],
-            report["used"]["ich_patients"]) == (3, 99, 13, 2)
+    assert (
+        report["used"]["patients"],
+        report["used"]["slices"],
+        report["used"]["ich_slices"],
+        report["used"]["ich_patients"],
+    ) == (3, 99, 13, 2)
     assert report["used"]["subtype_slices"]["Epidural"] == 8
     assert report["excluded"] == []
 
 
 def test_check_excludes_patients_and_counts_both(tiny_synth_dir, capsys):
-    code, stdout, _ = run(capsys, "data", "check", str(tiny_synth_dir), "--exclude", "50,51",
-                          "--json")
+    code, stdout, _ = run(
+        capsys, "data", "check", str(tiny_synth_dir), "--exclude", "50,51", "--json"
+    )
     report = json.loads(stdout)
     assert code == 0 and report["excluded"] == [50, 51]
     assert report["all"]["patients"] == 8 and report["used"]["patients"] == 6
@@ -79,8 +85,7 @@ def test_check_excludes_patients_and_counts_both(tiny_synth_dir, capsys):
 
 @pytest.mark.parametrize("text", ["none", "NONE", ""])
 def test_check_exclude_none_keeps_every_patient(tiny_synth_dir, capsys, text):
-    code, stdout, _ = run(capsys, "data", "check", str(tiny_synth_dir), "--exclude", text,
-                          "--json")
+    code, stdout, _ = run(capsys, "data", "check", str(tiny_synth_dir), "--exclude", text, "--json")
     report = json.loads(stdout)
     assert code == 0 and report["excluded"] == []
     assert report["used"]["patients"] == report["all"]["patients"] == 8
@@ -153,8 +158,9 @@ def test_stats_json_matches_the_label_file(jpg_sample_dir, tmp_path, capsys, mon
     assert sum(stats["ich_by_position"]) == 13 and sum(stats["slices_by_position"]) == 99
 
 
-def test_stats_default_png_lands_in_the_current_folder(jpg_sample_dir, tmp_path, capsys,
-                                                       monkeypatch):
+def test_stats_default_png_lands_in_the_current_folder(
+    jpg_sample_dir, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "data", "stats", str(jpg_sample_dir) + "/")
     assert code == 0 and "Wrote ct-ich-v1.0.0-sample_stats.png" in err
@@ -163,8 +169,7 @@ def test_stats_default_png_lands_in_the_current_folder(jpg_sample_dir, tmp_path,
 
 def test_stats_on_the_synthetic_spec(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout, err = run(capsys, "data", "stats", "synthetic:5,0,32", "--json",
-                            "--exclude", "")
+    code, stdout, err = run(capsys, "data", "stats", "synthetic:5,0,32", "--json", "--exclude", "")
     assert code == 0, err
     stats = json.loads(stdout)
     assert stats["dataset"] == "synthetic:5,0,32" and stats["patients"] == 5

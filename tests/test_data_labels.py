@@ -30,16 +30,24 @@ def test_real_label_file_counts(real_labels_csv):
     raw = real_labels_csv.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw
     stats = label_stats(read_labels(real_labels_csv))
-    assert (stats.patients, stats.slices, stats.ich_slices, stats.ich_patients) == \
-        (82, 2501, 318, 36)
+    assert (stats.patients, stats.slices, stats.ich_slices, stats.ich_patients) == (
+        82,
+        2501,
+        318,
+        36,
+    )
 
 
 def test_real_label_file_counts_without_58_and_79(real_labels_csv):
     assert DEFAULT_EXCLUDE == (58, 79)  # the study's exclusion (Kyung et al.)
     table = read_labels(real_labels_csv).without(DEFAULT_EXCLUDE)
     stats = label_stats(table)
-    assert (stats.patients, stats.slices, stats.ich_slices, stats.ich_patients) == \
-        (80, 2441, 315, 34)
+    assert (stats.patients, stats.slices, stats.ich_slices, stats.ich_patients) == (
+        80,
+        2441,
+        315,
+        34,
+    )
     assert not {58, 79} & set(table.patients())
 
 
@@ -64,8 +72,9 @@ def test_subtypes_in_interface_order(tmp_path):
 
 
 def test_positions_and_position_bins(tmp_path):
-    lines = [HEADER] + [f"5,{k},0,1,0,0,0,0,0" if k == 11 else f"5,{k},0,0,0,0,0,1,0"
-                        for k in range(1, 12)]
+    lines = [HEADER] + [
+        f"5,{k},0,1,0,0,0,0,0" if k == 11 else f"5,{k},0,0,0,0,0,1,0" for k in range(1, 12)
+    ]
     table = read_labels(write_csv(tmp_path / "l.csv", lines))
     positions = relative_positions(table)
     assert positions[0] == 0.0 and positions[-1] == 1.0
@@ -88,19 +97,27 @@ def test_fracture_column_is_optional(tmp_path):
     assert table.fracture.tolist() == [0]
 
 
-@pytest.mark.parametrize("lines, message", [
-    (["PatientNumber,SliceNumber,No_Hemorrhage", "1,1,1"], r"missing column\(s\) Intraventricular"),
-    ([HEADER, "49,x,0,0,0,0,0,1,0"], r"line 2: SliceNumber 'x' is not an integer"),
-    ([HEADER, "49,1,0,0,0,0,0,1,0", "abc,2,0,0,0,0,0,1,0"], r"line 3: PatientNumber 'abc'"),
-    ([HEADER, "49,1,0,0,0,0,0,,0"], r"line 2: No_Hemorrhage '' is not an integer"),
-    ([HEADER, "49,1,0,0,0,0,0,1,0", "49,1,0,0,0,0,0,1,0"],
-     r"line 3: duplicate row for patient 049 slice 1 \(first on line 2\)"),
-    ([HEADER, "49,1,0,2,0,0,0,1,0"], r"line 2: Intraparenchymal is 2; expected 0 or 1"),
-    ([HEADER, "49,0,0,0,0,0,0,1,0"], r"line 2: SliceNumber 0 is below 1"),
-    ([HEADER, "-3,1,0,0,0,0,0,1,0"], r"line 2: PatientNumber -3 is negative"),
-    ([HEADER, "49,1,0"], r"line 2: too few fields"),
-    ([HEADER], r"no label rows"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (
+            ["PatientNumber,SliceNumber,No_Hemorrhage", "1,1,1"],
+            r"missing column\(s\) Intraventricular",
+        ),
+        ([HEADER, "49,x,0,0,0,0,0,1,0"], r"line 2: SliceNumber 'x' is not an integer"),
+        ([HEADER, "49,1,0,0,0,0,0,1,0", "abc,2,0,0,0,0,0,1,0"], r"line 3: PatientNumber 'abc'"),
+        ([HEADER, "49,1,0,0,0,0,0,,0"], r"line 2: No_Hemorrhage '' is not an integer"),
+        (
+            [HEADER, "49,1,0,0,0,0,0,1,0", "49,1,0,0,0,0,0,1,0"],
+            r"line 3: duplicate row for patient 049 slice 1 \(first on line 2\)",
+        ),
+        ([HEADER, "49,1,0,2,0,0,0,1,0"], r"line 2: Intraparenchymal is 2; expected 0 or 1"),
+        ([HEADER, "49,0,0,0,0,0,0,1,0"], r"line 2: SliceNumber 0 is below 1"),
+        ([HEADER, "-3,1,0,0,0,0,0,1,0"], r"line 2: PatientNumber -3 is negative"),
+        ([HEADER, "49,1,0"], r"line 2: too few fields"),
+        ([HEADER], r"no label rows"),
+    ],
+)
 def test_bad_label_files_are_named(tmp_path, lines, message):
     path = write_csv(tmp_path / "labels.csv", lines)
     with pytest.raises(DataError, match=message) as info:
@@ -122,11 +139,14 @@ def test_empty_and_missing_and_binary_label_files(tmp_path):
 
 
 def test_warnings_for_inconsistent_flags_and_numbering(tmp_path):
-    path = write_csv(tmp_path / "l.csv", [HEADER, "9,1,0,0,0,0,0,0,0", "9,2,0,1,0,0,0,1,0",
-                                          "9,4,0,0,0,0,0,1,0"])
+    path = write_csv(
+        tmp_path / "l.csv", [HEADER, "9,1,0,0,0,0,0,0,0", "9,2,0,1,0,0,0,1,0", "9,4,0,0,0,0,0,1,0"]
+    )
     warnings = label_warnings(read_labels(path))
-    assert any("ICH slice(s) without a subtype flag (first: patient 009 slice 1)" in w
-               for w in warnings)
-    assert any("healthy slice(s) with a subtype flag (first: patient 009 slice 2)" in w
-               for w in warnings)
+    assert any(
+        "ICH slice(s) without a subtype flag (first: patient 009 slice 1)" in w for w in warnings
+    )
+    assert any(
+        "healthy slice(s) with a subtype flag (first: patient 009 slice 2)" in w for w in warnings
+    )
     assert any("patient 009: slice numbers are not 1..3" in w for w in warnings)

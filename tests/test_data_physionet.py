@@ -41,8 +41,10 @@ def test_real_jpg_sample_loads_with_the_brain_window(jpg_sample_dir, tmp_path):
     ds = load(jpg_sample_dir, tmp_path)
     assert ds.images.shape == (99, 1, 32, 32) and ds.images.dtype == np.uint8
     assert ds.masks is None and ds.windows == ("brain",)
-    per_patient = {pid: (int((ds.patient_ids == pid).sum()),
-                         int(ds.labels[ds.patient_ids == pid].sum())) for pid in ds.patients}
+    per_patient = {
+        pid: (int((ds.patient_ids == pid).sum()), int(ds.labels[ds.patient_ids == pid].sum()))
+        for pid in ds.patients
+    }
     assert per_patient == {49: (33, 9), 84: (36, 4), 100: (30, 0)}
     assert ds.patient_labels() == {49: 1, 84: 1, 100: 0}
     table = read_labels(jpg_sample_dir / "hemorrhage_diagnosis.csv")
@@ -162,8 +164,9 @@ def nifti_folder(tmp_path, patients, *, n=5, size=16):
 FLIPS = {
     "flipped z": np.diag([1.0, 1.0, -1.0, 1.0]),
     "LPS": np.diag([-1.0, -1.0, 1.0, 1.0]),
-    "LPI and axes swapped": np.array([[0, -1.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, -1.0, 0],
-                                      [0, 0, 0, 1]]),
+    "LPI and axes swapped": np.array(
+        [[0, -1.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, 0, 0, 1]]
+    ),
 }
 
 
@@ -211,8 +214,10 @@ def test_nifti_labels_and_masks_follow_reorientation(tmp_path):
     img.header.set_slope_inter(1.0, -1024.0)
     img.to_filename(str(root / "ct_scans/060.nii"))
     nib.Nifti1Image(stored_for(mask, affine), affine).to_filename(str(root / "masks/060.nii"))
-    write_labels(root / "hemorrhage_diagnosis_raw_ct.csv",
-                 [label_row(60, k, ("Subdural",) if k == 2 else ()) for k in range(1, n + 1)])
+    write_labels(
+        root / "hemorrhage_diagnosis_raw_ct.csv",
+        [label_row(60, k, ("Subdural",) if k == 2 else ()) for k in range(1, n + 1)],
+    )
     ds = load(root, tmp_path / "cache", image_size=16)
     assert ds.masks is not None
     lesion_rows = np.flatnonzero(ds.masks.reshape(n, -1).any(axis=1))
@@ -262,52 +267,94 @@ def write_float_volume(path, data):
 
 
 BAD_NIFTI = {
-    "missing column": (lambda r: edit_labels(r, lambda ls: [ls[0].replace(",Subdural", "")]
-                                             + [x.rsplit(",", 1)[0] for x in ls[1:]]),
-                       r"missing column\(s\) Subdural"),
-    "non-numeric value": (lambda r: edit_labels(r, lambda ls: ls[:3] + [ls[3].replace("49,3",
-                                                                                       "49,three")]
-                                                + ls[4:]), r"line 4: SliceNumber 'three'"),
-    "duplicate row": (lambda r: edit_labels(r, lambda ls: ls[:3] + [ls[2]] + ls[3:]),
-                      r"duplicate row for patient 049 slice 2"),
-    "slice out of range": (lambda r: edit_labels(r, lambda ls: [x.replace("50,5,", "50,9,")
-                                                                for x in ls]),
-                           r"Patient 050: SliceNumber 9 in .* is out of range: .*050.nii has "
-                           r"5 slices"),
-    "rows but no volume": (lambda r: (r / "ct_scans/050.nii").unlink(),
-                           r"Patient 050 has 5 rows in .* but no images .*050\.nii"),
-    "volume with no rows": (lambda r: shutil.copy(r / "ct_scans/049.nii", r / "ct_scans/077.nii"),
-                            r"077\.nii: patient 077 has images but no rows"),
-    "fewer rows than slices": (lambda r: edit_labels(r, lambda ls: [x for x in ls
-                                                                    if not x.startswith("50,5,")]),
-                               r"Patient 050: .* has 4 rows but .*050.nii has 5 slices"),
+    "missing column": (
+        lambda r: edit_labels(
+            r, lambda ls: [ls[0].replace(",Subdural", "")] + [x.rsplit(",", 1)[0] for x in ls[1:]]
+        ),
+        r"missing column\(s\) Subdural",
+    ),
+    "non-numeric value": (
+        lambda r: edit_labels(r, lambda ls: ls[:3] + [ls[3].replace("49,3", "49,three")] + ls[4:]),
+        r"line 4: SliceNumber 'three'",
+    ),
+    "duplicate row": (
+        lambda r: edit_labels(r, lambda ls: ls[:3] + [ls[2]] + ls[3:]),
+        r"duplicate row for patient 049 slice 2",
+    ),
+    "slice out of range": (
+        lambda r: edit_labels(r, lambda ls: [x.replace("50,5,", "50,9,") for x in ls]),
+        r"Patient 050: SliceNumber 9 in .* is out of range: .*050.nii has "
+        r"5 slices",
+    ),
+    "rows but no volume": (
+        lambda r: (r / "ct_scans/050.nii").unlink(),
+        r"Patient 050 has 5 rows in .* but no images .*050\.nii",
+    ),
+    "volume with no rows": (
+        lambda r: shutil.copy(r / "ct_scans/049.nii", r / "ct_scans/077.nii"),
+        r"077\.nii: patient 077 has images but no rows",
+    ),
+    "fewer rows than slices": (
+        lambda r: edit_labels(r, lambda ls: [x for x in ls if not x.startswith("50,5,")]),
+        r"Patient 050: .* has 4 rows but .*050.nii has 5 slices",
+    ),
     "truncated": (lambda r: truncate(r / "ct_scans/049.nii"), r"049\.nii: truncated"),
-    "zero bytes": (lambda r: (r / "ct_scans/050.nii").write_bytes(b""),
-                   r"050\.nii: empty file \(0 bytes\)"),
-    "not NIfTI": (lambda r: (r / "ct_scans/050.nii").write_text("hello"),
-                  r"050\.nii: not a readable NIfTI"),
-    "2-D": (lambda r: write_float_volume(r / "ct_scans/050.nii", np.zeros((16, 16))),
-            r"050\.nii: expected a 3-D volume, found shape \(16, 16\)"),
-    "4-D": (lambda r: write_float_volume(r / "ct_scans/050.nii", np.zeros((16, 16, 5, 2))),
-            r"050\.nii: expected a 3-D volume"),
-    "NaN voxels": (lambda r: write_float_volume(r / "ct_scans/050.nii",
-                                                np.where(np.eye(16)[..., None] > 0, np.nan,
-                                                         np.zeros((16, 16, 5)))),
-                   r"050\.nii: 80 voxel\(s\) are NaN or infinite"),
-    "infinite voxels": (lambda r: write_float_volume(r / "ct_scans/050.nii",
-                                                     np.full((16, 16, 5), np.inf)),
-                        r"050\.nii: 1280 voxel\(s\) are NaN or infinite"),
-    "no ct_scans folder": (lambda r: shutil.rmtree(r / "ct_scans"),
-                           r"found hemorrhage_diagnosis_raw_ct.csv but not the folder"),
-    "no label file": (lambda r: (r / "hemorrhage_diagnosis_raw_ct.csv").unlink(),
-                      r"found ct_scans/ but not its label file"),
-    "mask without volume": (lambda r: ((r / "masks").mkdir(), nib.Nifti1Image(
-        np.zeros((16, 16, 5), np.uint8), np.eye(4)).to_filename(str(r / "masks/061.nii"))),
-        r"Mask .*masks/061\.nii has no volume"),
-    "mask of another shape": (lambda r: ((r / "masks").mkdir(), [
-        nib.Nifti1Image(np.zeros((16, 16, s), np.uint8), np.eye(4)).to_filename(
-            str(r / "masks" / f"{p:03d}.nii")) for p, s in ((49, 5), (50, 4))]),
-        r"masks/050\.nii: shape \(16, 16, 4\) differs from its volume"),
+    "zero bytes": (
+        lambda r: (r / "ct_scans/050.nii").write_bytes(b""),
+        r"050\.nii: empty file \(0 bytes\)",
+    ),
+    "not NIfTI": (
+        lambda r: (r / "ct_scans/050.nii").write_text("hello"),
+        r"050\.nii: not a readable NIfTI",
+    ),
+    "2-D": (
+        lambda r: write_float_volume(r / "ct_scans/050.nii", np.zeros((16, 16))),
+        r"050\.nii: expected a 3-D volume, found shape \(16, 16\)",
+    ),
+    "4-D": (
+        lambda r: write_float_volume(r / "ct_scans/050.nii", np.zeros((16, 16, 5, 2))),
+        r"050\.nii: expected a 3-D volume",
+    ),
+    "NaN voxels": (
+        lambda r: write_float_volume(
+            r / "ct_scans/050.nii",
+            np.where(np.eye(16)[..., None] > 0, np.nan, np.zeros((16, 16, 5))),
+        ),
+        r"050\.nii: 80 voxel\(s\) are NaN or infinite",
+    ),
+    "infinite voxels": (
+        lambda r: write_float_volume(r / "ct_scans/050.nii", np.full((16, 16, 5), np.inf)),
+        r"050\.nii: 1280 voxel\(s\) are NaN or infinite",
+    ),
+    "no ct_scans folder": (
+        lambda r: shutil.rmtree(r / "ct_scans"),
+        r"found hemorrhage_diagnosis_raw_ct.csv but not the folder",
+    ),
+    "no label file": (
+        lambda r: (r / "hemorrhage_diagnosis_raw_ct.csv").unlink(),
+        r"found ct_scans/ but not its label file",
+    ),
+    "mask without volume": (
+        lambda r: (
+            (r / "masks").mkdir(),
+            nib.Nifti1Image(np.zeros((16, 16, 5), np.uint8), np.eye(4)).to_filename(
+                str(r / "masks/061.nii")
+            ),
+        ),
+        r"Mask .*masks/061\.nii has no volume",
+    ),
+    "mask of another shape": (
+        lambda r: (
+            (r / "masks").mkdir(),
+            [
+                nib.Nifti1Image(np.zeros((16, 16, s), np.uint8), np.eye(4)).to_filename(
+                    str(r / "masks" / f"{p:03d}.nii")
+                )
+                for p, s in ((49, 5), (50, 4))
+            ],
+        ),
+        r"masks/050\.nii: shape \(16, 16, 4\) differs from its volume",
+    ),
 }
 
 
@@ -387,9 +434,12 @@ def test_resolve_specs_and_folders(dataset_registry, jpg_sample_dir):
 def test_resolve_unknown_dataset(dataset_registry, tmp_path):
     from ichbench.data.resolve import resolve_dataset
 
-    with pytest.raises(DataError, match=r"^Dataset 'synthetik' not found: not a registered "
-                                        r"dataset \(physionet, synthetic\) nor an existing "
-                                        r"folder$"):
+    with pytest.raises(
+        DataError,
+        match=r"^Dataset 'synthetik' not found: not a registered "
+        r"dataset \(physionet, synthetic\) nor an existing "
+        r"folder$",
+    ):
         resolve_dataset("synthetik", dataset_registry)
     with pytest.raises(DataError, match=r"not found"):
         resolve_dataset(str(tmp_path / "missing"), dataset_registry)

@@ -28,10 +28,12 @@ def test_layout_is_physionet_v13(tiny_synth_dir):
     layout, labels = detect_layout(tiny_synth_dir)
     assert layout == "nifti" and labels.name == "hemorrhage_diagnosis_raw_ct.csv"
     names = files_of(tiny_synth_dir)
-    assert [n for n in names if n.startswith("ct_scans/")] == \
-        [f"ct_scans/{p:03d}.nii" for p in range(49, 57)]
-    assert [n for n in names if n.startswith("masks/")] == \
-        [f"masks/{p:03d}.nii" for p in range(49, 57)]
+    assert [n for n in names if n.startswith("ct_scans/")] == [
+        f"ct_scans/{p:03d}.nii" for p in range(49, 57)
+    ]
+    assert [n for n in names if n.startswith("masks/")] == [
+        f"masks/{p:03d}.nii" for p in range(49, 57)
+    ]
     assert "Patient_demographics.csv" in names and PARAMS_FILE in names
     raw = labels.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf" + ",".join(COLUMNS).encode() + b"\r\n")
@@ -48,8 +50,9 @@ def test_volumes_are_int16_with_slope_and_intercept(tiny_synth_dir):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    a, b, c = (generate(tmp_path / name, 3, seed, 32).out
-               for name, seed in (("a", 5), ("b", 5), ("c", 6)))
+    a, b, c = (
+        generate(tmp_path / name, 3, seed, 32).out for name, seed in (("a", 5), ("b", 5), ("c", 6))
+    )
     names = files_of(a)
     assert names == files_of(b) == files_of(c)
     match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
@@ -66,8 +69,9 @@ def test_ich_fraction_and_slice_counts_follow_the_real_data(synth_factory):
     assert 0.35 <= len(ich) / 40 <= 0.55
     counts = table.slice_counts()
     assert 19 <= min(counts.values()) and max(counts.values()) <= 40
-    positions = (table.slice_numbers - 1) / np.array([counts[p] - 1 for p in
-                                                     table.patient_ids.tolist()])
+    positions = (table.slice_numbers - 1) / np.array(
+        [counts[p] - 1 for p in table.patient_ids.tolist()]
+    )
     ich_positions = positions[table.labels == 1]
     assert 0.3 < ich_positions.mean() < 0.75  # bleeding concentrates in the middle slices
     assert (positions[table.labels == 1] > 0.05).mean() > 0.9
@@ -192,9 +196,14 @@ def test_volumes_are_written_through_the_synth_module(tmp_path, monkeypatch):
     assert written == ["ct_scans/049.nii", "masks/049.nii", "ct_scans/050.nii", "masks/050.nii"]
 
 
-@pytest.mark.parametrize("patients, seed, size, message", [
-    (0, 0, 32, "--patients 0"), (2, -1, 32, "--seed -1"), (2, 0, 8, "--size 8"),
-])
+@pytest.mark.parametrize(
+    "patients, seed, size, message",
+    [
+        (0, 0, 32, "--patients 0"),
+        (2, -1, 32, "--seed -1"),
+        (2, 0, 8, "--size 8"),
+    ],
+)
 def test_bad_parameters(tmp_path, patients, seed, size, message):
     with pytest.raises(UsageError, match=message):
         generate(tmp_path / "x", patients, seed, size)
@@ -204,8 +213,11 @@ def test_synthetic_spec_parsing():
     assert synthetic(parse_spec("synthetic")).name == "synthetic:40,0,128"
     assert synthetic(parse_spec("synthetic:6")).name == "synthetic:6,0,128"
     assert synthetic(parse_spec("synthetic:6,2,32")).name == "synthetic:6,2,32"
-    with pytest.raises(UsageError, match=r"synthetic: 'x' is not an integer; expected "
-                                         r"synthetic\[:PATIENTS\[,SEED\[,SIZE\]\]\]"):
+    with pytest.raises(
+        UsageError,
+        match=r"synthetic: 'x' is not an integer; expected "
+        r"synthetic\[:PATIENTS\[,SEED\[,SIZE\]\]\]",
+    ):
         synthetic(parse_spec("synthetic:x"))
     with pytest.raises(UsageError, match=r"expected synthetic\[:PATIENTS"):
         synthetic(parse_spec("synthetic:1,2,3,4"))
@@ -239,10 +251,13 @@ def test_importing_the_plugin_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, ichbench_plugins.datasets, ichbench.cli.data_cmd; "
-            "print(sorted(m for m in ('torch', 'nibabel', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, ichbench_plugins.datasets, ichbench.cli.data_cmd; "
+        "print(sorted(m for m in ('torch', 'nibabel', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 

@@ -42,15 +42,21 @@ def claims_marked(path: Path) -> bool:
 
 def registry_with(*datasets) -> Registry:
     """The built-in datasets plus third-party ones: (name, factory, claims) each."""
+
     def register_datasets(register):
         for name, factory, claims in datasets:
             register(name, factory, claims=claims)
 
     plugins = Plugins(load_entry_points=False)
-    plugins.register(builtin_datasets, name="ichbench_plugins.datasets", distribution="ichbench",
-                     version="0.1.0")
-    plugins.register(make_plugin(register_datasets=register_datasets), name="scanner_plugin",
-                     distribution="ichbench-scanner", version="2.0")
+    plugins.register(
+        builtin_datasets, name="ichbench_plugins.datasets", distribution="ichbench", version="0.1.0"
+    )
+    plugins.register(
+        make_plugin(register_datasets=register_datasets),
+        name="scanner_plugin",
+        distribution="ichbench-scanner",
+        version="2.0",
+    )
     return plugins.registry
 
 
@@ -89,8 +95,9 @@ def test_half_a_physionet_folder_is_claimed_so_its_reader_says_what_is_missing(t
 
 
 def test_two_claimants_are_named(marked_dir):
-    registry = registry_with(("marked", marked, claims_marked),
-                             ("also-marked", marked, claims_marked))
+    registry = registry_with(
+        ("marked", marked, claims_marked), ("also-marked", marked, claims_marked)
+    )
     with pytest.raises(PluginError) as info:
         resolve_dataset(str(marked_dir), registry)
     message = str(info.value)
@@ -105,9 +112,11 @@ def test_an_unclaimed_folder_names_the_folder_and_the_datasets(tmp_path):
     registry = registry_with(("marked", marked, claims_marked))
     with pytest.raises(DataError) as info:
         resolve_dataset(str(tmp_path), registry)
-    assert str(info.value) == (f"Dataset folder {tmp_path} is in no layout a registered "
-                               "dataset recognises (marked, physionet, synthetic); give "
-                               "NAME:PATH to choose one and see what it misses")
+    assert str(info.value) == (
+        f"Dataset folder {tmp_path} is in no layout a registered "
+        "dataset recognises (marked, physionet, synthetic); give "
+        "NAME:PATH to choose one and see what it misses"
+    )
 
 
 def test_a_claim_that_raises_is_blamed(tmp_path):
@@ -115,13 +124,18 @@ def test_a_claim_that_raises_is_blamed(tmp_path):
         return path.name.startswith(None)  # TypeError
 
     registry = registry_with(("marked", marked, broken_claim))
-    with pytest.raises(PluginError, match=r"^Dataset 'marked' from ichbench-scanner 2.0 failed "
-                                          r"in claims: TypeError: "):
+    with pytest.raises(
+        PluginError,
+        match=r"^Dataset 'marked' from ichbench-scanner 2.0 failed "
+        r"in claims: TypeError: ",
+    ):
         resolve_dataset(str(tmp_path), registry)
 
 
-@pytest.mark.parametrize("kind_hook, claims", [("register_strategies", claims_marked),
-                                               ("register_datasets", "not callable")])
+@pytest.mark.parametrize(
+    "kind_hook, claims",
+    [("register_strategies", claims_marked), ("register_datasets", "not callable")],
+)
 def test_claims_are_for_datasets_and_callable(kind_hook, claims):
     def hook(register):
         register("x", marked, claims=claims)

@@ -32,8 +32,9 @@ from ichbench.plugins import Plugins, created_by, registered, reset_plugins
 
 ROOT = Path(__file__).parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"
-HOOKS = [name for name, fn in vars(hookspecs).items()
-         if callable(fn) and hasattr(fn, "ichbench_spec")]
+HOOKS = [
+    name for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, "ichbench_spec")
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,12 @@ def guide() -> str:
 
 
 def test_there_are_hooks_to_document():
-    assert set(HOOKS) == {"register_strategies", "register_backbones", "register_aggregators",
-                          "register_datasets"}
+    assert set(HOOKS) == {
+        "register_strategies",
+        "register_backbones",
+        "register_aggregators",
+        "register_datasets",
+    }
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -72,16 +77,22 @@ def example_files(guide: str) -> dict[str, str]:
 
 def test_the_example_package_is_the_sample_plugin(guide):
     examples = example_files(guide)
-    assert set(examples) == {"tests/sample_plugin/pyproject.toml",
-                             "tests/sample_plugin/ichbench_focal.py"}
+    assert set(examples) == {
+        "tests/sample_plugin/pyproject.toml",
+        "tests/sample_plugin/ichbench_focal.py",
+    }
     for path, code in examples.items():
         assert code == (ROOT / path).read_text(), f"docs/plugins.md is out of date for {path}"
 
 
 def test_every_builtin_name_is_in_the_guide(guide):
     plugins = Plugins(load_entry_points=False)
-    for module in (ichbench_plugins.strategies, ichbench_plugins.backbones,
-                   ichbench_plugins.aggregators, ichbench_plugins.datasets):
+    for module in (
+        ichbench_plugins.strategies,
+        ichbench_plugins.backbones,
+        ichbench_plugins.aggregators,
+        ichbench_plugins.datasets,
+    ):
         plugins.register(module, name=module.__name__)
     names = [e.name for e in plugins.registry.entries()]
     assert len(names) > 15
@@ -152,9 +163,16 @@ def small_dataset() -> SliceDataset:
     labels = np.array([0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0], dtype=np.int64)
     patients = np.repeat(np.array([1, 2, 3], dtype=np.int64), 4)
     slices = np.tile(np.arange(1, 5, dtype=np.int64), 3)
-    return SliceDataset("small", "h", np.zeros((12, 1, 4, 4), np.uint8), labels, patients,
-                        slices, ((slices - 1) / 3).astype(np.float32),
-                        np.zeros((12, 5), np.uint8))
+    return SliceDataset(
+        "small",
+        "h",
+        np.zeros((12, 1, 4, 4), np.uint8),
+        labels,
+        patients,
+        slices,
+        ((slices - 1) / 3).astype(np.float32),
+        np.zeros((12, 5), np.uint8),
+    )
 
 
 def test_the_strategy_example(load_example):
@@ -186,8 +204,10 @@ def test_the_backbone_example(load_example, tmp_path):
         torch.save(built.model.state_dict(), path)
         again = backbone.build(BuildOptions(in_chans=1, weights=path))
     assert (again.pretrained, again.pretrained_source) == (True, f"file:{path}")
-    torch.testing.assert_close(again.model.state_dict()["layer4.1.conv2.weight"],
-                               built.model.state_dict()["layer4.1.conv2.weight"])
+    torch.testing.assert_close(
+        again.model.state_dict()["layer4.1.conv2.weight"],
+        built.model.state_dict()["layer4.1.conv2.weight"],
+    )
 
 
 def test_the_aggregator_example(load_example):
@@ -196,8 +216,11 @@ def test_the_aggregator_example(load_example):
     with registered(module, module.__name__) as registry:
         rule = created(registry, kind, spec, module)
         probs = np.array([[0.2, 0.9, 0.0], [0.8, 0.9, 1.0]])
-        scores, decisions = rule.combine(probs, 0.5) if kind == "ensemble" else \
-            rule.decide(probs[0], probs[0] >= 0.5, 0.5)
+        scores, decisions = (
+            rule.combine(probs, 0.5)
+            if kind == "ensemble"
+            else rule.decide(probs[0], probs[0] >= 0.5, 0.5)
+        )
     if kind == "ensemble":
         np.testing.assert_allclose(scores[:2], [0.4, 0.9])
         assert scores.shape == decisions.shape == (3,) and decisions.dtype == bool
@@ -209,9 +232,13 @@ def test_the_dataset_example_claims_its_folders_and_loads_them(load_example, tmp
     folder = tmp_path / "archive"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    np.savez(folder / "slices.npz", images=rng.integers(0, 256, (5, 20, 20), dtype=np.uint8),
-             labels=np.array([0, 1, 0, 1, 0]), patient_ids=np.array([7, 7, 7, 3, 3]),
-             slice_numbers=np.array([2, 1, 3, 2, 1]))
+    np.savez(
+        folder / "slices.npz",
+        images=rng.integers(0, 256, (5, 20, 20), dtype=np.uint8),
+        labels=np.array([0, 1, 0, 1, 0]),
+        patient_ids=np.array([7, 7, 7, 3, 3]),
+        slice_numbers=np.array([2, 1, 3, 2, 1]),
+    )
     with registered(module, module.__name__) as registry:
         source = resolve_dataset(str(folder), registry)
         assert created_by(source).plugin == module.__name__

@@ -26,8 +26,10 @@ def test_cartesian_product_of_axes():
     configs = Grid(axes, RunConfig(preset="quick")).configs()
     assert len(configs) == 4
     assert [(c.strategies, c.weights) for c in configs] == [
-        (["augment:1"], ["ich:1"]), (["augment:1"], ["ich:4"]),
-        (["augment:3.3"], ["ich:1"]), (["augment:3.3"], ["ich:4"]),
+        (["augment:1"], ["ich:1"]),
+        (["augment:1"], ["ich:4"]),
+        (["augment:3.3"], ["ich:1"]),
+        (["augment:3.3"], ["ich:4"]),
     ]
     assert len({c.hash for c in configs}) == 4
 

@@ -17,9 +17,24 @@ from ichbench.errors import ExitCode
 from ichbench.hookspecs import hookimpl
 from ichbench.plugins import registered
 
-TINY_ARGS = ["--data", "synthetic:10,1,32", "--backbone", "tinycnn", "--folds", "2",
-             "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--preset", "quick",
-             "--device", "cpu"]
+TINY_ARGS = [
+    "--data",
+    "synthetic:10,1,32",
+    "--backbone",
+    "tinycnn",
+    "--folds",
+    "2",
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--preset",
+    "quick",
+    "--device",
+    "cpu",
+]
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -47,7 +62,7 @@ from ichbench.config import RunConfig
 from ichbench.protocol import RunProtocol
 protocol = RunProtocol(RunConfig(data="synthetic:10,1,32", backbone="tinycnn", folds=2,
                                  epochs=1, image_size=32, preset="quick", device="cpu",
-                                 weights=["ich:4"]), cache_dir=r"{tmp_path / 'cache'}")
+                                 weights=["ich:4"]), cache_dir=r"{tmp_path / "cache"}")
 dataset = protocol.load_data()
 split = protocol.split_of(dataset)
 folds = {{k: protocol.fold_trial(dataset, split, k)[0] for k in range(2)}}
@@ -55,9 +70,13 @@ vote = protocol.vote(dataset, split, folds)
 assert "duckdb" not in {{m for m in sys.modules if sys.modules[m] is not None}}
 print(vote.threshold, len(vote.patients), sorted(folds[0].notes))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={"ICHBENCH_LOAD_PLUGINS": "", "HF_HUB_OFFLINE": "1",
-                               "PATH": ""}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"ICHBENCH_LOAD_PLUGINS": "", "HF_HUB_OFFLINE": "1", "PATH": ""},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     threshold, patients, notes = done.stdout.split(" ", 2)
     assert 0.0 <= float(threshold) <= 1.0
@@ -71,26 +90,32 @@ def test_run_and_a_grid_of_one_store_the_same_results(capsys, tmp_path):
     run_db, grid_db = tmp_path / "run.duckdb", tmp_path / "grid.duckdb"
     code, _, err = run_main(capsys, "run", *TINY_ARGS, "--weight", "ich:4", "--db", str(run_db))
     assert code == 0, err
-    code, _, err = run_main(capsys, "grid", *TINY_ARGS, "--weight", "ich:4",
-                            "--db", str(grid_db))
+    code, _, err = run_main(capsys, "grid", *TINY_ARGS, "--weight", "ich:4", "--db", str(grid_db))
     assert code == 0, err
-    (a,), (b,) = (rows(db, "SELECT config_hash, split_hash, threshold, status, plugins "
-                           "FROM runs") for db in (run_db, grid_db))
+    (a,), (b,) = (
+        rows(db, "SELECT config_hash, split_hash, threshold, status, plugins FROM runs")
+        for db in (run_db, grid_db)
+    )
     assert a == b and a[3] == "finished"
     assert "ichbench" in a[4]  # the plugins it used, with their versions
-    for table, order in (("metrics", "model, fold, scope, split"),
-                         ("curves", "fold, threshold"),
-                         ("predictions", "fold, split, patient_id, slice"),
-                         ("patient_decisions", "fold, split, patient_id")):
-        cols = {"metrics": "model, fold, scope, split, threshold, f1, auc, tp, fp, tn, fn",
-                "curves": "fold, threshold, f1", "predictions": "fold, split, patient_id, "
-                "slice, label, prob", "patient_decisions": "fold, split, patient_id, label, "
-                "score, decision"}[table]
+    for table, order in (
+        ("metrics", "model, fold, scope, split"),
+        ("curves", "fold, threshold"),
+        ("predictions", "fold, split, patient_id, slice"),
+        ("patient_decisions", "fold, split, patient_id"),
+    ):
+        cols = {
+            "metrics": "model, fold, scope, split, threshold, f1, auc, tp, fp, tn, fn",
+            "curves": "fold, threshold, f1",
+            "predictions": "fold, split, patient_id, slice, label, prob",
+            "patient_decisions": "fold, split, patient_id, label, score, decision",
+        }[table]
         left = rows(run_db, f"SELECT {cols} FROM {table} ORDER BY {order}")
         right = rows(grid_db, f"SELECT {cols} FROM {table} ORDER BY {order}")
         assert left and left == right, table
-    decided = rows(run_db, "SELECT count(*) FROM patient_decisions WHERE fold IS NULL "
-                           "AND split = 'test'")
+    decided = rows(
+        run_db, "SELECT count(*) FROM patient_decisions WHERE fold IS NULL AND split = 'test'"
+    )
     assert decided[0][0] > 0
 
 
@@ -116,17 +141,27 @@ def _plugin(**factories) -> types.SimpleNamespace:
         if "backbone" in factories:
             register("notabackbone", factories["backbone"], help="returns the wrong kind")
 
-    return types.SimpleNamespace(register_strategies=hookimpl(register_strategies),
-                                 register_backbones=hookimpl(register_backbones))
+    return types.SimpleNamespace(
+        register_strategies=hookimpl(register_strategies),
+        register_backbones=hookimpl(register_backbones),
+    )
 
 
-@pytest.mark.parametrize("option, value, plugin, needle", [
-    ("--strategy", "explodes", _plugin(strategy=lambda spec: _Raising()), "explodes"),
-    ("--backbone", "notabackbone", _plugin(backbone=lambda spec: _NotABackbone()),
-     "notabackbone"),
-])
-def test_a_failing_plugin_is_blamed_and_leaves_no_run(capsys, tmp_path, option, value, plugin,
-                                                      needle):
+@pytest.mark.parametrize(
+    "option, value, plugin, needle",
+    [
+        ("--strategy", "explodes", _plugin(strategy=lambda spec: _Raising()), "explodes"),
+        (
+            "--backbone",
+            "notabackbone",
+            _plugin(backbone=lambda spec: _NotABackbone()),
+            "notabackbone",
+        ),
+    ],
+)
+def test_a_failing_plugin_is_blamed_and_leaves_no_run(
+    capsys, tmp_path, option, value, plugin, needle
+):
     db = tmp_path / "runs.duckdb"
     args = list(TINY_ARGS)
     if option == "--backbone":
@@ -156,8 +191,9 @@ def test_grid_accepts_every_run_option():
 
 def test_exclude_none_means_nobody_everywhere(capsys, tmp_path):
     """One parser: `--exclude none` is accepted by run (and data check) alike."""
-    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--exclude", "none", "--db",
-                            str(tmp_path / "r.duckdb"))
+    code, _, err = run_main(
+        capsys, "run", *TINY_ARGS, "--exclude", "none", "--db", str(tmp_path / "r.duckdb")
+    )
     assert code == 0, err
     (config,) = rows(tmp_path / "r.duckdb", "SELECT config FROM runs")[0]
     assert RunConfig.from_dict(__import__("json").loads(config)).exclude == []

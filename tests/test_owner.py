@@ -26,8 +26,15 @@ try:
 except ImportError:  # the tests folder imported as a package
     from tests.test_store import fill, make_run
 
-TINY = dict(data="synthetic:10,1,32", backbone="tinycnn", folds=2, epochs=1, image_size=32,
-            preset="quick", device="cpu")
+TINY = dict(
+    data="synthetic:10,1,32",
+    backbone="tinycnn",
+    folds=2,
+    epochs=1,
+    image_size=32,
+    preset="quick",
+    device="cpu",
+)
 
 
 @pytest.fixture
@@ -64,8 +71,9 @@ def plan(db: Path, tmp_path: Path) -> Job | Busy | str:
 def set_owner(db: Path, run_id: str, owner: str | None, status: str = "running") -> None:
     con = duckdb.connect(str(db))
     try:
-        con.execute("UPDATE runs SET owner = ?, status = ? WHERE run_id = ?",
-                    [owner, status, run_id])
+        con.execute(
+            "UPDATE runs SET owner = ?, status = ? WHERE run_id = ?", [owner, status, run_id]
+        )
     finally:
         con.close()
 
@@ -144,8 +152,7 @@ def test_a_store_made_before_the_owner_column_gains_it(tmp_path, monkeypatch):
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
     store = Store(db)
     con = duckdb.connect(str(db))
-    con.execute("INSERT INTO runs (run_id, status, started_at) VALUES ('old-1', 'running', "
-                "now())")
+    con.execute("INSERT INTO runs (run_id, status, started_at) VALUES ('old-1', 'running', now())")
     con.close()
     monkeypatch.undo()
     store = Store(db)
@@ -155,7 +162,8 @@ def test_a_store_made_before_the_owner_column_gains_it(tmp_path, monkeypatch):
 
 
 def test_exclusive_creation_refuses_a_configuration_finished_or_running_elsewhere(
-        tmp_path, sleeper):
+    tmp_path, sleeper
+):
     """What keeps two grids started together from both training a configuration: the
     check is made in the transaction that creates the run."""
     db = tmp_path / "runs.duckdb"
@@ -175,13 +183,17 @@ def test_exclusive_creation_refuses_a_configuration_finished_or_running_elsewher
     assert "third" not in {r["run_id"] for r in store.list_runs()}
 
 
-def test_a_run_finished_by_another_process_while_planning_counts_as_finished(
-        tmp_path, monkeypatch):
+def test_a_run_finished_by_another_process_while_planning_counts_as_finished(tmp_path, monkeypatch):
     db = tmp_path / "runs.duckdb"
     prepared = create(db, tmp_path)
-    stale = [{"run_id": prepared.run_id, "status": "interrupted",
-              "dataset_hash": prepared.dataset.dataset_hash,
-              "plugins": prepared.protocol.plugin_versions()}]
+    stale = [
+        {
+            "run_id": prepared.run_id,
+            "status": "interrupted",
+            "dataset_hash": prepared.dataset.dataset_hash,
+            "plugins": prepared.protocol.plugin_versions(),
+        }
+    ]
     set_owner(db, prepared.run_id, None, status="finished")  # what the other process did
     monkeypatch.setattr(Store, "runs_with_config", lambda self, config_hash: stale)
     planned = plan(db, tmp_path)

@@ -51,9 +51,16 @@ def faulty(tmp_path, monkeypatch):
 
 def tiny_context() -> tuple[TrainPlan, StrategyContext]:
     labels = np.array([0, 1, 0, 1], dtype=np.int64)
-    dataset = SliceDataset("d", "h", np.zeros((4, 1, 2, 2), np.uint8), labels,
-                           np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2]),
-                           np.array([0, 1, 0, 1], np.float32), np.zeros((4, 5), np.uint8))
+    dataset = SliceDataset(
+        "d",
+        "h",
+        np.zeros((4, 1, 2, 2), np.uint8),
+        labels,
+        np.array([1, 1, 2, 2]),
+        np.array([1, 2, 1, 2]),
+        np.array([0, 1, 0, 1], np.float32),
+        np.zeros((4, 5), np.uint8),
+    )
     ctx = StrategyContext(dataset, np.array([1, 2]), np.random.default_rng(0))
     return TrainPlan(np.arange(4), np.zeros(4, bool)), ctx
 
@@ -65,40 +72,70 @@ def test_a_method_that_raises_is_blamed_on_its_plugin(faulty):
     strategy = faulty.create("strategy", "divide-by-zero")
     with pytest.raises(PluginError) as info:
         strategy.apply(*tiny_context())
-    assert str(info.value) == ("Strategy 'divide-by-zero' from ichbench-faulty 0.2.0 failed in "
-                               "apply: ZeroDivisionError: division by zero")
+    assert str(info.value) == (
+        "Strategy 'divide-by-zero' from ichbench-faulty 0.2.0 failed in "
+        "apply: ZeroDivisionError: division by zero"
+    )
     assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
 def test_a_factory_that_raises_is_blamed_on_its_plugin(faulty):
     with pytest.raises(PluginError) as info:
         faulty.create("strategy", "crashing-factory")
-    assert str(info.value) == ("Strategy 'crashing-factory' from ichbench-faulty 0.2.0 failed "
-                               "in its factory: KeyError: 'gamma'")
+    assert str(info.value) == (
+        "Strategy 'crashing-factory' from ichbench-faulty 0.2.0 failed "
+        "in its factory: KeyError: 'gamma'"
+    )
     assert isinstance(info.value.__cause__, KeyError)
 
 
 def test_a_factory_that_returns_the_wrong_kind_is_blamed(faulty):
     with pytest.raises(PluginError) as info:
         faulty.create("strategy", "not-a-strategy")
-    assert str(info.value) == ("Strategy 'not-a-strategy' from ichbench-faulty 0.2.0: its "
-                               "factory returned int, which is not a Strategy: it has no apply")
+    assert str(info.value) == (
+        "Strategy 'not-a-strategy' from ichbench-faulty 0.2.0: its "
+        "factory returned int, which is not a Strategy: it has no apply"
+    )
 
 
 def test_the_cli_reports_a_failing_factory_in_one_line(tmp_path):
     site = tmp_path / "site-packages"
     site.mkdir()
     fake_install(FAULTY, site)
-    env = {**os.environ, "PYTHONPATH": str(site), LOAD_ENV: "ichbench-faulty",
-           "HF_HUB_OFFLINE": "1", "ICHBENCH_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "ichbench", "run", "--data", "synthetic:14,2,32",
-                           "--backbone", "tinycnn", "--strategy", "crashing-factory",
-                           "--db", str(tmp_path / "runs.duckdb")],
-                          capture_output=True, text=True, env=env, cwd=HERE, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        LOAD_ENV: "ichbench-faulty",
+        "HF_HUB_OFFLINE": "1",
+        "ICHBENCH_CACHE": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ichbench",
+            "run",
+            "--data",
+            "synthetic:14,2,32",
+            "--backbone",
+            "tinycnn",
+            "--strategy",
+            "crashing-factory",
+            "--db",
+            str(tmp_path / "runs.duckdb"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=HERE,
+        timeout=300,
+    )
     assert done.returncode == ExitCode.PLUGIN, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == ["Error: Strategy 'crashing-factory' from ichbench-faulty 0.2.0 failed in "
-                      "its factory: KeyError: 'gamma'"]
+    assert errors == [
+        "Error: Strategy 'crashing-factory' from ichbench-faulty 0.2.0 failed in "
+        "its factory: KeyError: 'gamma'"
+    ]
     assert "Traceback" not in done.stderr
 
 
@@ -115,11 +152,18 @@ class Raises:
         raise self.error
 
 
-@pytest.mark.parametrize("error", [
-    DataError("patient 7: no slices"), UsageError("bad value"), OSError(28, "No space left"),
-    MemoryError(), KeyboardInterrupt(), SystemExit(3),
-    type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        DataError("patient 7: no slices"),
+        UsageError("bad value"),
+        OSError(28, "No space left"),
+        MemoryError(),
+        KeyboardInterrupt(),
+        SystemExit(3),
+        type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"),
+    ],
+)
 def test_what_is_not_a_plugin_bug_passes_unchanged(error):
     def aggregators(register):
         register("raises", lambda spec: Raises(error), kind="patient")
@@ -142,19 +186,27 @@ def test_a_local_plugin_is_blamed_as_local():
 
     plugins = Plugins(load_entry_points=False)
     plugins.register(make_plugin(register_aggregators=aggregators), name="mine")
-    with pytest.raises(PluginError, match=r"^Patient rule 'raises' from local failed in decide: "
-                                          r"ValueError: no$"):
+    with pytest.raises(
+        PluginError,
+        match=r"^Patient rule 'raises' from local failed in decide: "
+        r"ValueError: no$",
+    ):
         plugins.registry.create("patient", "raises").decide(np.zeros(1), np.zeros(1), 0.5)
 
 
 # --------------------------------------------------------------------------- transparency
 
 
-@pytest.mark.parametrize("kind, spec, protocol", [
-    ("strategy", "augment:2", Strategy), ("backbone", "tinycnn", Backbone),
-    ("ensemble", "mean", EnsembleRule), ("patient", "k-consecutive:2", PatientRule),
-    ("dataset", "synthetic:3,1,32", DatasetSource),
-])
+@pytest.mark.parametrize(
+    "kind, spec, protocol",
+    [
+        ("strategy", "augment:2", Strategy),
+        ("backbone", "tinycnn", Backbone),
+        ("ensemble", "mean", EnsembleRule),
+        ("patient", "k-consecutive:2", PatientRule),
+        ("dataset", "synthetic:3,1,32", DatasetSource),
+    ],
+)
 def test_created_objects_pass_the_protocol_checks(kind, spec, protocol):
     obj = get_registry().create(kind, spec)
     assert isinstance(obj, protocol)
@@ -186,7 +238,10 @@ def test_a_created_object_knows_its_entry():
     entry = created_by(registry.create("patient", "topk-mean:3"))
     assert entry is registry.entry_of("patient", "topk-mean:3")
     assert (entry.plugin, entry.distribution, entry.version) == (
-        "ichbench_plugins.aggregators", "ichbench", __version__)
+        "ichbench_plugins.aggregators",
+        "ichbench",
+        __version__,
+    )
     assert created_by(object()) is None
 
 
@@ -201,13 +256,19 @@ def test_plugin_versions_of_a_run(tmp_path, monkeypatch, jpg_sample_dir):
     monkeypatch.setenv(LOAD_ENV, "ichbench-focal")
     try:
         registry = Plugins().registry
-        used = [("strategy", "focal:2"), ("strategy", "augment:3.3"), ("backbone", "tinycnn"),
-                ("ensemble", "mean"), ("patient", "fraction:0.1"),
-                ("dataset", str(jpg_sample_dir))]
-        assert plugin_versions(registry, used) == {"ichbench": __version__,
-                                                   "ichbench-focal": "0.1.0"}
-        assert plugin_versions(registry, [("dataset", "synthetic:3")]) == {
-            "ichbench": __version__}
+        used = [
+            ("strategy", "focal:2"),
+            ("strategy", "augment:3.3"),
+            ("backbone", "tinycnn"),
+            ("ensemble", "mean"),
+            ("patient", "fraction:0.1"),
+            ("dataset", str(jpg_sample_dir)),
+        ]
+        assert plugin_versions(registry, used) == {
+            "ichbench": __version__,
+            "ichbench-focal": "0.1.0",
+        }
+        assert plugin_versions(registry, [("dataset", "synthetic:3")]) == {"ichbench": __version__}
         with pytest.raises(PluginError, match="Unknown strategy 'nope'"):
             plugin_versions(registry, [("strategy", "nope")])
     finally:

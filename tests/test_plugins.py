@@ -31,8 +31,12 @@ except ImportError:  # Python 3.10
 HERE = Path(__file__).parent
 SAMPLE = HERE / "sample_plugin"
 BROKEN = HERE / "broken_plugin"
-BUILTIN_MODULES = {"ichbench_plugins.strategies", "ichbench_plugins.backbones",
-                   "ichbench_plugins.aggregators", "ichbench_plugins.datasets"}
+BUILTIN_MODULES = {
+    "ichbench_plugins.strategies",
+    "ichbench_plugins.backbones",
+    "ichbench_plugins.aggregators",
+    "ichbench_plugins.datasets",
+}
 
 
 def fake_install(package: Path, site: Path) -> dict[str, str]:
@@ -45,12 +49,17 @@ def fake_install(package: Path, site: Path) -> dict[str, str]:
     dist_info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
     points = project["entry-points"]["ichbench"]
     (dist_info / "entry_points.txt").write_text(
-        "[ichbench]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
-    return {"name": project["name"], "version": project["version"],
-            "modules": pyproject["tool"]["setuptools"]["py-modules"]}
+        "[ichbench]\n" + "".join(f"{k} = {v}\n" for k, v in points.items())
+    )
+    return {
+        "name": project["name"],
+        "version": project["version"],
+        "modules": pyproject["tool"]["setuptools"]["py-modules"],
+    }
 
 
 @pytest.fixture
@@ -90,22 +99,32 @@ def local_plugins(*named: tuple[str, object]) -> Plugins:
 # --------------------------------------------------------------------------- spec parsing
 
 
-@pytest.mark.parametrize("text, spec", [
-    ("augment:3.3", Spec("augment", ("3.3",))),
-    ("  resnet50 ", Spec("resnet50", ())),
-    ("weight:ich, 4", Spec("weight", ("ich", "4"))),
-    ("timm:vit_small_patch16_224.augreg_in21k",
-     Spec("timm", ("vit_small_patch16_224.augreg_in21k",))),
-])
+@pytest.mark.parametrize(
+    "text, spec",
+    [
+        ("augment:3.3", Spec("augment", ("3.3",))),
+        ("  resnet50 ", Spec("resnet50", ())),
+        ("weight:ich, 4", Spec("weight", ("ich", "4"))),
+        (
+            "timm:vit_small_patch16_224.augreg_in21k",
+            Spec("timm", ("vit_small_patch16_224.augreg_in21k",)),
+        ),
+    ],
+)
 def test_spec_parsing(text, spec):
     assert parse_spec(text) == spec
     assert parse_spec(str(spec)) == spec
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "Empty plugin spec"), (":3", "has no name"), ("augment:", "empty argument"),
-    ("weight:ich,,4", "empty argument"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "Empty plugin spec"),
+        (":3", "has no name"),
+        ("augment:", "empty argument"),
+        ("weight:ich,,4", "empty argument"),
+    ],
+)
 def test_bad_specs(text, message):
     with pytest.raises(UsageError, match=message):
         parse_spec(text)
@@ -118,8 +137,10 @@ def test_collisions_name_both_plugins():
     def strategies(register):
         register("augment", lambda spec: None, help="mine")
 
-    plugins = local_plugins(("first_plugin", make_plugin(register_strategies=strategies)),
-                            ("second_plugin", make_plugin(register_strategies=strategies)))
+    plugins = local_plugins(
+        ("first_plugin", make_plugin(register_strategies=strategies)),
+        ("second_plugin", make_plugin(register_strategies=strategies)),
+    )
     with pytest.raises(PluginError) as info:
         _ = plugins.registry
     message = str(info.value)
@@ -203,13 +224,23 @@ def test_a_third_party_plugin_is_found_through_its_entry_point(site, monkeypatch
     for kind, name in (("strategy", "focal"), ("patient", "fraction")):
         entry = registry.get(kind, name)
         assert (entry.plugin, entry.distribution, entry.version) == (
-            "ichbench_focal", "ichbench-focal", "0.1.0")
+            "ichbench_focal",
+            "ichbench-focal",
+            "0.1.0",
+        )
     assert registry.get("strategy", "augment").distribution == "ichbench"
 
 
-@pytest.mark.parametrize("selection, loaded", [("", False), ("someone-else", False),
-                                              ("ichbench-focal", True),
-                                              ("other, ICHBENCH-FOCAL", True), (None, True)])
+@pytest.mark.parametrize(
+    "selection, loaded",
+    [
+        ("", False),
+        ("someone-else", False),
+        ("ichbench-focal", True),
+        ("other, ICHBENCH-FOCAL", True),
+        (None, True),
+    ],
+)
 def test_the_environment_selects_third_party_plugins(site, monkeypatch, selection, loaded):
     fake_install(SAMPLE, site)
     if selection is None:
@@ -224,9 +255,16 @@ def test_the_sample_plugin_works(site, monkeypatch):
     monkeypatch.setenv(LOAD_ENV, "ichbench-focal")
     registry = Plugins().registry
     labels = np.array([0, 1, 0, 1], dtype=np.int64)
-    dataset = SliceDataset("d", "h", np.zeros((4, 1, 2, 2), np.uint8), labels,
-                           np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2]),
-                           np.array([0, 0.5, 0, 0.5], np.float32), np.zeros((4, 5), np.uint8))
+    dataset = SliceDataset(
+        "d",
+        "h",
+        np.zeros((4, 1, 2, 2), np.uint8),
+        labels,
+        np.array([1, 1, 2, 2]),
+        np.array([1, 2, 1, 2]),
+        np.array([0, 0.5, 0, 0.5], np.float32),
+        np.zeros((4, 5), np.uint8),
+    )
     ctx = StrategyContext(dataset, np.array([1, 2]), np.random.default_rng(0))
     plan = TrainPlan(np.arange(4), np.zeros(4, bool), class_weights=(1.0, 4.0))
     for spec in ("focal:0", "focal:2"):
@@ -236,8 +274,9 @@ def test_the_sample_plugin_works(site, monkeypatch):
     target = torch.tensor([0, 1, 1, 0])
     weights = torch.tensor(plan.class_weights)
     zero = registry.create("strategy", "focal:0").apply(plan, ctx).loss_factory(weights)
-    torch.testing.assert_close(zero(logits, target),
-                               torch.nn.functional.cross_entropy(logits, target, weight=weights))
+    torch.testing.assert_close(
+        zero(logits, target), torch.nn.functional.cross_entropy(logits, target, weight=weights)
+    )
     two = registry.create("strategy", "focal:2").apply(plan, ctx).loss_factory(weights)
     assert float(two(logits, target)) < float(zero(logits, target))
     rule = registry.create("patient", "fraction:0.5")
@@ -257,7 +296,8 @@ def test_a_broken_plugin_is_named_not_swallowed(site, monkeypatch):
         Plugins()
     assert str(info.value) == (
         "Plugin 'broken' (ichbench_broken) from ichbench-broken 0.0.1 failed to load: "
-        "ImportError: ichbench_broken needs the library 'not_installed_anywhere'")
+        "ImportError: ichbench_broken needs the library 'not_installed_anywhere'"
+    )
 
 
 def test_a_broken_plugin_that_is_not_selected_is_never_imported(site, monkeypatch):
@@ -272,8 +312,13 @@ def test_a_broken_plugin_that_is_not_selected_is_never_imported(site, monkeypatc
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, LOAD_ENV: "", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ichbench", *args], capture_output=True,
-                          text=True, env=full_env, cwd=HERE)
+    return subprocess.run(
+        [sys.executable, "-m", "ichbench", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=HERE,
+    )
 
 
 def test_cli_json_lists_the_builtins():
@@ -282,8 +327,13 @@ def test_cli_json_lists_the_builtins():
     rows = json.loads(result.stdout)
     assert {r["distribution"] for r in rows} == {"ichbench"}
     names = {(r["kind"], r["name"]) for r in rows}
-    assert {("strategy", "augment"), ("backbone", "resnet50"), ("ensemble", "mean"),
-            ("patient", "any"), ("backbone", "efficientnet_lite0")} <= names
+    assert {
+        ("strategy", "augment"),
+        ("backbone", "resnet50"),
+        ("ensemble", "mean"),
+        ("patient", "any"),
+        ("backbone", "efficientnet_lite0"),
+    } <= names
     assert set(rows[0]) == {"kind", "name", "plugin", "distribution", "version", "help"}
 
 
@@ -294,8 +344,14 @@ def test_cli_table_shows_kind_name_module_distribution_version_and_help(columns)
     lines = [line for line in result.stdout.splitlines() if " augment " in f" {line} "]
     assert lines, result.stdout
     text = " ".join(result.stdout.split())
-    for needle in ("strategy", "patient rule", "ichbench_plugins.strategies", "k-consecutive:K",
-                   "ichbench", __version__):
+    for needle in (
+        "strategy",
+        "patient rule",
+        "ichbench_plugins.strategies",
+        "k-consecutive:K",
+        "ichbench",
+        __version__,
+    ):
         assert needle in text
     assert "…" not in result.stdout  # nothing cropped
     assert max(len(line) for line in result.stdout.splitlines()) <= int(columns)
@@ -303,13 +359,18 @@ def test_cli_table_shows_kind_name_module_distribution_version_and_help(columns)
 
 def test_cli_reports_a_broken_plugin_in_one_line(site):
     fake_install(BROKEN, site)
-    result = run_cli("plugins", env={LOAD_ENV: "ichbench-broken",
-                                     "PYTHONPATH": f"{site}{os.pathsep}"
-                                                   f"{os.environ.get('PYTHONPATH', '')}"})
+    result = run_cli(
+        "plugins",
+        env={
+            LOAD_ENV: "ichbench-broken",
+            "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        },
+    )
     assert result.returncode == ExitCode.PLUGIN
     assert result.stderr.strip().splitlines() == [
         "Error: Plugin 'broken' (ichbench_broken) from ichbench-broken 0.0.1 failed to load: "
-        "ImportError: ichbench_broken needs the library 'not_installed_anywhere'"]
+        "ImportError: ichbench_broken needs the library 'not_installed_anywhere'"
+    ]
     assert result.stdout == ""
 
 
@@ -331,10 +392,12 @@ def test_registered_refuses_a_taken_name_and_never_removes_the_plugin_there(fres
     def strategies(register):
         register("mine", lambda spec: None)
 
-    with pytest.raises(PluginError, match=r"A plugin named 'ichbench_plugins.strategies' is "
-                                          r"already registered \(from ichbench\)"):
-        with registered(make_plugin(register_strategies=strategies),
-                        "ichbench_plugins.strategies"):
+    with pytest.raises(
+        PluginError,
+        match=r"A plugin named 'ichbench_plugins.strategies' is "
+        r"already registered \(from ichbench\)",
+    ):
+        with registered(make_plugin(register_strategies=strategies), "ichbench_plugins.strategies"):
             pass
     assert "augment" in get_registry().names("strategy")
 
@@ -361,7 +424,8 @@ def test_a_register_function_without_hookimpl_is_a_warning():
     assert plugins.warnings == [
         "Plugin 'forgetful' (dist-of-forgetful 1.0) defines register_strategies without "
         "@hookimpl, so ichbench never calls it; decorate it with ichbench.hookimpl",
-        "Plugin 'forgetful' (dist-of-forgetful 1.0) registered nothing"]
+        "Plugin 'forgetful' (dist-of-forgetful 1.0) registered nothing",
+    ]
 
 
 def test_warnings_are_pending_once():
@@ -376,16 +440,30 @@ def test_builtins_give_no_warnings(monkeypatch):
     assert Plugins().warnings == []
 
 
-@pytest.mark.parametrize("selection, warnings", [
-    ("ichbench-focal", []),
-    ("ichbench, ichbench-focal", []),
-    ("ICHBENCH_Focal", ["ICHBENCH_LOAD_PLUGINS names 'ICHBENCH_Focal'; write it normalised as "
-                        "'ichbench-focal'"]),
-    ("ichbench-focus", ["ICHBENCH_LOAD_PLUGINS names 'ichbench-focus', which is not an "
-                        "installed ichbench plugin distribution (installed: "]),
-])
+@pytest.mark.parametrize(
+    "selection, warnings",
+    [
+        ("ichbench-focal", []),
+        ("ichbench, ichbench-focal", []),
+        (
+            "ICHBENCH_Focal",
+            [
+                "ICHBENCH_LOAD_PLUGINS names 'ICHBENCH_Focal'; write it normalised as "
+                "'ichbench-focal'"
+            ],
+        ),
+        (
+            "ichbench-focus",
+            [
+                "ICHBENCH_LOAD_PLUGINS names 'ichbench-focus', which is not an "
+                "installed ichbench plugin distribution (installed: "
+            ],
+        ),
+    ],
+)
 def test_the_plugin_selection_warns_about_names_that_load_nothing_or_only_by_luck(
-        site, monkeypatch, selection, warnings):
+    site, monkeypatch, selection, warnings
+):
     fake_install(SAMPLE, site)
     monkeypatch.setenv(LOAD_ENV, selection)
     plugins = Plugins()
@@ -401,18 +479,24 @@ def test_cli_prints_each_plugin_warning_once_on_stderr(tmp_path):
     site = tmp_path / "site-packages"
     site.mkdir()
     fake_install(HERE / "faulty_plugin", site)
-    result = run_cli("plugins", "--json", env={LOAD_ENV: "ichbench_faulty,not-installed",
-                                               "PYTHONPATH": str(site)})
+    result = run_cli(
+        "plugins",
+        "--json",
+        env={LOAD_ENV: "ichbench_faulty,not-installed", "PYTHONPATH": str(site)},
+    )
     assert result.returncode == 0, result.stderr
     assert {(r["name"], r["distribution"]) for r in json.loads(result.stdout)} >= {
-        ("divide-by-zero", "ichbench-faulty")}
+        ("divide-by-zero", "ichbench-faulty")
+    }
     lines = result.stderr.strip().splitlines()
     assert all(line.startswith("Warning: ") for line in lines), lines
     text = "\n".join(lines)
     assert len(lines) == 4 and len(set(lines)) == 4
-    for needle in ("names 'ichbench_faulty'; write it normalised as 'ichbench-faulty'",
-                   "names 'not-installed', which is not an installed ichbench plugin",
-                   "Plugin 'ichbench_faulty' (ichbench-faulty 0.2.0) defines register_backbones "
-                   "without @hookimpl",
-                   "Plugin 'ichbench_empty' (ichbench-faulty 0.2.0) registered nothing"):
+    for needle in (
+        "names 'ichbench_faulty'; write it normalised as 'ichbench-faulty'",
+        "names 'not-installed', which is not an installed ichbench plugin",
+        "Plugin 'ichbench_faulty' (ichbench-faulty 0.2.0) defines register_backbones "
+        "without @hookimpl",
+        "Plugin 'ichbench_empty' (ichbench-faulty 0.2.0) registered nothing",
+    ):
         assert needle in text

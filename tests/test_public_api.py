@@ -11,10 +11,29 @@ import ichbench
 
 HERE = Path(__file__).parent
 PLUGIN_NEEDS = {
-    "hookimpl", "Spec", "parse_float", "parse_int", "expect_args", "SliceDataset",
-    "LoadOptions", "TrainPlan", "StrategyContext", "BuiltModel", "BuildOptions", "Strategy",
-    "Backbone", "EnsembleRule", "PatientRule", "DatasetSource", "SUBTYPES", "UsageError",
-    "DataError", "PluginError", "IchbenchError", "read_weights_file", "load_adapted",
+    "hookimpl",
+    "Spec",
+    "parse_float",
+    "parse_int",
+    "expect_args",
+    "SliceDataset",
+    "LoadOptions",
+    "TrainPlan",
+    "StrategyContext",
+    "BuiltModel",
+    "BuildOptions",
+    "Strategy",
+    "Backbone",
+    "EnsembleRule",
+    "PatientRule",
+    "DatasetSource",
+    "SUBTYPES",
+    "UsageError",
+    "DataError",
+    "PluginError",
+    "IchbenchError",
+    "read_weights_file",
+    "load_adapted",
 }
 
 
@@ -36,13 +55,14 @@ def test_an_unknown_name_is_an_attribute_error():
 
 
 def test_import_ichbench_and_every_public_name_leave_torch_unimported():
-    code = ("import sys, ichbench\n"
-            "assert 'torch' not in sys.modules, 'import ichbench imported torch'\n"
-            "from ichbench import *\n"
-            "for name in ichbench.__all__: getattr(ichbench, name)\n"
-            "print(sorted(m for m in ('torch', 'timm', 'duckdb') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=HERE)
+    code = (
+        "import sys, ichbench\n"
+        "assert 'torch' not in sys.modules, 'import ichbench imported torch'\n"
+        "from ichbench import *\n"
+        "for name in ichbench.__all__: getattr(ichbench, name)\n"
+        "print(sorted(m for m in ('torch', 'timm', 'duckdb') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -50,6 +70,10 @@ def test_import_ichbench_and_every_public_name_leave_torch_unimported():
 def test_the_sample_plugin_imports_from_ichbench_alone():
     tree = ast.parse((HERE / "sample_plugin" / "ichbench_focal.py").read_text())
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
+    modules |= {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
     assert {m for m in modules if m.startswith("ichbench")} == {"ichbench"}

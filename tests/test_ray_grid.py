@@ -30,14 +30,23 @@ except ImportError:
     ray = None
 
 
-
 def needs_ray(test):
     """Slow, and skipped where the ray extra is not installed."""
     return pytest.mark.skipif(ray is None, reason="the ray extra is not installed")(
-        pytest.mark.slow(test))
+        pytest.mark.slow(test)
+    )
 
-TINY = dict(data="synthetic:14,1,32", backbone="tinycnn", folds=3, epochs=2, image_size=32,
-            batch_size=16, preset="quick", device="cpu")
+
+TINY = dict(
+    data="synthetic:14,1,32",
+    backbone="tinycnn",
+    folds=3,
+    epochs=2,
+    image_size=32,
+    batch_size=16,
+    preset="quick",
+    device="cpu",
+)
 
 
 def grid_configs() -> tuple[str, list[RunConfig]]:
@@ -68,33 +77,66 @@ def q(store: Store, sql: str, *params) -> list[dict]:
 def stored(store: Store, run_id: str) -> dict:
     """Everything a grid's ranking and a paper comparison read, keyed stably."""
     run = store.get_run(run_id)
-    metrics = q(store, "SELECT * FROM metrics WHERE run_id = '%s' ORDER BY model, fold, scope, "
-                       "split", run_id)
-    folds = q(store, "SELECT fold, threshold, best_epoch, status FROM folds WHERE run_id = '%s' "
-                     "ORDER BY fold", run_id)
+    metrics = q(
+        store,
+        "SELECT * FROM metrics WHERE run_id = '%s' ORDER BY model, fold, scope, split",
+        run_id,
+    )
+    folds = q(
+        store,
+        "SELECT fold, threshold, best_epoch, status FROM folds WHERE run_id = '%s' ORDER BY fold",
+        run_id,
+    )
     vote = store.load_vote_predictions(run_id)
-    return {"status": run["status"], "threshold": run["threshold"], "metrics": metrics,
-            "folds": folds, "vote_prob": vote.prob, "vote_key": (vote.patient_id, vote.slice)}
+    return {
+        "status": run["status"],
+        "threshold": run["threshold"],
+        "metrics": metrics,
+        "folds": folds,
+        "vote_prob": vote.prob,
+        "vote_key": (vote.patient_id, vote.slice),
+    }
 
 
 def test_grid_without_ray_says_how_to_get_it(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
     with pytest.raises(SystemExit) as exit_info:
-        main(["grid", "--weight", "ich:1,4", "--executor", "ray", "--db",
-              str(tmp_path / "runs.duckdb")])
+        main(
+            [
+                "grid",
+                "--weight",
+                "ich:1,4",
+                "--executor",
+                "ray",
+                "--db",
+                str(tmp_path / "runs.duckdb"),
+            ]
+        )
     assert exit_info.value.code == ExitCode.USAGE
     assert "--executor ray needs the ray extra: pip install" in capsys.readouterr().err
     assert not (tmp_path / "runs.duckdb").exists()  # refused before any work
     with pytest.raises(UsageError) as error:
         import_ray()
-    assert str(error.value) == RAY_MISSING == (
-        "--executor ray needs the ray extra: pip install 'ichbench[ray]'")
+    assert (
+        str(error.value)
+        == RAY_MISSING
+        == ("--executor ray needs the ray extra: pip install 'ichbench[ray]'")
+    )
 
 
 def test_address_without_ray_executor_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["grid", "--weight", "ich:1,4", "--address", "auto", "--db",
-              str(tmp_path / "runs.duckdb")])
+        main(
+            [
+                "grid",
+                "--weight",
+                "ich:1,4",
+                "--address",
+                "auto",
+                "--db",
+                str(tmp_path / "runs.duckdb"),
+            ]
+        )
     assert exit_info.value.code == ExitCode.USAGE
     assert "--address is only for --executor ray" in capsys.readouterr().err
 
@@ -172,8 +214,12 @@ def test_ray_grid_stores_what_the_local_executor_stores(both_grids):
         np.testing.assert_allclose(a["vote_prob"], b["vote_prob"], atol=1e-6, rtol=0)
         assert len(a["metrics"]) == len(b["metrics"]) == 3 * 2 * 2 + 2 * 2
         for ma, mb in zip(a["metrics"], b["metrics"]):
-            assert (ma["model"], ma["fold"], ma["scope"], ma["split"]) == \
-                   (mb["model"], mb["fold"], mb["scope"], mb["split"])
+            assert (ma["model"], ma["fold"], ma["scope"], ma["split"]) == (
+                mb["model"],
+                mb["fold"],
+                mb["scope"],
+                mb["split"],
+            )
             for name in ("tp", "fp", "tn", "fn", "n", "threshold"):
                 assert ma[name] == mb[name], (name, ma)
             for name in ("sensitivity", "specificity", "precision", "f1", "accuracy", "auc"):
@@ -213,8 +259,15 @@ def _with_hash(dataset, digest: str):
 
 @needs_ray
 def test_trial_spec_round_trips_through_ray(local_ray):
-    spec = TrialSpec(config={"data": "x"}, fold=1, config_hash="h", dataset_hash="d",
-                     split_hash="s", pretrained=False, pretrained_source=None)
+    spec = TrialSpec(
+        config={"data": "x"},
+        fold=1,
+        config_hash="h",
+        dataset_hash="d",
+        split_hash="s",
+        pretrained=False,
+        pretrained_source=None,
+    )
     echoed = ray.get(ray.remote(lambda s: s).remote(spec))
     assert echoed == spec
 
@@ -222,9 +275,27 @@ def test_trial_spec_round_trips_through_ray(local_ray):
 @needs_ray
 def test_cli_grid_over_ray_then_local_finds_it_finished(local_ray, grid_cache, tmp_path, capsys):
     db = str(tmp_path / "runs.duckdb")
-    args = ["grid", "--data", "synthetic:14,1,32", "--backbone", "tinycnn", "--weight", "ich:1,4",
-            "--folds", "3", "--epochs", "1", "--image-size", "32", "--device", "cpu",
-            "--preset", "quick", "--db", db]
+    args = [
+        "grid",
+        "--data",
+        "synthetic:14,1,32",
+        "--backbone",
+        "tinycnn",
+        "--weight",
+        "ich:1,4",
+        "--folds",
+        "3",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--preset",
+        "quick",
+        "--db",
+        db,
+    ]
     main(args + ["--executor", "ray"])
     captured = capsys.readouterr()
     assert captured.err.count("Finished ") == 2
@@ -236,7 +307,6 @@ def test_cli_grid_over_ray_then_local_finds_it_finished(local_ray, grid_cache, t
     again = " ".join(capsys.readouterr().err.split())
     assert again.count("already finished as") == 2
     assert len(Store(db).list_runs()) == 2
-
 
 
 @needs_ray

@@ -24,8 +24,16 @@ from ichbench.paths import run_dir
 from ichbench.report.build import COMPARE_ID, SECTION_IDS, ReportOptions, build_report
 from ichbench.store import Store
 
-TINY = dict(data="synthetic:14,1,32", backbone="tinycnn", folds=3, epochs=1, image_size=32,
-            batch_size=16, preset="quick", device="cpu")
+TINY = dict(
+    data="synthetic:14,1,32",
+    backbone="tinycnn",
+    folds=3,
+    epochs=1,
+    image_size=32,
+    batch_size=16,
+    preset="quick",
+    device="cpu",
+)
 FIGURES = [s for s in SECTION_IDS if s.startswith("fig-")]
 TABLES = [s for s in SECTION_IDS if not s.startswith("fig-")]
 CI = re.compile(r"\d\.\d\d \[\d\.\d\d–\d\.\d\d\]")  # Markdown: `0.91 [0.85–0.95]`
@@ -63,8 +71,12 @@ def full_report(tiny_run, tmp_path_factory):
         mp.setenv("ICHBENCH_CACHE", str(root / "cache"))
         mp.setenv("ICHBENCH_LOAD_PLUGINS", "")
         mp.setenv("HF_HUB_OFFLINE", "1")
-        result = build_report([run_id], db=store.path, out=out,
-                              progress=lambda d, done, total: steps.append((d, done, total)))
+        result = build_report(
+            [run_id],
+            db=store.path,
+            out=out,
+            progress=lambda d, done, total: steps.append((d, done, total)),
+        )
     return result, result.html.read_text(encoding="utf-8"), steps
 
 
@@ -76,8 +88,10 @@ def _section(page: str, section_id: str) -> str:
 
 def _png_images(fragment: str) -> list[np.ndarray]:
     payloads = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', fragment)
-    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert("L"), dtype=float)
-            for p in payloads]
+    return [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert("L"), dtype=float)
+        for p in payloads
+    ]
 
 
 # ---------------------------------------------------------------- one run
@@ -112,8 +126,10 @@ def test_every_figure_is_embedded_and_not_blank(full_report):
 def test_metric_tables_have_folds_vote_cis_and_the_paper(full_report, tiny_run):
     _, page, _ = full_report
     _, store, run_id = tiny_run
-    for section_id, paper_vote in (("table-slice", ("0.94", "0.91", "0.49", "0.64")),
-                                   ("table-patient", ("1.00", "0.80", "0.75", "0.86"))):
+    for section_id, paper_vote in (
+        ("table-slice", ("0.94", "0.91", "0.49", "0.64")),
+        ("table-patient", ("1.00", "0.80", "0.75", "0.86")),
+    ):
         table = _section(page, section_id)
         rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
         labels = [re.sub(r"<.*?>", "", r).strip() for r in rows]
@@ -126,8 +142,11 @@ def test_metric_tables_have_folds_vote_cis_and_the_paper(full_report, tiny_run):
         cells = re.findall(r"<td[^>]*>(.*?)</td>", paper_row)
         assert tuple(cells[2:6]) == paper_vote
     scope_rows = store.run_metrics(run_id)
-    vote = next(m for m in scope_rows if m["model"] == "vote" and m["scope"] == "slice"
-                and m["split"] == "test")
+    vote = next(
+        m
+        for m in scope_rows
+        if m["model"] == "vote" and m["scope"] == "slice" and m["split"] == "test"
+    )
     value, interval = fmt(vote["f1"], vote["f1_lo"], vote["f1_hi"]).split(" ")
     assert f'{value}<span class="ci">{interval}</span>' in _section(page, "table-slice")
 
@@ -137,8 +156,15 @@ def test_provenance_names_what_ran(full_report, tiny_run):
     _, store, run_id = tiny_run
     run = store.get_run(run_id)
     table = _section(page, "provenance")
-    for value in (run_id, run["dataset_hash"], "tinycnn", "quick", run["split_hash"],
-                  "finished", "torch"):
+    for value in (
+        run_id,
+        run["dataset_hash"],
+        "tinycnn",
+        "quick",
+        run["split_hash"],
+        "finished",
+        "torch",
+    ):
         assert value in table
     assert "NOT finished" not in page and "badge finished" in page
     assert re.search(r"<td[^>]*>torch.compile</td><td[^>]*>no</td>", table)
@@ -149,10 +175,14 @@ def test_provenance_says_which_folds_trained_compiled():
 
     assert _compiled_text([]) == "–"
     assert _compiled_text([{"fold": 0, "compiled": False}, {"fold": 1}]) == "no"
-    assert _compiled_text([{"fold": 0, "compiled": True}, {"fold": 1, "compiled": True}]) \
+    assert (
+        _compiled_text([{"fold": 0, "compiled": True}, {"fold": 1, "compiled": True}])
         == "yes, every fold"
-    assert _compiled_text([{"fold": 0, "compiled": False}, {"fold": 1, "compiled": True}]) \
+    )
+    assert (
+        _compiled_text([{"fold": 0, "compiled": False}, {"fold": 1, "compiled": True}])
         == "folds 1 only"
+    )
 
 
 def test_markdown_has_the_tables_and_the_pngs_beside_it(full_report):
@@ -180,8 +210,7 @@ def test_progress_reports_every_step(full_report):
 def test_two_runs_give_table_ii_rows(env, tmp_path):
     root, store, run_id = env
     other = run_config(RunConfig(**TINY, weights=["ich:4"]), store, cache_dir=root / "cache")
-    result = build_report([run_id, other.run_id], db=store.path, out=tmp_path / "cmp",
-                          options=FAST)
+    result = build_report([run_id, other.run_id], db=store.path, out=tmp_path / "cmp", options=FAST)
     page = result.html.read_text(encoding="utf-8")
     table = _section(page, COMPARE_ID)
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
@@ -218,8 +247,14 @@ def test_missing_checkpoints_still_render_the_rest(env, tmp_path):
         section = _section(page, section_id)
         assert "checkpoints missing" in section
         assert "<img" not in section
-    for section_id in ("fig-dataset", "fig-threshold", "fig-confusion", "fig-roc",
-                       "fig-strip", "fig-training"):
+    for section_id in (
+        "fig-dataset",
+        "fig-threshold",
+        "fig-confusion",
+        "fig-roc",
+        "fig-strip",
+        "fig-training",
+    ):
         assert len(_png_images(_section(page, section_id))) == 1
     for section_id in TABLES:
         assert "<table" in _section(page, section_id)
@@ -264,11 +299,16 @@ def test_unfinished_run_is_labelled_not_finished(env, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_config(RunConfig(**TINY, seed=3), store, cache_dir=root / "cache",
-                   observers=[stop_at_second_fold])
+        run_config(
+            RunConfig(**TINY, seed=3),
+            store,
+            cache_dir=root / "cache",
+            observers=[stop_at_second_fold],
+        )
     rid = next(r["run_id"] for r in store.list_runs() if r["status"] == "interrupted")
-    result = build_report([rid], db=store.path, out=tmp_path / "out",
-                          options=ReportOptions(cam=True, tsne=False))
+    result = build_report(
+        [rid], db=store.path, out=tmp_path / "out", options=ReportOptions(cam=True, tsne=False)
+    )
     page = result.html.read_text(encoding="utf-8")
     assert 'class="badge finished"' not in page
     assert "INTERRUPTED" in page and 'class="banner"' in page
@@ -313,8 +353,10 @@ def _cli() -> typer.Typer:
 def test_cli_prints_the_paths_on_stdout(env, tmp_path):
     _, store, run_id = env
     out = tmp_path / "cli"
-    result = CliRunner().invoke(_cli(), ["report", run_id, "--db", str(store.path), "--out",
-                                         str(out), "--no-cam", "--no-tsne"])
+    result = CliRunner().invoke(
+        _cli(),
+        ["report", run_id, "--db", str(store.path), "--out", str(out), "--no-cam", "--no-tsne"],
+    )
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert lines == [str(out / "report.html"), str(out / "report.md")]
@@ -351,8 +393,12 @@ def test_cam_layer_and_final_linear_are_found_generically():
     x = torch.zeros(2, 1, 64, 64)
     assert cam_layer(resnet, x) is resnet.layer4
     assert final_linear(resnet, x) is resnet.fc
-    tiny = get_registry().create("backbone", "tinycnn").build(
-        BuildOptions(in_chans=1, pretrained=False)).model.eval()
+    tiny = (
+        get_registry()
+        .create("backbone", "tinycnn")
+        .build(BuildOptions(in_chans=1, pretrained=False))
+        .model.eval()
+    )
     assert cam_layer(tiny, x) is tiny.conv4
     assert embed(tiny, torch.rand(5, 1, 32, 32)).shape == (5, 64)
 

@@ -13,10 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "ichbench"
 READERS = sorted([*(ROOT / "report").glob("*.py"), *(ROOT / "views").glob("*.py")])
 FORBIDDEN = (
-    "ichbench.training", "ichbench.plugins", "ichbench_plugins", "ichbench.data",
-    "ichbench.runner", "ichbench.protocol", "ichbench.lifecycle", "ichbench.executors",
-    "ichbench.grid", "ichbench.vote", "ichbench.metrics", "ichbench.split",
-    "ichbench.augment", "ichbench.config",
+    "ichbench.training",
+    "ichbench.plugins",
+    "ichbench_plugins",
+    "ichbench.data",
+    "ichbench.runner",
+    "ichbench.protocol",
+    "ichbench.lifecycle",
+    "ichbench.executors",
+    "ichbench.grid",
+    "ichbench.vote",
+    "ichbench.metrics",
+    "ichbench.split",
+    "ichbench.augment",
+    "ichbench.config",
 )
 
 SQL = re.compile(r"\b(SELECT|INSERT INTO|DELETE FROM|UPDATE \w+ SET|WHERE|JOIN)\b")
@@ -50,27 +60,38 @@ def test_there_are_modules_to_check() -> None:
 @pytest.mark.parametrize("path", READERS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_imports_nothing_that_trains_or_resolves(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    bad = [name for name in _imports(tree, _module_name(path))
-           if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]
+    bad = [
+        name
+        for name in _imports(tree, _module_name(path))
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
+    ]
     assert bad == [], f"{path.name} imports {bad}"
 
 
 @pytest.mark.parametrize("path", READERS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_writes_no_sql_and_never_uses_the_user_sandbox(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    calls = [node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call)
-             and isinstance(node.func, ast.Attribute)]
+    calls = [
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    ]
     assert "query" not in calls and "execute" not in calls, path.name
-    sql = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
-           and isinstance(node.value, str) and SQL.search(node.value)]
+    sql = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value)
+    ]
     assert sql == [], f"{path.name} holds SQL: {sql}"
 
 
 def test_the_checkers_catch_what_they_look_for() -> None:
     assert SQL.search("SELECT * FROM folds WHERE run_id = 'x'")
     assert not SQL.search("figures drawn from the store, where the run selected them")
-    tree = ast.parse("from ichbench.plugins import get_registry\nimport ichbench.vote as v\n"
-                     "from ..training import TrainSettings\n")
+    tree = ast.parse(
+        "from ichbench.plugins import get_registry\nimport ichbench.vote as v\n"
+        "from ..training import TrainSettings\n"
+    )
     names = _imports(tree, "ichbench.report.build")
     assert "ichbench.plugins.get_registry" in names and "ichbench.vote" in names
     assert "ichbench.training.TrainSettings" in names

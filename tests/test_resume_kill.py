@@ -30,8 +30,24 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--data", "synthetic:14,1,32", "--backbone", "tinycnn", "--folds", "3", "--epochs", "2",
-        "--image-size", "32", "--batch-size", "16", "--device", "cpu", "--seed", "3"]
+TINY = [
+    "--data",
+    "synthetic:14,1,32",
+    "--backbone",
+    "tinycnn",
+    "--folds",
+    "3",
+    "--epochs",
+    "2",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+]
 SYNTH_FOLDER = "p14-s1-px32"
 WAIT_S = 900  # a hang guard only: nothing asserts on time
 CURVE_POINTS = 101
@@ -115,25 +131,38 @@ main(sys.argv[1:])
 def cli_env(root: Path, cache: str = "cache") -> dict[str, str]:
     """Isolated cache and store; built-in plugins only; no hub; one thread per process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICHBENCH_")}
-    env.update(ICHBENCH_CACHE=str(root / cache), ICHBENCH_DB=str(root / "runs.duckdb"),
-               ICHBENCH_LOAD_PLUGINS="", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", COLUMNS="200")
+    env.update(
+        ICHBENCH_CACHE=str(root / cache),
+        ICHBENCH_DB=str(root / "runs.duckdb"),
+        ICHBENCH_LOAD_PLUGINS="",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        COLUMNS="200",
+    )
     return env
 
 
 class Cli:
     """A running `ichbench` process whose stderr lines are collected as they arrive."""
 
-    def __init__(self, args: list[str], env: dict[str, str], *, park: str | None = None,
-                 script: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        park: str | None = None,
+        script: Path | None = None,
+    ) -> None:
         if park:
             assert script is not None
             env = {**env, "ICHBENCH_TEST_PARK": park}
             cmd = [sys.executable, str(script), *args]
         else:
             cmd = [sys.executable, "-m", "ichbench", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._eof = False
@@ -166,8 +195,10 @@ class Cli:
                         return self.lines[i]
                 if self._eof:
                     self.proc.wait()
-                    raise AssertionError(f"ichbench exited ({self.proc.returncode}) before the "
-                                         f"expected line; stderr:\n{self.stderr}")
+                    raise AssertionError(
+                        f"ichbench exited ({self.proc.returncode}) before the "
+                        f"expected line; stderr:\n{self.stderr}"
+                    )
                 if not self._changed.wait(timeout=WAIT_S):
                     raise AssertionError(f"no expected line in {WAIT_S} s:\n{self.stderr}")
 
@@ -201,8 +232,13 @@ def run_to_park(args: list[str], env: dict[str, str], park: str, script: Path) -
 
 
 def ichbench_json(args: list[str], env: dict[str, str]):
-    done = subprocess.run([sys.executable, "-m", "ichbench", *args, "--json"],
-                          capture_output=True, text=True, env=env, timeout=WAIT_S)
+    done = subprocess.run(
+        [sys.executable, "-m", "ichbench", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT_S,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -242,8 +278,7 @@ def checkpoint_problems(db: Path, run_id: str, finished: set[int]) -> list[str]:
             continue
         if f"fold{ckpt.get('fold')}.pt" != path.name or "state_dict" not in ckpt:
             problems.append(f"{path.name} holds fold {ckpt.get('fold')}")
-    for fold, name in query(db, "SELECT fold, checkpoint FROM folds WHERE run_id = ?",
-                            [run_id]):
+    for fold, name in query(db, "SELECT fold, checkpoint FROM folds WHERE run_id = ?", [run_id]):
         if fold in finished and not (name and (folder / name).is_file()):
             problems.append(f"finished fold {fold} has no checkpoint file ({name})")
     return problems
@@ -255,27 +290,37 @@ def store_problems(db: Path, run_id: str) -> list[str]:
     problems: list[str] = []
     status = query(db, "SELECT status FROM runs WHERE run_id = ?", [run_id])[0][0]
     roles: dict[tuple[int | None, str], set[int]] = {}
-    for fold, pid, role in query(db, "SELECT fold, patient_id, role FROM splits "
-                                     "WHERE run_id = ?", [run_id]):
+    for fold, pid, role in query(
+        db, "SELECT fold, patient_id, role FROM splits WHERE run_id = ?", [run_id]
+    ):
         roles.setdefault((fold, role), set()).add(pid)
     test = roles[(None, "test")]
     fold_rows = dict(query(db, "SELECT fold, status FROM folds WHERE run_id = ?", [run_id]))
     split_folds = sorted({f for f, _ in roles if f is not None})
 
     def count(table: str, cond: str, params: list) -> int:
-        return query(db, f"SELECT count(*) FROM {table} WHERE run_id = ? AND {cond}",
-                     [run_id, *params])[0][0]
+        return query(
+            db, f"SELECT count(*) FROM {table} WHERE run_id = ? AND {cond}", [run_id, *params]
+        )[0][0]
 
     def pred_patients(cond: str, params: list, split: str) -> set[int]:
-        return {r[0] for r in query(db, "SELECT DISTINCT patient_id FROM predictions WHERE "
-                                        f"run_id = ? AND {cond} AND split = ?",
-                                    [run_id, *params, split])}
+        return {
+            r[0]
+            for r in query(
+                db,
+                "SELECT DISTINCT patient_id FROM predictions WHERE "
+                f"run_id = ? AND {cond} AND split = ?",
+                [run_id, *params, split],
+            )
+        }
 
     for k in split_folds:
-        counts = {"metrics": count("metrics", "fold = ? AND model = 'fold'", [k]),
-                  "curves": count("curves", "fold = ?", [k]),
-                  "predictions": count("predictions", "fold = ?", [k]),
-                  "epochs": count("epochs", "fold = ?", [k])}
+        counts = {
+            "metrics": count("metrics", "fold = ? AND model = 'fold'", [k]),
+            "curves": count("curves", "fold = ?", [k]),
+            "predictions": count("predictions", "fold = ?", [k]),
+            "epochs": count("epochs", "fold = ?", [k]),
+        }
         if k not in fold_rows:
             if any(counts.values()):
                 problems.append(f"fold {k} has no folds row but rows elsewhere: {counts}")
@@ -284,21 +329,32 @@ def store_problems(db: Path, run_id: str) -> list[str]:
             problems.append(f"fold {k} row has status {fold_rows[k]!r}")
         if counts["metrics"] != 4 or counts["curves"] != CURVE_POINTS or not counts["epochs"]:
             problems.append(f"fold {k} rows are incomplete: {counts}")
-        if pred_patients("fold = ?", [k], "val") != roles[(k, "val")] \
-                or pred_patients("fold = ?", [k], "test") != test:
+        if (
+            pred_patients("fold = ?", [k], "val") != roles[(k, "val")]
+            or pred_patients("fold = ?", [k], "test") != test
+        ):
             problems.append(f"fold {k} predictions do not cover its val and test patients")
-    dupes = query(db, "SELECT fold, split, patient_id, slice, count(*) FROM predictions "
-                      "WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1", [run_id])
+    dupes = query(
+        db,
+        "SELECT fold, split, patient_id, slice, count(*) FROM predictions "
+        "WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1",
+        [run_id],
+    )
     if dupes:
         problems.append(f"duplicate prediction rows: {dupes[:3]}")
-    vote = {"metrics": count("metrics", "model = 'vote'", []),
-            "curves": count("curves", "fold IS NULL", []),
-            "predictions": count("predictions", "fold IS NULL", [])}
+    vote = {
+        "metrics": count("metrics", "model = 'vote'", []),
+        "curves": count("curves", "fold IS NULL", []),
+        "predictions": count("predictions", "fold IS NULL", []),
+    }
     if status == "finished":
         if sorted(fold_rows) != split_folds:
             problems.append(f"finished run with folds {sorted(fold_rows)} of {split_folds}")
-        if vote["metrics"] != 4 or vote["curves"] != CURVE_POINTS \
-                or pred_patients("fold IS NULL", [], "test") != test:
+        if (
+            vote["metrics"] != 4
+            or vote["curves"] != CURVE_POINTS
+            or pred_patients("fold IS NULL", [], "test") != test
+        ):
             problems.append(f"finished run with incomplete vote rows: {vote}")
     elif any(vote.values()):
         problems.append(f"unfinished run ({status}) has vote rows: {vote}")
@@ -308,19 +364,37 @@ def store_problems(db: Path, run_id: str) -> list[str]:
 
 def vote_results(db: Path, run_id: str) -> dict[str, object]:
     """What must not depend on interruptions: thresholds, vote metrics, vote probabilities."""
-    metric_cols = ("sensitivity, specificity, precision, f1, accuracy, auc, tp, fp, tn, fn, n, "
-                   "threshold")
+    metric_cols = (
+        "sensitivity, specificity, precision, f1, accuracy, auc, tp, fp, tn, fn, n, threshold"
+    )
     return {
         "threshold": query(db, "SELECT threshold FROM runs WHERE run_id = ?", [run_id])[0][0],
-        "fold_thresholds": query(db, "SELECT fold, threshold FROM folds WHERE run_id = ? "
-                                     "ORDER BY fold", [run_id]),
-        "metrics": query(db, f"SELECT scope, split, {metric_cols} FROM metrics WHERE "
-                             "run_id = ? AND model = 'vote' ORDER BY scope, split", [run_id]),
-        "probs": np.array([r[0] for r in query(
-            db, "SELECT prob FROM predictions WHERE run_id = ? AND fold IS NULL "
-                "ORDER BY patient_id, slice", [run_id])]),
-        "keys": query(db, "SELECT patient_id, slice FROM predictions WHERE run_id = ? AND "
-                          "fold IS NULL ORDER BY patient_id, slice", [run_id]),
+        "fold_thresholds": query(
+            db, "SELECT fold, threshold FROM folds WHERE run_id = ? ORDER BY fold", [run_id]
+        ),
+        "metrics": query(
+            db,
+            f"SELECT scope, split, {metric_cols} FROM metrics WHERE "
+            "run_id = ? AND model = 'vote' ORDER BY scope, split",
+            [run_id],
+        ),
+        "probs": np.array(
+            [
+                r[0]
+                for r in query(
+                    db,
+                    "SELECT prob FROM predictions WHERE run_id = ? AND fold IS NULL "
+                    "ORDER BY patient_id, slice",
+                    [run_id],
+                )
+            ]
+        ),
+        "keys": query(
+            db,
+            "SELECT patient_id, slice FROM predictions WHERE run_id = ? AND "
+            "fold IS NULL ORDER BY patient_id, slice",
+            [run_id],
+        ),
     }
 
 
@@ -398,8 +472,9 @@ def scenario(tmp_path_factory) -> Scenario:
         reference.stop()
 
 
-def _kill_and_resume(env: dict[str, str], script: Path, reference: Cli,
-                     ref_env: dict[str, str]) -> Scenario:
+def _kill_and_resume(
+    env: dict[str, str], script: Path, reference: Cli, ref_env: dict[str, str]
+) -> Scenario:
     cache = Path(env["ICHBENCH_CACHE"])
     steps: dict[str, Step] = {}
 
@@ -420,13 +495,18 @@ def _kill_and_resume(env: dict[str, str], script: Path, reference: Cli,
         cli.stop()
     steps["fold0"] = _after("fold0", cli, env, run_id)
     steps["fold0"].extra["temps"] = sorted(
-        f"{d}/{p.name}" for d in ("synthetic", "slices") for p in (cache / d).iterdir()
-        if ".tmp-" in p.name)
+        f"{d}/{p.name}"
+        for d in ("synthetic", "slices")
+        for p in (cache / d).iterdir()
+        if ".tmp-" in p.name
+    )
 
     resume = ["run", "--resume", run_id]
-    for name, park in (("fold1-training", "event:epoch_finished:fold=1,epoch=1"),
-                       ("fold2-before-write", "write-fold:2"),
-                       ("finish-transaction", "finish-txn")):
+    for name, park in (
+        ("fold1-training", "event:epoch_finished:fold=1,epoch=1"),
+        ("fold2-before-write", "write-fold:2"),
+        ("finish-transaction", "finish-txn"),
+    ):
         cli = run_to_park(resume, env, park, script)
         steps[name] = _after(name, cli, env, run_id)
 
@@ -437,8 +517,9 @@ def _kill_and_resume(env: dict[str, str], script: Path, reference: Cli,
 
     assert reference.finish() == 0, reference.stderr
     reference_id = run_id_of(reference)
-    return Scenario(Path(env["ICHBENCH_DB"]), env, run_id, steps,
-                    Path(ref_env["ICHBENCH_DB"]), reference_id)
+    return Scenario(
+        Path(env["ICHBENCH_DB"]), env, run_id, steps, Path(ref_env["ICHBENCH_DB"]), reference_id
+    )
 
 
 def test_kill_while_generating_synthetic_data_leaves_no_complete_looking_folder(scenario):
@@ -511,15 +592,29 @@ def test_resumed_run_equals_uninterrupted_run(scenario):
     assert len(got["metrics"]) == 4
     for a, b in zip(got["metrics"], want["metrics"]):
         assert a[:2] == b[:2]
-        np.testing.assert_allclose(np.array(a[2:], dtype=float), np.array(b[2:], dtype=float),
-                                   atol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(
+            np.array(a[2:], dtype=float), np.array(b[2:], dtype=float), atol=1e-9, equal_nan=True
+        )
 
 
 # --------------------------------------------------------------------------- grid
 
 
-GRID = ["grid", "--strategy", "augment:1.5,2", "--data", "synthetic:14,1,32", "--epochs", "1",
-        "--image-size", "32", "--folds", "2", "--device", "cpu"]
+GRID = [
+    "grid",
+    "--strategy",
+    "augment:1.5,2",
+    "--data",
+    "synthetic:14,1,32",
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--folds",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def test_grid_killed_midway_resumes_without_redoing_finished_configurations(tmp_path):

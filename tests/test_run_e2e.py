@@ -16,8 +16,16 @@ from ichbench.metrics import point_metrics
 from ichbench.store import Store
 from ichbench.vote import THRESHOLDS, best_threshold
 
-TINY = dict(data="synthetic:14,1,32", backbone="tinycnn", folds=3, epochs=2, image_size=32,
-            batch_size=16, preset="quick", device="cpu")
+TINY = dict(
+    data="synthetic:14,1,32",
+    backbone="tinycnn",
+    folds=3,
+    epochs=2,
+    image_size=32,
+    batch_size=16,
+    preset="quick",
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +33,12 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     store = Store(root / "runs.duckdb")
     events = []
-    result = run_config(RunConfig(**TINY, weights=["ich:4"]), store, observers=[events.append],
-                        cache_dir=root / "cache")
+    result = run_config(
+        RunConfig(**TINY, weights=["ich:4"]),
+        store,
+        observers=[events.append],
+        cache_dir=root / "cache",
+    )
     return store, result, events
 
 
@@ -47,8 +59,11 @@ def test_run_is_finished_with_every_fold(finished_run):
 
 def test_voting_threshold_recomputed_from_stored_curves(finished_run):
     store, result, _ = finished_run
-    rows = q(store, f"SELECT fold, threshold, f1 FROM curves WHERE run_id = '{result.run_id}' "
-                    "AND fold IS NOT NULL ORDER BY fold, threshold")
+    rows = q(
+        store,
+        f"SELECT fold, threshold, f1 FROM curves WHERE run_id = '{result.run_id}' "
+        "AND fold IS NOT NULL ORDER BY fold, threshold",
+    )
     curves = {}
     for r in rows:
         curves.setdefault(r["fold"], []).append(r["f1"])
@@ -56,8 +71,9 @@ def test_voting_threshold_recomputed_from_stored_curves(finished_run):
     mean = np.mean([curves[k] for k in sorted(curves)], axis=0)
     assert best_threshold(mean) == pytest.approx(store.get_run(result.run_id)["threshold"])
     for fold, curve in curves.items():
-        stored = q(store, f"SELECT threshold FROM folds WHERE run_id = '{result.run_id}' "
-                          f"AND fold = {fold}")[0]["threshold"]
+        stored = q(
+            store, f"SELECT threshold FROM folds WHERE run_id = '{result.run_id}' AND fold = {fold}"
+        )[0]["threshold"]
         assert best_threshold(np.array(curve)) == pytest.approx(stored)
 
 
@@ -82,11 +98,17 @@ def test_every_stored_test_metric_recomputed_from_predictions(finished_run):
         fold_clause = "fold IS NULL" if m["fold"] is None else f"fold = {m['fold']}"
         split = m["split"]
         if m["model"] == "vote" and split == "val":
-            preds = q(store, f"SELECT * FROM predictions WHERE run_id = '{rid}' AND "
-                             "fold IS NOT NULL AND split = 'val' ORDER BY patient_id, slice")
+            preds = q(
+                store,
+                f"SELECT * FROM predictions WHERE run_id = '{rid}' AND "
+                "fold IS NOT NULL AND split = 'val' ORDER BY patient_id, slice",
+            )
         else:
-            preds = q(store, f"SELECT * FROM predictions WHERE run_id = '{rid}' AND "
-                             f"{fold_clause} AND split = '{split}' ORDER BY patient_id, slice")
+            preds = q(
+                store,
+                f"SELECT * FROM predictions WHERE run_id = '{rid}' AND "
+                f"{fold_clause} AND split = '{split}' ORDER BY patient_id, slice",
+            )
         assert preds, m
         labels = np.array([p["label"] for p in preds])
         probs = np.array([p["prob"] for p in preds])
@@ -112,8 +134,11 @@ def test_no_patient_in_two_roles(finished_run):
         val = {r["patient_id"] for r in rows if r["fold"] == fold and r["role"] == "val"}
         assert train and val and test
         assert not (train & val) and not (train & test) and not (val & test)
-    preds = q(store, f"SELECT DISTINCT fold, patient_id FROM predictions WHERE run_id = "
-                     f"'{result.run_id}' AND split = 'val'")
+    preds = q(
+        store,
+        f"SELECT DISTINCT fold, patient_id FROM predictions WHERE run_id = "
+        f"'{result.run_id}' AND split = 'val'",
+    )
     for p in preds:
         train = {r["patient_id"] for r in rows if r["fold"] == p["fold"] and r["role"] == "train"}
         assert p["patient_id"] not in train
@@ -121,8 +146,11 @@ def test_no_patient_in_two_roles(finished_run):
 
 def test_cpu_run_is_deterministic(finished_run, tmp_path):
     store, result, _ = finished_run
-    again = run_config(RunConfig(**TINY, weights=["ich:4"]), Store(tmp_path / "b.duckdb"),
-                       cache_dir=tmp_path / "cache")
+    again = run_config(
+        RunConfig(**TINY, weights=["ich:4"]),
+        Store(tmp_path / "b.duckdb"),
+        cache_dir=tmp_path / "cache",
+    )
     assert again.threshold == result.threshold
     a = result.vote.predictions.prob
     b = again.vote.predictions.prob
@@ -131,17 +159,50 @@ def test_cpu_run_is_deterministic(finished_run, tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_then_sql_returns_what_was_printed(tmp_path):
-    env = {"ICHBENCH_CACHE": str(tmp_path / "cache"), "ICHBENCH_LOAD_PLUGINS": "",
-           "PATH": "", "HF_HUB_OFFLINE": "1"}
+    env = {
+        "ICHBENCH_CACHE": str(tmp_path / "cache"),
+        "ICHBENCH_LOAD_PLUGINS": "",
+        "PATH": "",
+        "HF_HUB_OFFLINE": "1",
+    }
     db = tmp_path / "runs.duckdb"
-    cmd = [sys.executable, "-m", "ichbench", "run", "--data", "synthetic:14,1,32",
-           "--backbone", "tinycnn", "--folds", "3", "--epochs", "1", "--image-size", "32",
-           "--db", str(db), "--weight", "ich:4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ichbench",
+        "run",
+        "--data",
+        "synthetic:14,1,32",
+        "--backbone",
+        "tinycnn",
+        "--folds",
+        "3",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--db",
+        str(db),
+        "--weight",
+        "ich:4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    sql = subprocess.run([sys.executable, "-m", "ichbench", "sql", "--db", str(db), "--json",
-                          "select * from metrics where model='vote' and split='test' "
-                          "and scope='slice'"], capture_output=True, text=True, env=env)
+    sql = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ichbench",
+            "sql",
+            "--db",
+            str(db),
+            "--json",
+            "select * from metrics where model='vote' and split='test' and scope='slice'",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert sql.returncode == 0, sql.stderr
     rows = json.loads(sql.stdout)
     assert len(rows) == 1

@@ -17,7 +17,7 @@ def slices_of(patient_labels: list[int], rng: np.random.Generator):
         n = int(rng.integers(5, 15))
         lab = np.zeros(n, dtype=int)
         if ich:
-            lab[rng.integers(0, n): n][: int(rng.integers(1, n))] = 1
+            lab[rng.integers(0, n) : n][: int(rng.integers(1, n))] = 1
             lab[n // 2] = 1
         pids += [pid] * n
         labels += lab.tolist()
@@ -50,8 +50,11 @@ def test_split_is_seeded():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n_ich=st.integers(7, 30), n_healthy=st.integers(7, 30), folds=st.integers(2, 6),
-    seed=st.integers(0, 10_000), test_size=st.floats(0.1, 0.35),
+    n_ich=st.integers(7, 30),
+    n_healthy=st.integers(7, 30),
+    folds=st.integers(2, 6),
+    seed=st.integers(0, 10_000),
+    test_size=st.floats(0.1, 0.35),
 )
 def test_no_patient_crosses_train_val_test(n_ich, n_healthy, folds, seed, test_size):
     rng = np.random.default_rng(seed)

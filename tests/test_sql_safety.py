@@ -53,22 +53,35 @@ def db(filled, tmp_path) -> Path:
 def state(db: Path) -> dict[str, object]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
+        tables = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables ORDER BY table_name"
+            ).fetchall()
+        ]
         counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
         runs = con.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall()
     finally:
         con.close()
-    return {"sha256": hashlib.sha256(db.read_bytes()).hexdigest(), "counts": counts,
-            "runs": runs, "files": sorted(p.name for p in db.parent.iterdir())}
+    return {
+        "sha256": hashlib.sha256(db.read_bytes()).hexdigest(),
+        "counts": counts,
+        "runs": runs,
+        "files": sorted(p.name for p in db.parent.iterdir()),
+    }
 
 
 def sql(db: Path, query: str, *options: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "ICHBENCH_DEBUG"}
     env.update(ICHBENCH_LOAD_PLUGINS="", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "ichbench", "sql", "--db", str(db), *options,
-                           query], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=db.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "ichbench", "sql", "--db", str(db), *options, query],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=db.parent,
+    )
 
 
 # `{dir}` is the store's folder: a statement that managed to write would leave a file there
@@ -121,14 +134,20 @@ def test_select_works(db):
     before = state(db)
     done = sql(db, "SELECT run_id, status FROM runs ORDER BY run_id", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == [{"run_id": "done-1", "status": "finished"},
-                                       {"run_id": "half-2", "status": "running"}]
+    assert json.loads(done.stdout) == [
+        {"run_id": "done-1", "status": "finished"},
+        {"run_id": "half-2", "status": "running"},
+    ]
     assert state(db) == before
 
 
 def test_select_joining_metrics_and_baselines_works(db):
-    done = sql(db, "SELECT count(*) AS n FROM metrics m, baselines b WHERE m.run_id = 'done-1' "
-                   "AND m.model = 'vote' AND b.scope = m.scope", "--csv")
+    done = sql(
+        db,
+        "SELECT count(*) AS n FROM metrics m, baselines b WHERE m.run_id = 'done-1' "
+        "AND m.model = 'vote' AND b.scope = m.scope",
+        "--csv",
+    )
     assert done.returncode == 0, done.stderr
     header, value = done.stdout.split()
     assert header == "n" and int(value) > 0

@@ -30,22 +30,46 @@ from ichbench.store.baselines import HOSEYNI_CITATION, SEED_V1
 # ------------------------------------------------------------------ record builders
 
 TEST_PATIENTS = [1, 2, 3]
-FOLD_PATIENTS = {0: {"train": [10, 11, 12], "val": [13, 14]},
-                 1: {"train": [12, 13, 14], "val": [10, 11]}}
+FOLD_PATIENTS = {
+    0: {"train": [10, 11, 12], "val": [13, 14]},
+    1: {"train": [12, 13, 14], "val": [10, 11]},
+}
 
 
-def make_run(run_id: str, *, backbone: str = "resnet50", grid_id: str | None = None,
-             strategies: tuple[str, ...] = ("augment:3.3", "weight:ich:4"),
-             config_hash: str = "cfg-1", dataset_hash: str = "data-1") -> RunRecord:
+def make_run(
+    run_id: str,
+    *,
+    backbone: str = "resnet50",
+    grid_id: str | None = None,
+    strategies: tuple[str, ...] = ("augment:3.3", "weight:ich:4"),
+    config_hash: str = "cfg-1",
+    dataset_hash: str = "data-1",
+) -> RunRecord:
     return RunRecord(
-        run_id=run_id, dataset="synthetic", dataset_hash=dataset_hash,
-        config={"backbone": backbone, "ensemble": "mean", "patient_rule": "any",
-                "epochs": 2, "cache": Path("/tmp/x")},
-        config_hash=config_hash, backbone=backbone, strategies=list(strategies), seed=7,
-        preset="cpu", device="cpu", pretrained=False, pretrained_source=None,
-        versions={"torch": "2.4", "ichbench": "0.1.0"}, git_sha="abc123",
-        test_patients=list(TEST_PATIENTS), folds={k: dict(v) for k, v in FOLD_PATIENTS.items()},
-        split_hash="split-1", grid_id=grid_id,
+        run_id=run_id,
+        dataset="synthetic",
+        dataset_hash=dataset_hash,
+        config={
+            "backbone": backbone,
+            "ensemble": "mean",
+            "patient_rule": "any",
+            "epochs": 2,
+            "cache": Path("/tmp/x"),
+        },
+        config_hash=config_hash,
+        backbone=backbone,
+        strategies=list(strategies),
+        seed=7,
+        preset="cpu",
+        device="cpu",
+        pretrained=False,
+        pretrained_source=None,
+        versions={"torch": "2.4", "ichbench": "0.1.0"},
+        git_sha="abc123",
+        test_patients=list(TEST_PATIENTS),
+        folds={k: dict(v) for k, v in FOLD_PATIENTS.items()},
+        split_hash="split-1",
+        grid_id=grid_id,
     )
 
 
@@ -61,46 +85,90 @@ def make_predictions(n_val: int, n_test: int, seed: int) -> Predictions:
     )
 
 
-def make_metric(model: str, fold: int | None, scope: str, split: str, f1: float,
-                *, precision: float | None = 0.5) -> MetricRow:
+def make_metric(
+    model: str,
+    fold: int | None,
+    scope: str,
+    split: str,
+    f1: float,
+    *,
+    precision: float | None = 0.5,
+) -> MetricRow:
     ci = {name: (round(f1 - 0.1, 2), round(f1 + 0.1, 2)) for name in METRIC_NAMES}
     return MetricRow(
-        model=model, fold=fold, scope=scope, split=split, threshold=0.4,
-        sensitivity=0.9, specificity=0.8, precision=precision, f1=f1, accuracy=0.85,
-        auc=float("nan"), tp=9, fp=3, tn=40, fn=1, n=53, ci=ci, ci_method="wilson",
+        model=model,
+        fold=fold,
+        scope=scope,
+        split=split,
+        threshold=0.4,
+        sensitivity=0.9,
+        specificity=0.8,
+        precision=precision,
+        f1=f1,
+        accuracy=0.85,
+        auc=float("nan"),
+        tp=9,
+        fp=3,
+        tn=40,
+        fn=1,
+        n=53,
+        ci=ci,
+        ci_method="wilson",
     )
 
 
 def fold_metrics(model: str, fold: int | None, f1: float) -> list[MetricRow]:
-    return [make_metric(model, fold, scope, split, f1 if split == "test" else f1 + 0.05)
-            for scope in ("slice", "patient") for split in ("val", "test")]
+    return [
+        make_metric(model, fold, scope, split, f1 if split == "test" else f1 + 0.05)
+        for scope in ("slice", "patient")
+        for split in ("val", "test")
+    ]
 
 
-def make_fold(fold: int, *, n_val: int = 40, n_test: int = 60, f1: float = 0.6,
-              seed: int = 0) -> FoldRecord:
+def make_fold(
+    fold: int, *, n_val: int = 40, n_test: int = 60, f1: float = 0.6, seed: int = 0
+) -> FoldRecord:
     curve = np.linspace(0.2, 0.7, 101)
     curve[-1] = np.nan
     return FoldRecord(
-        fold=fold, threshold=0.37, best_epoch=2, train_ich_before=30,
-        train_healthy_before=200, train_ich=99, train_healthy=200, added=69, removed=0,
-        train_patients=FOLD_PATIENTS[fold]["train"], val_patients=FOLD_PATIENTS[fold]["val"],
-        wall_s=12.5, curve=curve, metrics=fold_metrics("fold", fold, f1),
+        fold=fold,
+        threshold=0.37,
+        best_epoch=2,
+        train_ich_before=30,
+        train_healthy_before=200,
+        train_ich=99,
+        train_healthy=200,
+        added=69,
+        removed=0,
+        train_patients=FOLD_PATIENTS[fold]["train"],
+        val_patients=FOLD_PATIENTS[fold]["val"],
+        wall_s=12.5,
+        curve=curve,
+        metrics=fold_metrics("fold", fold, f1),
         predictions=make_predictions(n_val, n_test, seed + fold),
-        epochs=[EpochRecord(e, 0.5 / (e + 1), 0.6 / (e + 1), 0.5 + e / 10, 3.0)
-                for e in range(3)],
+        epochs=[EpochRecord(e, 0.5 / (e + 1), 0.6 / (e + 1), 0.5 + e / 10, 3.0) for e in range(3)],
         checkpoint=f"fold{fold}.pt",
     )
 
 
 def make_vote(f1: float = 0.7, n_test: int = 60) -> VoteRecord:
-    return VoteRecord(threshold=0.42, mean_curve=np.linspace(0.1, 0.6, 101),
-                      metrics=[make_metric("vote", None, scope, "test", f1)
-                               for scope in ("slice", "patient")],
-                      predictions=make_predictions(0, n_test, 99))
+    return VoteRecord(
+        threshold=0.42,
+        mean_curve=np.linspace(0.1, 0.6, 101),
+        metrics=[make_metric("vote", None, scope, "test", f1) for scope in ("slice", "patient")],
+        predictions=make_predictions(0, n_test, 99),
+    )
 
 
-def fill(store: Store, run_id: str, *, finish: bool = True, f1: float = 0.7,
-         n_test: int = 60, **run_kwargs: object) -> None:
+def fill(
+    store: Store,
+    run_id: str,
+    *,
+    finish: bool = True,
+    f1: float = 0.7,
+    n_test: int = 60,
+    **run_kwargs: object,
+) -> None:
     store.create_run(make_run(run_id, **run_kwargs))
     for fold in FOLD_PATIENTS:
         store.write_fold(run_id, make_fold(fold, n_test=n_test))
@@ -121,96 +189,209 @@ def store(tmp_path: Path) -> Store:
 
 EXPECTED_SCHEMA = {
     "_migrations": [
-        ("name", "VARCHAR"), ("applied_at", "TIMESTAMP"),
+        ("name", "VARCHAR"),
+        ("applied_at", "TIMESTAMP"),
     ],
     "baselines": [
-        ("source", "VARCHAR"), ("citation", "VARCHAR"), ("model", "VARCHAR"),
-        ("backbone", "VARCHAR"), ("setting", "VARCHAR"), ("scope", "VARCHAR"),
-        ("split", "VARCHAR"), ("fold", "INTEGER"), ("sensitivity", "DOUBLE"),
-        ("specificity", "DOUBLE"), ("precision", "DOUBLE"), ("f1", "DOUBLE"),
-        ("accuracy", "DOUBLE"), ("note", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("citation", "VARCHAR"),
+        ("model", "VARCHAR"),
+        ("backbone", "VARCHAR"),
+        ("setting", "VARCHAR"),
+        ("scope", "VARCHAR"),
+        ("split", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("sensitivity", "DOUBLE"),
+        ("specificity", "DOUBLE"),
+        ("precision", "DOUBLE"),
+        ("f1", "DOUBLE"),
+        ("accuracy", "DOUBLE"),
+        ("note", "VARCHAR"),
     ],
     "curves": [
-        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("threshold", "DOUBLE"), ("f1", "DOUBLE"),
+        ("run_id", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("threshold", "DOUBLE"),
+        ("f1", "DOUBLE"),
     ],
     "epochs": [
-        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("epoch", "INTEGER"),
-        ("train_loss", "DOUBLE"), ("val_loss", "DOUBLE"), ("val_f1", "DOUBLE"),
+        ("run_id", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("epoch", "INTEGER"),
+        ("train_loss", "DOUBLE"),
+        ("val_loss", "DOUBLE"),
+        ("val_f1", "DOUBLE"),
         ("wall_s", "DOUBLE"),
     ],
     "folds": [
-        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("status", "VARCHAR"),
-        ("threshold", "DOUBLE"), ("best_epoch", "INTEGER"), ("train_ich_before", "INTEGER"),
-        ("train_healthy_before", "INTEGER"), ("train_ich", "INTEGER"),
-        ("train_healthy", "INTEGER"), ("added", "INTEGER"), ("removed", "INTEGER"),
-        ("train_patients", "INTEGER[]"), ("val_patients", "INTEGER[]"), ("wall_s", "DOUBLE"),
-        ("checkpoint", "VARCHAR"), ("written_at", "TIMESTAMP"), ("compiled", "BOOLEAN"),
+        ("run_id", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("status", "VARCHAR"),
+        ("threshold", "DOUBLE"),
+        ("best_epoch", "INTEGER"),
+        ("train_ich_before", "INTEGER"),
+        ("train_healthy_before", "INTEGER"),
+        ("train_ich", "INTEGER"),
+        ("train_healthy", "INTEGER"),
+        ("added", "INTEGER"),
+        ("removed", "INTEGER"),
+        ("train_patients", "INTEGER[]"),
+        ("val_patients", "INTEGER[]"),
+        ("wall_s", "DOUBLE"),
+        ("checkpoint", "VARCHAR"),
+        ("written_at", "TIMESTAMP"),
+        ("compiled", "BOOLEAN"),
         ("notes", "JSON"),
     ],
     "metrics": [
-        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("model", "VARCHAR"), ("scope", "VARCHAR"),
-        ("split", "VARCHAR"), ("threshold", "DOUBLE"), ("sensitivity", "DOUBLE"),
-        ("specificity", "DOUBLE"), ("precision", "DOUBLE"), ("f1", "DOUBLE"),
-        ("accuracy", "DOUBLE"), ("auc", "DOUBLE"), ("tp", "INTEGER"), ("fp", "INTEGER"),
-        ("tn", "INTEGER"), ("fn", "INTEGER"), ("n", "INTEGER"), ("sensitivity_lo", "DOUBLE"),
-        ("sensitivity_hi", "DOUBLE"), ("specificity_lo", "DOUBLE"),
-        ("specificity_hi", "DOUBLE"), ("precision_lo", "DOUBLE"), ("precision_hi", "DOUBLE"),
-        ("f1_lo", "DOUBLE"), ("f1_hi", "DOUBLE"), ("accuracy_lo", "DOUBLE"),
-        ("accuracy_hi", "DOUBLE"), ("auc_lo", "DOUBLE"), ("auc_hi", "DOUBLE"),
+        ("run_id", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("model", "VARCHAR"),
+        ("scope", "VARCHAR"),
+        ("split", "VARCHAR"),
+        ("threshold", "DOUBLE"),
+        ("sensitivity", "DOUBLE"),
+        ("specificity", "DOUBLE"),
+        ("precision", "DOUBLE"),
+        ("f1", "DOUBLE"),
+        ("accuracy", "DOUBLE"),
+        ("auc", "DOUBLE"),
+        ("tp", "INTEGER"),
+        ("fp", "INTEGER"),
+        ("tn", "INTEGER"),
+        ("fn", "INTEGER"),
+        ("n", "INTEGER"),
+        ("sensitivity_lo", "DOUBLE"),
+        ("sensitivity_hi", "DOUBLE"),
+        ("specificity_lo", "DOUBLE"),
+        ("specificity_hi", "DOUBLE"),
+        ("precision_lo", "DOUBLE"),
+        ("precision_hi", "DOUBLE"),
+        ("f1_lo", "DOUBLE"),
+        ("f1_hi", "DOUBLE"),
+        ("accuracy_lo", "DOUBLE"),
+        ("accuracy_hi", "DOUBLE"),
+        ("auc_lo", "DOUBLE"),
+        ("auc_hi", "DOUBLE"),
         ("ci_method", "VARCHAR"),
     ],
     "patient_decisions": [
-        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("split", "VARCHAR"),
-        ("patient_id", "INTEGER"), ("label", "INTEGER"), ("score", "DOUBLE"),
+        ("run_id", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("split", "VARCHAR"),
+        ("patient_id", "INTEGER"),
+        ("label", "INTEGER"),
+        ("score", "DOUBLE"),
         ("decision", "BOOLEAN"),
     ],
     "predictions": [
-        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("split", "VARCHAR"),
-        ("patient_id", "INTEGER"), ("slice", "INTEGER"), ("label", "INTEGER"),
+        ("run_id", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("split", "VARCHAR"),
+        ("patient_id", "INTEGER"),
+        ("slice", "INTEGER"),
+        ("label", "INTEGER"),
         ("prob", "DOUBLE"),
     ],
     "run_summary": [
-        ("run_id", "VARCHAR"), ("status", "VARCHAR"), ("started_at", "TIMESTAMP"),
-        ("finished_at", "TIMESTAMP"), ("dataset", "VARCHAR"), ("backbone", "VARCHAR"),
-        ("strategies", "VARCHAR[]"), ("ensemble", "VARCHAR"), ("patient_rule", "VARCHAR"),
-        ("preset", "VARCHAR"), ("seed", "BIGINT"), ("device", "VARCHAR"),
-        ("pretrained", "BOOLEAN"), ("grid_id", "VARCHAR"), ("config_hash", "VARCHAR"),
-        ("dataset_hash", "VARCHAR"), ("threshold", "DOUBLE"), ("folds_finished", "BIGINT"),
-        ("slice_sensitivity", "DOUBLE"), ("slice_specificity", "DOUBLE"),
-        ("slice_precision", "DOUBLE"), ("slice_f1", "DOUBLE"), ("slice_accuracy", "DOUBLE"),
-        ("slice_auc", "DOUBLE"), ("patient_sensitivity", "DOUBLE"),
-        ("patient_specificity", "DOUBLE"), ("patient_precision", "DOUBLE"),
-        ("patient_f1", "DOUBLE"), ("patient_accuracy", "DOUBLE"), ("mean_val_f1", "DOUBLE"),
-        ("wall_s", "DOUBLE"), ("error", "VARCHAR"),
+        ("run_id", "VARCHAR"),
+        ("status", "VARCHAR"),
+        ("started_at", "TIMESTAMP"),
+        ("finished_at", "TIMESTAMP"),
+        ("dataset", "VARCHAR"),
+        ("backbone", "VARCHAR"),
+        ("strategies", "VARCHAR[]"),
+        ("ensemble", "VARCHAR"),
+        ("patient_rule", "VARCHAR"),
+        ("preset", "VARCHAR"),
+        ("seed", "BIGINT"),
+        ("device", "VARCHAR"),
+        ("pretrained", "BOOLEAN"),
+        ("grid_id", "VARCHAR"),
+        ("config_hash", "VARCHAR"),
+        ("dataset_hash", "VARCHAR"),
+        ("threshold", "DOUBLE"),
+        ("folds_finished", "BIGINT"),
+        ("slice_sensitivity", "DOUBLE"),
+        ("slice_specificity", "DOUBLE"),
+        ("slice_precision", "DOUBLE"),
+        ("slice_f1", "DOUBLE"),
+        ("slice_accuracy", "DOUBLE"),
+        ("slice_auc", "DOUBLE"),
+        ("patient_sensitivity", "DOUBLE"),
+        ("patient_specificity", "DOUBLE"),
+        ("patient_precision", "DOUBLE"),
+        ("patient_f1", "DOUBLE"),
+        ("patient_accuracy", "DOUBLE"),
+        ("mean_val_f1", "DOUBLE"),
+        ("wall_s", "DOUBLE"),
+        ("error", "VARCHAR"),
     ],
     "runs": [
-        ("run_id", "VARCHAR"), ("status", "VARCHAR"), ("started_at", "TIMESTAMP"),
-        ("finished_at", "TIMESTAMP"), ("dataset", "VARCHAR"), ("dataset_hash", "VARCHAR"),
-        ("config", "JSON"), ("config_hash", "VARCHAR"), ("backbone", "VARCHAR"),
-        ("strategies", "VARCHAR[]"), ("ensemble", "VARCHAR"), ("patient_rule", "VARCHAR"),
-        ("seed", "BIGINT"), ("preset", "VARCHAR"), ("device", "VARCHAR"),
-        ("pretrained", "BOOLEAN"), ("pretrained_source", "VARCHAR"), ("threshold", "DOUBLE"),
-        ("wall_s", "DOUBLE"), ("versions", "JSON"), ("git_sha", "VARCHAR"),
-        ("split_hash", "VARCHAR"), ("grid_id", "VARCHAR"), ("error", "VARCHAR"),
-        ("owner", "VARCHAR"), ("plugins", "JSON"),
+        ("run_id", "VARCHAR"),
+        ("status", "VARCHAR"),
+        ("started_at", "TIMESTAMP"),
+        ("finished_at", "TIMESTAMP"),
+        ("dataset", "VARCHAR"),
+        ("dataset_hash", "VARCHAR"),
+        ("config", "JSON"),
+        ("config_hash", "VARCHAR"),
+        ("backbone", "VARCHAR"),
+        ("strategies", "VARCHAR[]"),
+        ("ensemble", "VARCHAR"),
+        ("patient_rule", "VARCHAR"),
+        ("seed", "BIGINT"),
+        ("preset", "VARCHAR"),
+        ("device", "VARCHAR"),
+        ("pretrained", "BOOLEAN"),
+        ("pretrained_source", "VARCHAR"),
+        ("threshold", "DOUBLE"),
+        ("wall_s", "DOUBLE"),
+        ("versions", "JSON"),
+        ("git_sha", "VARCHAR"),
+        ("split_hash", "VARCHAR"),
+        ("grid_id", "VARCHAR"),
+        ("error", "VARCHAR"),
+        ("owner", "VARCHAR"),
+        ("plugins", "JSON"),
     ],
     "splits": [
-        ("run_id", "VARCHAR"), ("fold", "INTEGER"), ("patient_id", "INTEGER"),
+        ("run_id", "VARCHAR"),
+        ("fold", "INTEGER"),
+        ("patient_id", "INTEGER"),
         ("role", "VARCHAR"),
     ],
     "vote_vs_baselines": [
-        ("run_id", "VARCHAR"), ("run_backbone", "VARCHAR"), ("strategies", "VARCHAR[]"),
-        ("preset", "VARCHAR"), ("grid_id", "VARCHAR"), ("scope", "VARCHAR"),
-        ("source", "VARCHAR"), ("baseline_model", "VARCHAR"), ("baseline_backbone", "VARCHAR"),
-        ("setting", "VARCHAR"), ("baseline_fold", "INTEGER"), ("citation", "VARCHAR"),
-        ("run_f1", "DOUBLE"), ("baseline_f1", "DOUBLE"), ("delta_f1", "DOUBLE"),
-        ("run_sensitivity", "DOUBLE"), ("baseline_sensitivity", "DOUBLE"),
-        ("delta_sensitivity", "DOUBLE"), ("run_specificity", "DOUBLE"),
-        ("baseline_specificity", "DOUBLE"), ("delta_specificity", "DOUBLE"),
-        ("run_precision", "DOUBLE"), ("baseline_precision", "DOUBLE"),
-        ("delta_precision", "DOUBLE"), ("run_accuracy", "DOUBLE"),
-        ("baseline_accuracy", "DOUBLE"), ("delta_accuracy", "DOUBLE"), ("beats_f1", "BOOLEAN"),
-        ("f1_rank", "BIGINT"), ("f1_ranked_of", "BIGINT"),
+        ("run_id", "VARCHAR"),
+        ("run_backbone", "VARCHAR"),
+        ("strategies", "VARCHAR[]"),
+        ("preset", "VARCHAR"),
+        ("grid_id", "VARCHAR"),
+        ("scope", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("baseline_model", "VARCHAR"),
+        ("baseline_backbone", "VARCHAR"),
+        ("setting", "VARCHAR"),
+        ("baseline_fold", "INTEGER"),
+        ("citation", "VARCHAR"),
+        ("run_f1", "DOUBLE"),
+        ("baseline_f1", "DOUBLE"),
+        ("delta_f1", "DOUBLE"),
+        ("run_sensitivity", "DOUBLE"),
+        ("baseline_sensitivity", "DOUBLE"),
+        ("delta_sensitivity", "DOUBLE"),
+        ("run_specificity", "DOUBLE"),
+        ("baseline_specificity", "DOUBLE"),
+        ("delta_specificity", "DOUBLE"),
+        ("run_precision", "DOUBLE"),
+        ("baseline_precision", "DOUBLE"),
+        ("delta_precision", "DOUBLE"),
+        ("run_accuracy", "DOUBLE"),
+        ("baseline_accuracy", "DOUBLE"),
+        ("delta_accuracy", "DOUBLE"),
+        ("beats_f1", "BOOLEAN"),
+        ("f1_rank", "BIGINT"),
+        ("f1_ranked_of", "BIGINT"),
     ],
 }
 
@@ -218,7 +399,8 @@ EXPECTED_SCHEMA = {
 def test_schema_is_exactly_the_documented_one(store: Store) -> None:
     _, rows = store.query(
         "SELECT table_name, column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position")
+        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"
+    )
     schema: dict[str, list[tuple[str, str]]] = {}
     for table, column, dtype in rows:
         schema.setdefault(table, []).append((column, dtype))
@@ -252,8 +434,9 @@ def test_migrations_are_recorded_once_and_reopening_is_idempotent(tmp_path: Path
         con.close()
 
 
-def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("CREATE TABLE half_done (x INTEGER)")
         raise duckdb.Error("boom")
@@ -283,18 +466,33 @@ def test_run_and_folds_round_trip(store: Store) -> None:
 
     loaded = store.load_fold("run-1", 1)
     original = folds[1]
-    for name in ("fold", "threshold", "best_epoch", "train_ich_before", "train_healthy_before",
-                 "train_ich", "train_healthy", "added", "removed", "train_patients",
-                 "val_patients", "wall_s", "checkpoint", "status"):
+    for name in (
+        "fold",
+        "threshold",
+        "best_epoch",
+        "train_ich_before",
+        "train_healthy_before",
+        "train_ich",
+        "train_healthy",
+        "added",
+        "removed",
+        "train_patients",
+        "val_patients",
+        "wall_s",
+        "checkpoint",
+        "status",
+    ):
         assert getattr(loaded, name) == getattr(original, name), name
     np.testing.assert_allclose(loaded.curve, original.curve, equal_nan=True)
     assert loaded.epochs == original.epochs
 
-    order = np.lexsort((original.predictions.slice, original.predictions.patient_id,
-                        original.predictions.split))
+    order = np.lexsort(
+        (original.predictions.slice, original.predictions.patient_id, original.predictions.split)
+    )
     for column in ("split", "patient_id", "slice", "label", "prob"):
-        np.testing.assert_array_equal(getattr(loaded.predictions, column),
-                                      getattr(original.predictions, column)[order])
+        np.testing.assert_array_equal(
+            getattr(loaded.predictions, column), getattr(original.predictions, column)[order]
+        )
 
     by_key = {(m.scope, m.split): m for m in loaded.metrics}
     assert len(by_key) == 4
@@ -302,18 +500,30 @@ def test_run_and_folds_round_trip(store: Store) -> None:
     assert test_slice.f1 == pytest.approx(0.6)
     assert test_slice.auc is None  # NaN is stored as NULL
     assert test_slice.ci["f1"] == (pytest.approx(0.5), pytest.approx(0.7))
-    assert (test_slice.tp, test_slice.fp, test_slice.tn, test_slice.fn, test_slice.n) == \
-        (9, 3, 40, 1, 53)
+    assert (test_slice.tp, test_slice.fp, test_slice.tn, test_slice.fn, test_slice.n) == (
+        9,
+        3,
+        40,
+        1,
+        53,
+    )
 
     stored = store.get_run("run-1")
     assert stored["config"]["cache"] == "/tmp/x"
     assert stored["versions"] == {"torch": "2.4", "ichbench": "0.1.0"}
     assert stored["strategies"] == ["augment:3.3", "weight:ich:4"]
     assert (stored["ensemble"], stored["patient_rule"]) == ("mean", "any")
-    _, roles = store.query("SELECT role, fold, count(*) FROM splits WHERE run_id = 'run-1' "
-                           "GROUP BY ALL ORDER BY role, fold")
-    assert roles == [("test", None, 3), ("train", 0, 3), ("train", 1, 3), ("val", 0, 2),
-                     ("val", 1, 2)]
+    _, roles = store.query(
+        "SELECT role, fold, count(*) FROM splits WHERE run_id = 'run-1' "
+        "GROUP BY ALL ORDER BY role, fold"
+    )
+    assert roles == [
+        ("test", None, 3),
+        ("train", 0, 3),
+        ("train", 1, 3),
+        ("val", 0, 2),
+        ("val", 1, 2),
+    ]
 
     store.finish_run("run-1", make_vote(0.7), wall_s=30.0)
     finished = store.get_run("run")  # unique prefix
@@ -368,8 +578,9 @@ def test_patient_decisions_notes_and_plugins_round_trip(store: Store) -> None:
     original = folds[1].patients
     order = np.lexsort((original.patient_id, original.split))
     for column in ("split", "patient_id", "label", "decision"):
-        np.testing.assert_array_equal(getattr(loaded.patients, column),
-                                      getattr(original, column)[order], err_msg=column)
+        np.testing.assert_array_equal(
+            getattr(loaded.patients, column), getattr(original, column)[order], err_msg=column
+        )
     np.testing.assert_allclose(loaded.patients.score, original.score[order], equal_nan=True)
 
     stored = store.patient_decisions("run")
@@ -384,9 +595,12 @@ def test_patient_decisions_notes_and_plugins_round_trip(store: Store) -> None:
     folds[0].patients.decision = ~folds[0].patients.decision
     store.write_fold("run-1", folds[0])  # a rewritten fold replaces its decisions
     assert count(store, "patient_decisions", "fold = 0") == 5
-    assert store.patient_decisions("run-1")[0].decision.tolist() == \
-        folds[0].patients.decision[np.lexsort((folds[0].patients.patient_id,
-                                               folds[0].patients.split))].tolist()
+    assert (
+        store.patient_decisions("run-1")[0].decision.tolist()
+        == folds[0]
+        .patients.decision[np.lexsort((folds[0].patients.patient_id, folds[0].patients.split))]
+        .tolist()
+    )
 
 
 def test_records_without_the_new_fields_write_nothing_for_them(store: Store) -> None:
@@ -411,11 +625,11 @@ def test_typed_reads_give_what_a_report_needs(store: Store) -> None:
     fill(store, "run-2", finish=False)
     split = store.split("run-1")
     assert split.test == TEST_PATIENTS
-    assert split.folds == {k: {"train": sorted(v["train"]), "val": sorted(v["val"])}
-                           for k, v in FOLD_PATIENTS.items()}
+    assert split.folds == {
+        k: {"train": sorted(v["train"]), "val": sorted(v["val"])} for k, v in FOLD_PATIENTS.items()
+    }
     epochs = store.epoch_rows("run-1")
-    assert [(e["fold"], e["epoch"]) for e in epochs] == [(f, e) for f in (0, 1)
-                                                        for e in range(3)]
+    assert [(e["fold"], e["epoch"]) for e in epochs] == [(f, e) for f in (0, 1) for e in range(3)]
     curves = store.curves("run-1")
     assert sorted(curves, key=lambda k: (k is None, k)) == [0, 1, None]
     thresholds, f1 = curves[0]
@@ -443,8 +657,9 @@ def test_readers_bind_values_never_format_them(store: Store) -> None:
     assert store.split(nasty).test == TEST_PATIENTS
 
 
-def test_predictions_are_bulk_inserted_not_row_by_row(store: Store,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predictions_are_bulk_inserted_not_row_by_row(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.create_run(make_run("run-1"))
     calls: list[str] = []
     real = duckdb.DuckDBPyConnection.executemany
@@ -491,8 +706,7 @@ def test_rewriting_a_fold_replaces_it(store: Store) -> None:
 FOLD_TABLES = ("folds", "epochs", "metrics", "curves", "predictions")
 
 
-def test_a_failed_write_fold_leaves_no_rows(store: Store,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_fold_leaves_no_rows(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     store.create_run(make_run("run-1"))
     store.write_fold("run-1", make_fold(0, n_test=60))
 
@@ -533,7 +747,8 @@ def test_bad_records_are_store_errors_and_roll_back(store: Store) -> None:
 
 
 def test_a_run_that_did_not_finish_is_never_reported_finished(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.create_run(make_run("run-1"))
     store.write_fold("run-1", make_fold(0))
     with pytest.raises(StoreError, match=r"cannot finish: fold\(s\) 1"):
@@ -616,22 +831,25 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("sql", [
-    "DROP TABLE runs",
-    "INSERT INTO runs (run_id, status, started_at) VALUES ('x', 'finished', now())",
-    "UPDATE runs SET status = 'finished'",
-    "DELETE FROM baselines",
-    "CREATE TABLE t AS SELECT 1",
-    "CREATE TEMP TABLE t AS SELECT 1",
-    "ALTER TABLE runs ADD COLUMN x INTEGER",
-    "ATTACH 'other.duckdb' AS other",
-    "COPY runs TO 'out.csv'",
-    "INSTALL httpfs",
-    "LOAD httpfs",
-    "SET enable_external_access = true",
-    "CHECKPOINT",
-    "SELECT 1; DROP TABLE runs",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP TABLE runs",
+        "INSERT INTO runs (run_id, status, started_at) VALUES ('x', 'finished', now())",
+        "UPDATE runs SET status = 'finished'",
+        "DELETE FROM baselines",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE TEMP TABLE t AS SELECT 1",
+        "ALTER TABLE runs ADD COLUMN x INTEGER",
+        "ATTACH 'other.duckdb' AS other",
+        "COPY runs TO 'out.csv'",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET enable_external_access = true",
+        "CHECKPOINT",
+        "SELECT 1; DROP TABLE runs",
+    ],
+)
 def test_sql_is_read_only(finished_store: Path, tmp_path: Path, sql: str) -> None:
     path = tmp_path / "runs.duckdb"
     shutil.copyfile(finished_store, path)
@@ -666,12 +884,19 @@ def test_baselines_are_seeded_with_citations(store: Store) -> None:
     rows = store.baselines()
     assert len(rows) == len(SEED_V1) == 21
     assert all(r["citation"] for r in rows)
-    by = {(r["source"], r["model"], r["backbone"], r["setting"], r["scope"], r["fold"]): r
-          for r in rows}
+    by = {
+        (r["source"], r["model"], r["backbone"], r["setting"], r["scope"], r["fold"]): r
+        for r in rows
+    }
     vote = by[("hoseyni", "vote", "resnet50", "tuned", "slice", None)]
     assert vote["citation"] == HOSEYNI_CITATION
-    assert [vote[m] for m in ("sensitivity", "specificity", "precision", "f1", "accuracy")] \
-        == [0.94, 0.91, 0.49, 0.64, 0.91]
+    assert [vote[m] for m in ("sensitivity", "specificity", "precision", "f1", "accuracy")] == [
+        0.94,
+        0.91,
+        0.49,
+        0.64,
+        0.91,
+    ]
     assert "3.3" in vote["note"] and "58 and 79" in vote["note"]
     assert by[("hoseyni", "fold", "resnet50", "tuned", "slice", 4)]["f1"] == 0.36
     assert by[("hoseyni", "vote", "resnet50", "tuned", "patient", None)]["f1"] == 0.86
@@ -690,9 +915,12 @@ def test_did_i_beat_the_paper(store: Store) -> None:
     _, rows = store.query(
         "SELECT run_id, delta_f1, beats_f1, f1_rank FROM vote_vs_baselines "
         "WHERE source = 'hoseyni' AND baseline_model = 'vote' AND scope = 'slice' "
-        "AND baseline_backbone = 'resnet50' AND setting = 'tuned' ORDER BY run_id")
-    assert [(r[0], round(r[1], 2), r[2]) for r in rows] == [("good", 0.06, True),
-                                                           ("weak", -0.14, False)]
+        "AND baseline_backbone = 'resnet50' AND setting = 'tuned' ORDER BY run_id"
+    )
+    assert [(r[0], round(r[1], 2), r[2]) for r in rows] == [
+        ("good", 0.06, True),
+        ("weak", -0.14, False),
+    ]
     assert rows[0][3] == 1  # 0.70 beats every slice-level baseline F1
     assert rows[1][3] > 1
 

@@ -69,10 +69,12 @@ def test_runs_json_and_filters(app: typer.Typer, db: Path) -> None:
     assert rows["alpha-1"]["slice_f1"] == pytest.approx(0.70)
     assert rows["gamma-3"]["status"] == "interrupted"
     assert rows["gamma-3"]["slice_f1"] is None  # no vote for an unfinished run
-    for args, expected in ((["--status", "finished"], {"alpha-1", "beta-2"}),
-                           (["--backbone", "vgg16"], {"beta-2"}),
-                           (["--grid", "g1"], {"alpha-1", "beta-2"}),
-                           (["--status", "interrupted"], {"gamma-3"})):
+    for args, expected in (
+        (["--status", "finished"], {"alpha-1", "beta-2"}),
+        (["--backbone", "vgg16"], {"beta-2"}),
+        (["--grid", "g1"], {"alpha-1", "beta-2"}),
+        (["--status", "interrupted"], {"gamma-3"}),
+    ):
         _, stdout, _ = invoke(app, "runs", "--json", "--db", str(db), *args)
         assert {r["run_id"] for r in json.loads(stdout)} == expected, args
     _, stdout, _ = invoke(app, "runs", "--json", "--limit", "1", "--db", str(db))
@@ -82,19 +84,45 @@ def test_runs_json_and_filters(app: typer.Typer, db: Path) -> None:
 def test_runs_table(app: typer.Typer, db: Path) -> None:
     code, stdout, _ = invoke(app, "runs", "--db", str(db))
     assert code == 0
-    for text in ("alpha-1", "beta-2", "gamma-3", "interrupted", "vgg16",
-                 "augment:3.3 weight:ich:4", "0.70", "0.55"):
+    for text in (
+        "alpha-1",
+        "beta-2",
+        "gamma-3",
+        "interrupted",
+        "vgg16",
+        "augment:3.3 weight:ich:4",
+        "0.70",
+        "0.55",
+    ):
         assert text in stdout, text
 
 
 def test_show_prints_fold_vote_and_paper_tables(app: typer.Typer, db: Path) -> None:
     code, stdout, exc = invoke(app, "show", "alpha", "--db", str(db))  # a unique prefix
     assert (code, exc) == (0, None)
-    for text in ("alpha-1", "resnet50", "mean / any", "Slice level, test set",
-                 "Patient level, test set", "fold 0", "fold 1", "vote",
-                 "0.70 [0.60–0.80]", "0.60 [0.50–0.70]", "Table I", "Table III",
-                 "paper vote", "paper fold 4", "Neethi 2024", "Kyung 2022", "abc123",
-                 "torch.compile", "Excluded patients", "Plugins", "Strategy notes"):
+    for text in (
+        "alpha-1",
+        "resnet50",
+        "mean / any",
+        "Slice level, test set",
+        "Patient level, test set",
+        "fold 0",
+        "fold 1",
+        "vote",
+        "0.70 [0.60–0.80]",
+        "0.60 [0.50–0.70]",
+        "Table I",
+        "Table III",
+        "paper vote",
+        "paper fold 4",
+        "Neethi 2024",
+        "Kyung 2022",
+        "abc123",
+        "torch.compile",
+        "Excluded patients",
+        "Plugins",
+        "Strategy notes",
+    ):
         assert text in stdout, text
 
 
@@ -125,8 +153,9 @@ def test_unknown_run_is_a_store_error(app: typer.Typer, db: Path) -> None:
     assert isinstance(exc, StoreError)
 
 
-def test_missing_store_is_reported_and_not_created(app: typer.Typer, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_store_is_reported_and_not_created(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "missing.duckdb"
     for args in (["runs"], ["show", "x"], ["compare", "x"], ["sql", "SELECT 1"]):
         _, _, exc = invoke(app, *args, "--db", str(missing))
@@ -139,8 +168,9 @@ def test_missing_store_is_reported_and_not_created(app: typer.Typer, tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
-def test_default_db_comes_from_the_environment(app: typer.Typer, db: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_db_comes_from_the_environment(
+    app: typer.Typer, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ICHBENCH_DB", str(db))
     _, stdout, exc = invoke(app, "runs", "--json")
     assert exc is None
@@ -157,12 +187,18 @@ def test_compare_runs_and_grid(app: typer.Typer, db: Path) -> None:
     assert {b["model"] for b in data["baselines"]} == {"vote", "single"}
 
     _, stdout, _ = invoke(app, "compare", "gamma-3", "--grid", "g1", "--json", "--db", str(db))
-    assert [r["run_id"] for r in json.loads(stdout)["runs"]] == ["gamma-3", "alpha-1",
-                                                                  "beta-2"]
+    assert [r["run_id"] for r in json.loads(stdout)["runs"]] == ["gamma-3", "alpha-1", "beta-2"]
     code, stdout, _ = invoke(app, "compare", "--grid", "g1", "--db", str(db))
     assert code == 0
-    for text in ("alpha-1", "beta-2", "Vote, test set", "Reported in the literature",
-                 "inception_v3", "untuned", "kyung2022"):
+    for text in (
+        "alpha-1",
+        "beta-2",
+        "Vote, test set",
+        "Reported in the literature",
+        "inception_v3",
+        "untuned",
+        "kyung2022",
+    ):
         assert text in stdout, text
 
 
@@ -176,8 +212,7 @@ def test_compare_needs_runs(app: typer.Typer, db: Path) -> None:
 def test_sql_outputs(app: typer.Typer, db: Path) -> None:
     query = "SELECT run_id, status FROM runs ORDER BY run_id"
     _, stdout, _ = invoke(app, "sql", query, "--csv", "--db", str(db))
-    assert stdout == ("run_id,status\nalpha-1,finished\nbeta-2,finished\n"
-                      "gamma-3,interrupted\n")
+    assert stdout == ("run_id,status\nalpha-1,finished\nbeta-2,finished\ngamma-3,interrupted\n")
     _, stdout, _ = invoke(app, "sql", query, "--json", "--db", str(db))
     assert json.loads(stdout)[2] == {"run_id": "gamma-3", "status": "interrupted"}
     code, stdout, _ = invoke(app, "sql", "SELECT NULL AS x, '[red]y[/]' AS y", "--db", str(db))
@@ -190,8 +225,7 @@ def test_sql_rejects_writes_and_leaves_the_store_unchanged(app: typer.Typer, db:
     _, _, exc = invoke(app, "sql", "DELETE FROM runs", "--db", str(db))
     assert isinstance(exc, StoreError)
     assert str(exc).startswith("ichbench sql is read-only: ")
-    _, stdout, _ = invoke(app, "sql", "SELECT count(*) AS n FROM runs", "--json", "--db",
-                          str(db))
+    _, stdout, _ = invoke(app, "sql", "SELECT count(*) AS n FROM runs", "--json", "--db", str(db))
     assert json.loads(stdout) == [{"n": 3}]
 
 

@@ -18,23 +18,29 @@ from ichbench.plugins import Plugins, Registry
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     plugins = Plugins(load_entry_points=False)
-    plugins.register(builtin_strategies, name="ichbench_plugins.strategies",
-                     distribution="ichbench")
+    plugins.register(
+        builtin_strategies, name="ichbench_plugins.strategies", distribution="ichbench"
+    )
     return plugins.registry
 
 
 def make_dataset(labels_per_patient: list[np.ndarray]) -> SliceDataset:
     """A SliceDataset built by hand: 1×4×4 images, positions (k - 1) / n."""
     labels = np.concatenate(labels_per_patient).astype(np.int64)
-    patient_ids = np.concatenate([np.full(len(lab), 100 + p, dtype=np.int64)
-                                  for p, lab in enumerate(labels_per_patient)])
+    patient_ids = np.concatenate(
+        [np.full(len(lab), 100 + p, dtype=np.int64) for p, lab in enumerate(labels_per_patient)]
+    )
     slice_numbers = np.concatenate([np.arange(1, len(lab) + 1) for lab in labels_per_patient])
     positions = np.concatenate([np.arange(len(lab)) / len(lab) for lab in labels_per_patient])
     n = len(labels)
     return SliceDataset(
-        name="hand-made", dataset_hash="0" * 16,
-        images=np.zeros((n, 1, 4, 4), dtype=np.uint8), labels=labels, patient_ids=patient_ids,
-        slice_numbers=slice_numbers.astype(np.int64), positions=positions.astype(np.float32),
+        name="hand-made",
+        dataset_hash="0" * 16,
+        images=np.zeros((n, 1, 4, 4), dtype=np.uint8),
+        labels=labels,
+        patient_ids=patient_ids,
+        slice_numbers=slice_numbers.astype(np.int64),
+        positions=positions.astype(np.float32),
         subtypes=np.zeros((n, 5), dtype=np.uint8),
     )
 
@@ -43,13 +49,17 @@ def skewed_dataset(n_patients: int = 30, slices: int = 20, seed: int = 0) -> Sli
     """Bleeding concentrated at positions 0.3-0.6, most often at 0.4-0.5, never elsewhere."""
     rng = np.random.default_rng(seed)
     position = np.arange(slices) / slices
-    p_ich = np.where((position >= 0.4) & (position < 0.5), 0.6,
-                     np.where((position >= 0.3) & (position < 0.6), 0.2, 0.0))
+    p_ich = np.where(
+        (position >= 0.4) & (position < 0.5),
+        0.6,
+        np.where((position >= 0.3) & (position < 0.6), 0.2, 0.0),
+    )
     return make_dataset([(rng.random(slices) < p_ich).astype(int) for _ in range(n_patients)])
 
 
-def start(dataset: SliceDataset, train: np.ndarray, seed: int = 0
-          ) -> tuple[TrainPlan, StrategyContext]:
+def start(
+    dataset: SliceDataset, train: np.ndarray, seed: int = 0
+) -> tuple[TrainPlan, StrategyContext]:
     """The plan the runner starts from: every row of the training patients."""
     rows = np.flatnonzero(np.isin(dataset.patient_ids, train))
     plan = TrainPlan(indices=rows, augment=np.zeros(len(rows), dtype=bool))
@@ -61,8 +71,9 @@ def counts(plan: TrainPlan, dataset: SliceDataset) -> tuple[int, int]:
     return ich, len(plan.indices) - ich
 
 
-def apply_all(registry: Registry, specs: list[str], plan: TrainPlan,
-              ctx: StrategyContext) -> TrainPlan:
+def apply_all(
+    registry: Registry, specs: list[str], plan: TrainPlan, ctx: StrategyContext
+) -> TrainPlan:
     for spec in specs:
         plan = registry.create("strategy", spec).apply(plan, ctx)
     return plan
@@ -80,9 +91,9 @@ def test_augment_reaches_the_ratio_exactly(registry, ratio):
     ich_after, healthy_after = counts(out, dataset)
     assert ich_after == round(ratio * ich_before)
     assert healthy_after == healthy_before
-    assert not out.augment[:len(plan.indices)].any()  # originals stay untransformed
-    assert out.augment[len(plan.indices):].all()
-    assert (dataset.labels[out.indices[len(plan.indices):]] == 1).all()
+    assert not out.augment[: len(plan.indices)].any()  # originals stay untransformed
+    assert out.augment[len(plan.indices) :].all()
+    assert (dataset.labels[out.indices[len(plan.indices) :]] == 1).all()
     step = out.notes["steps"][-1]
     assert step["added"] == ich_after - ich_before and step["removed"] == 0
 
@@ -92,7 +103,7 @@ def test_augment_draws_positions_by_the_bleeding_histogram(registry):
     train = dataset.patients[:32]
     plan, ctx = start(dataset, train)
     out = registry.create("strategy", "augment:60").apply(plan, ctx)
-    added = out.indices[len(plan.indices):]
+    added = out.indices[len(plan.indices) :]
     assert len(added) > 2000
     observed = np.bincount(ctx.position_bins(added), minlength=ctx.histogram_bins) / len(added)
     expected = ctx.bleeding_histogram()
@@ -105,8 +116,9 @@ def test_the_histogram_sees_training_patients_only():
     train_part = skewed_dataset(n_patients=10, seed=1)
     rng = np.random.default_rng(2)
     late = [np.r_[np.zeros(15, int), (rng.random(5) < 0.9).astype(int)] for _ in range(10)]
-    dataset = make_dataset([train_part.labels[train_part.patient_ids == p]
-                            for p in train_part.patients] + late)
+    dataset = make_dataset(
+        [train_part.labels[train_part.patient_ids == p] for p in train_part.patients] + late
+    )
     _, ctx = start(dataset, dataset.patients[:10])
     assert ctx.bleeding_histogram()[7:].sum() == 0
 
@@ -189,29 +201,35 @@ def test_composition_runs_in_order_and_records_each_step(registry):
     ich, _ = counts(plan, dataset)
     out = apply_all(registry, ["undersample:0.5", "augment:2", "weight:ich,4"], plan, ctx)
     assert [s["strategy"] for s in out.notes["steps"]] == [
-        "undersample:0.5", "augment:2", "weight:ich,4"]
+        "undersample:0.5",
+        "augment:2",
+        "weight:ich,4",
+    ]
     assert counts(out, dataset) == (2 * ich, round(0.5 * ich))
     assert out.class_weights == (1.0, 4.0)
     assert plan.notes == {}  # the input plan is never modified
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("augment:abc", "augment: 'abc' is not a number; expected augment:R with R >= 1"),
-    ("augment:0.9", "augment: 0.9 must be >= 1; expected augment:R"),
-    ("augment:-2", "augment: -2 must be >= 1"),
-    ("augment", "augment: got 'augment'; expected augment:R"),
-    ("augment:2,3", "expected augment:R"),
-    ("bootstrap:nan", "bootstrap: 'nan' is not a finite number"),
-    ("bootstrap:0.5", "bootstrap: 0.5 must be >= 1"),
-    ("undersample:0", "undersample: 0 must be > 0"),
-    ("undersample:-0.5", "undersample: -0.5 must be > 0"),
-    ("undersample:x", "undersample: 'x' is not a number"),
-    ("weight:ich,0", "weight: 0 must be > 0"),
-    ("weight:healthy,-1", "weight: -1 must be > 0"),
-    ("weight:ich,inf", "weight: 'inf' is not a finite number"),
-    ("weight:tumour,2", "weight: unknown class 'tumour'; expected weight:CLASS,W"),
-    ("weight:ich", "weight: got 'weight:ich'; expected weight:CLASS,W"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("augment:abc", "augment: 'abc' is not a number; expected augment:R with R >= 1"),
+        ("augment:0.9", "augment: 0.9 must be >= 1; expected augment:R"),
+        ("augment:-2", "augment: -2 must be >= 1"),
+        ("augment", "augment: got 'augment'; expected augment:R"),
+        ("augment:2,3", "expected augment:R"),
+        ("bootstrap:nan", "bootstrap: 'nan' is not a finite number"),
+        ("bootstrap:0.5", "bootstrap: 0.5 must be >= 1"),
+        ("undersample:0", "undersample: 0 must be > 0"),
+        ("undersample:-0.5", "undersample: -0.5 must be > 0"),
+        ("undersample:x", "undersample: 'x' is not a number"),
+        ("weight:ich,0", "weight: 0 must be > 0"),
+        ("weight:healthy,-1", "weight: -1 must be > 0"),
+        ("weight:ich,inf", "weight: 'inf' is not a finite number"),
+        ("weight:tumour,2", "weight: unknown class 'tumour'; expected weight:CLASS,W"),
+        ("weight:ich", "weight: got 'weight:ich'; expected weight:CLASS,W"),
+    ],
+)
 def test_bad_arguments_name_the_strategy_and_its_form(registry, spec, message):
     with pytest.raises(UsageError) as info:
         registry.create("strategy", spec)
@@ -226,11 +244,21 @@ def random_setup(draw):
     n_patients = draw(st.integers(2, 8))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    labels = [(rng.random(draw(st.integers(1, 12))) < rng.random()).astype(int)
-              for _ in range(n_patients)]
+    labels = [
+        (rng.random(draw(st.integers(1, 12))) < rng.random()).astype(int) for _ in range(n_patients)
+    ]
     n_train = draw(st.integers(1, n_patients))
-    pool = st.sampled_from(["augment:1.5", "augment:3.3", "bootstrap:2", "undersample:0.3",
-                            "undersample:2", "weight:ich,4", "weight:healthy,0.5"])
+    pool = st.sampled_from(
+        [
+            "augment:1.5",
+            "augment:3.3",
+            "bootstrap:2",
+            "undersample:0.3",
+            "undersample:2",
+            "weight:ich,4",
+            "weight:healthy,0.5",
+        ]
+    )
     return labels, n_train, draw(st.lists(pool, max_size=5)), seed
 
 

@@ -39,8 +39,9 @@ def test_batch_augments_exactly_the_given_positions():
     expected = (torch.from_numpy(images[[7, 2, 5, 0]]).float() / 255 - 0.5) / 0.5
     assert torch.allclose(plain, expected)
     # no positions given, or an empty tensor of them: nothing is transformed
-    assert torch.equal(data.batch(index, torch.zeros(0, dtype=torch.long), settings(),
-                                  generator), plain)
+    assert torch.equal(
+        data.batch(index, torch.zeros(0, dtype=torch.long), settings(), generator), plain
+    )
 
 
 def _fold(tiny_dataset, compile: bool) -> tuple[dict, np.ndarray]:
@@ -81,8 +82,22 @@ def test_compile_is_an_execution_setting_not_part_of_the_config():
     assert RunConfig(compile=True).as_dict()["compile"] is True
 
 
-TINY_ARGS = ["--data", "synthetic:10,1,32", "--backbone", "tinycnn", "--folds", "2",
-             "--epochs", "1", "--image-size", "32", "--preset", "quick", "--device", "cpu"]
+TINY_ARGS = [
+    "--data",
+    "synthetic:10,1,32",
+    "--backbone",
+    "tinycnn",
+    "--folds",
+    "2",
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--preset",
+    "quick",
+    "--device",
+    "cpu",
+]
 
 
 def _main(capsys, *args: str) -> None:
@@ -113,21 +128,34 @@ def test_run_compile_option_trains_through_torch_compile(capsys, tmp_path, dynam
     _, rows = Store(db, create=False).query(
         "SELECT r.started_at, r.config->>'compile', r.status, r.config_hash, "
         "list(f.compiled ORDER BY f.fold) FROM runs r JOIN folds f USING (run_id) "
-        "GROUP BY ALL ORDER BY r.started_at")
+        "GROUP BY ALL ORDER BY r.started_at"
+    )
     assert [r[1:3] for r in rows] == [("false", "finished"), ("true", "finished")]
     assert rows[0][3] == rows[1][3]  # the same experiment
     assert [r[4] for r in rows] == [[False, False], [True, True]]  # and how each fold ran
 
 
-@pytest.mark.parametrize("stored, flag, compiled", [
-    (False, "--compile", True), (True, "--no-compile", False), (True, None, True)])
-def test_a_resumed_run_may_change_compile(capsys, tmp_path, dynamo_graphs, stored, flag,
-                                          compiled):
+@pytest.mark.parametrize(
+    "stored, flag, compiled",
+    [(False, "--compile", True), (True, "--no-compile", False), (True, None, True)],
+)
+def test_a_resumed_run_may_change_compile(capsys, tmp_path, dynamo_graphs, stored, flag, compiled):
     db = tmp_path / "runs.duckdb"
     lifecycle = Lifecycle(db)
-    job = lifecycle.open(RunProtocol(RunConfig(
-        data="synthetic:10,1,32", backbone="tinycnn", folds=2, epochs=1, image_size=32,
-        preset="quick", device="cpu", compile=stored)))
+    job = lifecycle.open(
+        RunProtocol(
+            RunConfig(
+                data="synthetic:10,1,32",
+                backbone="tinycnn",
+                folds=2,
+                epochs=1,
+                image_size=32,
+                preset="quick",
+                device="cpu",
+                compile=stored,
+            )
+        )
+    )
     lifecycle.mark(job, "interrupted")
     run_id = job.run_id
     _main(capsys, "run", "--db", str(db), "--resume", run_id, *([flag] if flag else []))

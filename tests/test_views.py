@@ -54,8 +54,9 @@ def test_provenance_names_compile_exclusions_plugins_and_notes(store: Store) -> 
     assert fields["torch.compile"] == "folds 1 only"
     assert fields["Excluded patients"] == "58, 79"
     assert fields["Plugins"] == "ichbench 0.1.0, ichbench-extra 2.0"
-    assert fields["Strategy notes"] == ('fold 0: {"augment": {"added": 69, "histogram": '
-                                        '[0.1235, 0.5]}}; fold 1: none')
+    assert fields["Strategy notes"] == (
+        'fold 0: {"augment": {"added": 69, "histogram": [0.1235, 0.5]}}; fold 1: none'
+    )
 
 
 def test_show_and_the_report_state_the_same_provenance(store: Store) -> None:
@@ -68,7 +69,7 @@ def test_show_and_the_report_state_the_same_provenance(store: Store) -> None:
         if field == "Configuration":
             continue  # a long JSON line, folded differently by each medium
         assert field in shown and value in shown, field
-        assert f"<td class=\"\">{field}</td>" in page, field
+        assert f'<td class="">{field}</td>' in page, field
         assert f"| {field} | " in markdown, field
 
 
@@ -84,7 +85,7 @@ def test_one_metrics_table_rendered_three_ways(store: Store) -> None:
     assert vote_page.cells[1:] == vote_terminal.cells[1:]  # the same numbers, worded apart
     f1 = vote_page.cells[5]
     assert f1 == "0.70 [0.60–0.80]"
-    assert f1 in shown and f1 in markdown and "0.70<span class=\"ci\">" in page
+    assert f1 in shown and f1 in markdown and '0.70<span class="ci">' in page
     for label in ("Reported by Hoseyni et al.", "Neethi 2024 (resnet50v2)"):
         assert label in page and label in markdown
     assert "paper vote" in shown and "Neethi 2024 (resnet50v2)" in shown
@@ -94,6 +95,8 @@ def test_runs_recorded_before_plugins_and_notes_say_so(tmp_path: Path) -> None:
     assert plugins_text(None) == plugins_text({}) == "not recorded"
     assert notes_text([{"fold": 0, "notes": None}]) == "not recorded"
     assert notes_text([{"fold": 0, "notes": {}}, {"fold": 1, "notes": {}}]) == "none"
-    assert notes_text([{"fold": 0, "notes": None}, {"fold": 1, "notes": {"a": 1}}]) == \
-        'fold 0: not recorded; fold 1: {"a": 1}'
+    assert (
+        notes_text([{"fold": 0, "notes": None}, {"fold": 1, "notes": {"a": 1}}])
+        == 'fold 0: not recorded; fold 1: {"a": 1}'
+    )
     assert notes_text([]) == "–"

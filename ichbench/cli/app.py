@@ -32,8 +32,9 @@ def create_app() -> typer.Typer:
 
     @app.callback()
     def _root(
-        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                     help="Print the version and exit."),
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
     ) -> None:
         if debug:
@@ -72,9 +73,11 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("ICHBENCH_DEBUG"):
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        err.print(f"[bold red]Error:[/] {escape(str(exc.strerror or exc))}{escape(where)}",
-                  highlight=False,
-                  soft_wrap=True)
+        err.print(
+            f"[bold red]Error:[/] {escape(str(exc.strerror or exc))}{escape(where)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(int(ExitCode.SYSTEM))
     except KeyboardInterrupt:
         err.print("[yellow]Interrupted.[/]")
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(int(ExitCode.USAGE))
         if os.environ.get("ICHBENCH_DEBUG"):
             raise
-        err.print(f"[bold red]Error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with "
-                  "--debug for the traceback)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]Error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with "
+            "--debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(int(ExitCode.INTERNAL))

@@ -32,6 +32,7 @@ err = Console(stderr=True, width=_width(sys.stderr))  # progress, messages, erro
 def to_json(value: Any) -> str:
     """JSON for `--json` outputs: timestamps as ISO 8601, arrays as lists, anything else
     exotic as text."""
+
     def default(obj: Any) -> Any:
         if isinstance(obj, datetime):
             return obj.isoformat()

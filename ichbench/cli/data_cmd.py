@@ -48,8 +48,9 @@ def _load(source: Any, exclude: tuple[int, ...]):
 
 
 def synth(
-    out_dir: Path = typer.Option(..., "--out", help="Folder to write (must not exist or be "
-                                 "empty, unless --force)."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="Folder to write (must not exist or be empty, unless --force)."
+    ),
     patients: int = typer.Option(40, "--patients", help="Number of patients."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same bytes."),
     size: int = typer.Option(128, "--size", help="Slice width and height in pixels."),
@@ -64,7 +65,10 @@ def synth(
     err.print(
         f"Wrote {summary.out}: {summary.patients} patients ({summary.ich_patients} ICH), "
         f"{summary.slices} slices ({summary.ich_slices} ICH), {size} px, seed {seed} "
-        f"in {time.perf_counter() - start:.1f} s", highlight=False, soft_wrap=True)
+        f"in {time.perf_counter() - start:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # --------------------------------------------------------------------------- check
@@ -87,15 +91,23 @@ def _print_check(report) -> None:
         ("Slices", f"{used.slices:,}", f"{full.slices:,}"),
         ("ICH slices", f"{used.ich_slices:,}", f"{full.ich_slices:,}"),
         ("ICH patients", f"{used.ich_patients}", f"{full.ich_patients}"),
-    ] + [(f"  {name} slices", f"{used.subtype_slices[name]:,}",
-          f"{full.subtype_slices[name]:,}") for name in SUBTYPES]
-    out.print(f"[bold]{report.root}[/]: {report.layout} layout, labels "
-              f"{Path(report.label_file).name}", highlight=False, soft_wrap=True)
+    ] + [
+        (f"  {name} slices", f"{used.subtype_slices[name]:,}", f"{full.subtype_slices[name]:,}")
+        for name in SUBTYPES
+    ]
+    out.print(
+        f"[bold]{report.root}[/]: {report.layout} layout, labels {Path(report.label_file).name}",
+        highlight=False,
+        soft_wrap=True,
+    )
     out.print(_counts_table("Contents", rows))
     excluded = ", ".join(f"{p:03d}" for p in report.excluded) or "none"
-    out.print(f"Excluded: {excluded}   Masks: {report.masks}"
-              + ("   Images decoded: all" if report.deep else ""), highlight=False,
-              soft_wrap=True)
+    out.print(
+        f"Excluded: {excluded}   Masks: {report.masks}"
+        + ("   Images decoded: all" if report.deep else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     for message in report.warnings:
         out.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
     for message in report.errors:
@@ -108,8 +120,9 @@ def check(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     exclude: ExcludeOpt = DEFAULT_EXCLUDE_TEXT,
     deep: bool = typer.Option(False, "--deep", help="Also decode every image (slower)."),
-    windows: str = typer.Option("brain", "--windows",
-                                help="Windows to decode with --deep, comma-separated."),
+    windows: str = typer.Option(
+        "brain", "--windows", help="Windows to decode with --deep, comma-separated."
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a dataset folder and summarise what it holds; exits non-zero on a problem."""
@@ -123,15 +136,23 @@ def check(
         if as_json:
             emit_json(data)
         else:
-            out.print(_counts_table(source.name, [
-                ("Patients", str(stats.patients), ""), ("Slices", str(stats.slices), ""),
-                ("ICH slices", str(stats.ich_slices), ""),
-                ("ICH patients", str(stats.ich_patients), "")]))
+            out.print(
+                _counts_table(
+                    source.name,
+                    [
+                        ("Patients", str(stats.patients), ""),
+                        ("Slices", str(stats.slices), ""),
+                        ("ICH slices", str(stats.ich_slices), ""),
+                        ("ICH patients", str(stats.ich_patients), ""),
+                    ],
+                )
+            )
         return
     if deep:
         with step_bar("Decoding") as progress:
-            report = check_folder(folder, excluded, deep=True,
-                                  windows=parse_windows(windows), progress=progress)
+            report = check_folder(
+                folder, excluded, deep=True, windows=parse_windows(windows), progress=progress
+            )
     else:
         report = check_folder(folder, excluded)
     if as_json:
@@ -139,8 +160,7 @@ def check(
     else:
         _print_check(report)
     if not report.ok:
-        more = f" (and {len(report.errors) - 1} more problem(s))" if len(report.errors) > 1 \
-            else ""
+        more = f" (and {len(report.errors) - 1} more problem(s))" if len(report.errors) > 1 else ""
         raise DataError(report.errors[0] + more)
 
 
@@ -157,11 +177,14 @@ def _print_stats(title: str, stats) -> None:
     classes = Table(title=f"{title}: classes", title_justify="left")
     for column in ("", "healthy", "ICH", "total", "ICH share"):
         classes.add_column(column, justify="right" if column else "left")
-    for what, healthy, ich in (("slices", stats.healthy_slices, stats.ich_slices),
-                               ("patients", stats.healthy_patients, stats.ich_patients)):
+    for what, healthy, ich in (
+        ("slices", stats.healthy_slices, stats.ich_slices),
+        ("patients", stats.healthy_patients, stats.ich_patients),
+    ):
         total = healthy + ich
-        classes.add_row(what, f"{healthy:,}", f"{ich:,}", f"{total:,}",
-                        f"{ich / total:.1%}" if total else "-")
+        classes.add_row(
+            what, f"{healthy:,}", f"{ich:,}", f"{total:,}", f"{ich / total:.1%}" if total else "-"
+        )
     out.print(classes)
     bins = len(stats.ich_by_position)
     positions = Table(title="ICH by relative slice position", title_justify="left")
@@ -169,15 +192,22 @@ def _print_stats(title: str, stats) -> None:
         positions.add_column(column, justify="right")
     for i in range(bins):
         n, ich = stats.slices_by_position[i], stats.ich_by_position[i]
-        positions.add_row(f"{i / bins:.1f}-{(i + 1) / bins:.1f}", f"{n:,}", f"{ich:,}",
-                          f"{ich / n:.1%}" if n else "-")
+        positions.add_row(
+            f"{i / bins:.1f}-{(i + 1) / bins:.1f}",
+            f"{n:,}",
+            f"{ich:,}",
+            f"{ich / n:.1%}" if n else "-",
+        )
     out.print(positions)
 
 
 def stats(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    png: Path | None = typer.Option(None, "--out", help="PNG to write (default: "
-                                    "DIR_stats.png here; with --json only when given)."),
+    png: Path | None = typer.Option(
+        None,
+        "--out",
+        help="PNG to write (default: DIR_stats.png here; with --json only when given).",
+    ),
     exclude: ExcludeOpt = DEFAULT_EXCLUDE_TEXT,
     as_json: JsonOpt = False,
 ) -> None:
@@ -194,8 +224,14 @@ def stats(
     if target is not None:
         plot_stats(result, str(getattr(source, "name", dataset)), target)
     if as_json:
-        emit_json({"dataset": getattr(source, "name", dataset), "exclude": list(excluded),
-                    **result.as_dict(), "png": str(target) if target else None})
+        emit_json(
+            {
+                "dataset": getattr(source, "name", dataset),
+                "exclude": list(excluded),
+                **result.as_dict(),
+                "png": str(target) if target else None,
+            }
+        )
         return
     _print_stats(str(getattr(source, "name", dataset)), result)
     if target is not None:

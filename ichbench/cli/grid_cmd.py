@@ -47,17 +47,36 @@ from ichbench.config import RunConfig, preset_for_device
 EXECUTORS = ("local", "ray")
 
 
-ExecutorOpt = Annotated[str, typer.Option(
-    "--executor", help="local (this process, one trial at a time) or ray (trials over a Ray "
-                       "cluster, one GPU each where it has GPUs; needs the ray extra).")]
-AddressOpt = Annotated[str | None, typer.Option(
-    "--address", help="With --executor ray: the cluster to join, 'auto' (started with `ray "
-                      "start`) or HOST:PORT; default: a local Ray instance.")]
-CpusOpt = Annotated[float, typer.Option(
-    "--cpus-per-trial", help="With --executor ray: CPUs (and torch threads) each trial takes.")]
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="A grid TOML file, e.g. benchmarks/paper_grid.toml (its axes add to the "
-                     "options'; its [run] table sets any run option).")]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="local (this process, one trial at a time) or ray (trials over a Ray "
+        "cluster, one GPU each where it has GPUs; needs the ray extra).",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --executor ray: the cluster to join, 'auto' (started with `ray "
+        "start`) or HOST:PORT; default: a local Ray instance.",
+    ),
+]
+CpusOpt = Annotated[
+    float,
+    typer.Option(
+        "--cpus-per-trial", help="With --executor ray: CPUs (and torch threads) each trial takes."
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="A grid TOML file, e.g. benchmarks/paper_grid.toml (its axes add to the "
+        "options'; its [run] table sets any run option).",
+    ),
+]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the configurations only.")]
 
 
@@ -114,10 +133,25 @@ def register(app: typer.Typer) -> None:
         if not axes:
             raise UsageError("No grid axes: give --strategy/--weight/--backbone lists or --config")
         base = experiment_config(
-            data=data, ensemble=ensemble, patient_rule=patient_rule, folds=folds,
-            test_size=test_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-            image_size=image_size, window=window, preset=preset, seed=seed, weights=weights,
-            pretrained=pretrained, exclude=exclude, device=device, compile=compile)
+            data=data,
+            ensemble=ensemble,
+            patient_rule=patient_rule,
+            folds=folds,
+            test_size=test_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience,
+            image_size=image_size,
+            window=window,
+            preset=preset,
+            seed=seed,
+            weights=weights,
+            pretrained=pretrained,
+            exclude=exclude,
+            device=device,
+            compile=compile,
+        )
         base = RunConfig.from_dict({**base.as_dict(), **fixed})
         plan = Grid(axes=axes, base=base)
         configs = plan.configs()
@@ -179,8 +213,10 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) ->
     from ichbench.lifecycle import Lifecycle
 
     # the driver trains nothing: its own device is the CPU, the trials' is the cluster's
-    configs = [replace(cfg, preset=preset_for_device(cfg.preset, executor.device),
-                       device="cpu") for cfg in configs]
+    configs = [
+        replace(cfg, preset=preset_for_device(cfg.preset, executor.device), device="cpu")
+        for cfg in configs
+    ]
     labels = [" ".join(_describe(cfg)) for cfg in configs]
     lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label)
     with GridProgress() as progress:
@@ -198,16 +234,20 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) ->
         progress.start_trials(sum(len(j.folds) for j in jobs))
 
         def on_trial(index: int, record) -> None:
-            test_f1 = next((m.f1 for m in record.metrics
-                            if m.split == "test" and m.scope == "slice"), None)
-            event = FoldFinished(fold=record.fold, threshold=record.threshold,
-                                 val_f1=float(record.curve.max()), test_f1=test_f1,
-                                 wall_s=record.wall_s)
+            test_f1 = next(
+                (m.f1 for m in record.metrics if m.split == "test" and m.scope == "slice"), None
+            )
+            event = FoldFinished(
+                fold=record.fold,
+                threshold=record.threshold,
+                val_f1=float(record.curve.max()),
+                test_f1=test_f1,
+                wall_s=record.wall_s,
+            )
             progress.trial_done(f"{job_labels[index]} fold {record.fold}: {fold_line(event)}")
 
         for result in lifecycle.drive(jobs, executor, on_trial=on_trial):
-            err.print(f"Finished [bold]{result.run_id}[/]: voting threshold "
-                      f"{result.threshold:.2f}")
+            err.print(f"Finished [bold]{result.run_id}[/]: voting threshold {result.threshold:.2f}")
 
 
 def _describe(cfg: RunConfig) -> list[str]:
@@ -221,13 +261,26 @@ def _print_ranking(store, grid_id: str, configs) -> None:
     rows = [r for r in store.list_runs(grid_id=grid_id) if r["status"] == "finished"]
     rows.sort(key=lambda r: -(r["mean_val_f1"] or 0.0))
     table = Table(title=f"Grid {grid_id}: ranked by mean validation F1 over folds")
-    for col in ("rank", "run", "strategies", "backbone", "mean val F1", "vote test F1",
-                "patient test F1"):
+    for col in (
+        "rank",
+        "run",
+        "strategies",
+        "backbone",
+        "mean val F1",
+        "vote test F1",
+        "patient test F1",
+    ):
         table.add_column(col)
     for rank, row in enumerate(rows, start=1):
-        table.add_row(str(rank), row["run_id"], ", ".join(row["strategies"] or []) or "none",
-                      row["backbone"], _fmt(row["mean_val_f1"]), _fmt(row["slice_f1"]),
-                      _fmt(row["patient_f1"]))
+        table.add_row(
+            str(rank),
+            row["run_id"],
+            ", ".join(row["strategies"] or []) or "none",
+            row["backbone"],
+            _fmt(row["mean_val_f1"]),
+            _fmt(row["slice_f1"]),
+            _fmt(row["patient_f1"]),
+        )
     out.print(table)
 
 

@@ -21,9 +21,10 @@ DATA_HELP = "A dataset folder (either PhysioNet layout), or a registered dataset
 
 # ---------------------------------------------------------------- the store and output
 
-DbOpt = Annotated[Path | None, typer.Option(
-    "--db", help="Run store (DuckDB file). Default: $ICHBENCH_DB or "
-                                 "./runs.duckdb.")]
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="Run store (DuckDB file). Default: $ICHBENCH_DB or ./runs.duckdb."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 # ---------------------------------------------------------------- the experiment
@@ -32,52 +33,105 @@ DataOpt = Annotated[str, typer.Option("--data", help=DATA_HELP)]
 EnsembleOpt = Annotated[str, typer.Option("--ensemble", help="Fold ensemble rule.")]
 PatientRuleOpt = Annotated[str, typer.Option("--patient-rule", help="Patient rule.")]
 FoldsOpt = Annotated[int, typer.Option("--folds", help="Cross-validation folds.")]
-TestSizeOpt = Annotated[float, typer.Option(
-    "--test-size", help="Fraction of patients held out for the test set.")]
+TestSizeOpt = Annotated[
+    float, typer.Option("--test-size", help="Fraction of patients held out for the test set.")
+]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Maximum epochs per fold.")]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
-PatienceOpt = Annotated[int | None, typer.Option(
-    "--patience", help="Early-stopping patience (epochs without a better validation F1).")]
-ImageSizeOpt = Annotated[int | None, typer.Option(
-    "--image-size", help="Square input size in px.")]
-WindowOpt = Annotated[list[str], typer.Option(
-    "--window", help="CT window(s) stacked as channels, repeatable: brain, subdural, bone.")]
-PresetOpt = Annotated[str, typer.Option(
-    "--preset", help="auto (paper where training gets a GPU, quick otherwise), quick or "
-                     "paper.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split, the strategies and "
-                                                     "the initial weights.")]
-WeightsFileOpt = Annotated[Path | None, typer.Option(
-    "--weights", help="Local pretrained weights file for the backbone (never downloads).")]
-PretrainedOpt = Annotated[bool | None, typer.Option(
-    "--pretrained/--no-pretrained", help="Start from pretrained weights (default: preset).")]
-ExcludeOpt = Annotated[str, typer.Option(
-    "--exclude", help="Patients left out, comma-separated; 'none' (or '') for none.")]
-DeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto, cpu or cuda[:N]; with --executor ray, cpu keeps trials off the "
-                     "cluster's GPUs.")]
-CompileOpt = Annotated[bool | None, typer.Option(
-    "--compile/--no-compile", help="Train through torch.compile (the first steps pay the "
-                                   "compilation; results repeat but differ from eager ones). "
-                                   "Not part of the config hash; recorded per fold.")]
+PatienceOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--patience", help="Early-stopping patience (epochs without a better validation F1)."
+    ),
+]
+ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", help="Square input size in px.")]
+WindowOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--window", help="CT window(s) stacked as channels, repeatable: brain, subdural, bone."
+    ),
+]
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        "--preset", help="auto (paper where training gets a GPU, quick otherwise), quick or paper."
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of the split, the strategies and the initial weights.")
+]
+WeightsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights", help="Local pretrained weights file for the backbone (never downloads)."
+    ),
+]
+PretrainedOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--pretrained/--no-pretrained", help="Start from pretrained weights (default: preset)."
+    ),
+]
+ExcludeOpt = Annotated[
+    str,
+    typer.Option("--exclude", help="Patients left out, comma-separated; 'none' (or '') for none."),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto, cpu or cuda[:N]; with --executor ray, cpu keeps trials off the cluster's GPUs.",
+    ),
+]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="Train through torch.compile (the first steps pay the "
+        "compilation; results repeat but differ from eager ones). "
+        "Not part of the config hash; recorded per fold.",
+    ),
+]
 
 # what a run configures that a grid varies: one value for a run, an axis for a grid
-BackboneOpt = Annotated[str | None, typer.Option(
-    "--backbone", help="Backbone spec, e.g. resnet50, timm:convnext_tiny (default: the "
-                       "preset's).")]
-StrategyOpt = Annotated[list[str], typer.Option(
-    "--strategy", help="Imbalance strategy, repeatable, applied in order: augment:3.3, "
-                       "undersample:0.5, bootstrap:2.")]
-WeightOpt = Annotated[list[str], typer.Option(
-    "--weight", help="Class weight of the loss, repeatable: ich:4, healthy:0.5.")]
-BackboneAxisOpt = Annotated[list[str], typer.Option(
-    "--backbone", help="An axis of backbones: resnet50,vgg16,mobilenetv2,inception_v3.")]
-StrategyAxisOpt = Annotated[list[str], typer.Option(
-    "--strategy", help="One axis per option; commas list its values: augment:1,2,3.3 or "
-                       "none,undersample:0.5.")]
-WeightAxisOpt = Annotated[list[str], typer.Option(
-    "--weight", help="One axis per option: ich:2,4,6,8,10 or healthy:1,0.5.")]
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        help="Backbone spec, e.g. resnet50, timm:convnext_tiny (default: the preset's).",
+    ),
+]
+StrategyOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--strategy",
+        help="Imbalance strategy, repeatable, applied in order: augment:3.3, "
+        "undersample:0.5, bootstrap:2.",
+    ),
+]
+WeightOpt = Annotated[
+    list[str],
+    typer.Option("--weight", help="Class weight of the loss, repeatable: ich:4, healthy:0.5."),
+]
+BackboneAxisOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--backbone", help="An axis of backbones: resnet50,vgg16,mobilenetv2,inception_v3."
+    ),
+]
+StrategyAxisOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--strategy",
+        help="One axis per option; commas list its values: augment:1,2,3.3 or "
+        "none,undersample:0.5.",
+    ),
+]
+WeightAxisOpt = Annotated[
+    list[str],
+    typer.Option("--weight", help="One axis per option: ich:2,4,6,8,10 or healthy:1,0.5."),
+]
 
 
 class D:
@@ -95,21 +149,50 @@ class D:
     device = "auto"
 
 
-def experiment_config(*, data: str, ensemble: str, patient_rule: str, folds: int,
-                      test_size: float, epochs: int | None, batch_size: int | None,
-                      lr: float | None, patience: int | None, image_size: int | None,
-                      window: list[str], preset: str, seed: int, weights: Path | None,
-                      pretrained: bool | None, exclude: str, device: str,
-                      compile: bool | None, **axes: Any) -> RunConfig:
+def experiment_config(
+    *,
+    data: str,
+    ensemble: str,
+    patient_rule: str,
+    folds: int,
+    test_size: float,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    patience: int | None,
+    image_size: int | None,
+    window: list[str],
+    preset: str,
+    seed: int,
+    weights: Path | None,
+    pretrained: bool | None,
+    exclude: str,
+    device: str,
+    compile: bool | None,
+    **axes: Any,
+) -> RunConfig:
     """The `RunConfig` of the shared options; `axes` are the per-command ones
     (`backbone`, `strategies`, `weights_specs` for a run; left unset by a grid)."""
     return RunConfig(
-        data=data, ensemble=ensemble, patient_rule=patient_rule, folds=folds,
-        test_size=test_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-        image_size=image_size, windows=list(window), preset=preset, seed=seed,
-        weights_file=str(weights) if weights else None, pretrained=pretrained,
-        exclude=list(parse_exclude(exclude, option="--exclude")), device=device,
-        compile=bool(compile), backbone=axes.get("backbone"),
+        data=data,
+        ensemble=ensemble,
+        patient_rule=patient_rule,
+        folds=folds,
+        test_size=test_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        image_size=image_size,
+        windows=list(window),
+        preset=preset,
+        seed=seed,
+        weights_file=str(weights) if weights else None,
+        pretrained=pretrained,
+        exclude=list(parse_exclude(exclude, option="--exclude")),
+        device=device,
+        compile=bool(compile),
+        backbone=axes.get("backbone"),
         strategies=list(axes.get("strategies") or []),
         weights=list(axes.get("weight_specs") or []),
     )

@@ -21,8 +21,14 @@ WIDE = 130  # columns needed for the table layout
 
 def entry_row(entry: Entry) -> dict[str, Any]:
     """One plugin name as the JSON listing shows it."""
-    return {"kind": entry.kind, "name": entry.name, "plugin": entry.plugin,
-            "distribution": entry.distribution, "version": entry.version, "help": entry.help}
+    return {
+        "kind": entry.kind,
+        "name": entry.name,
+        "plugin": entry.plugin,
+        "distribution": entry.distribution,
+        "version": entry.version,
+        "help": entry.help,
+    }
 
 
 def _table(entries: list[Entry]) -> Table:
@@ -40,8 +46,11 @@ def _stacked(entries: list[Entry]) -> Group:
     instead of a six-column table squeezed until nothing is readable."""
     lines = []
     for e in entries:
-        head = Text.assemble((f"{KIND_LABELS[e.kind]:<14}", "cyan"), (e.name, "bold"),
-                             f"  {e.distribution} {e.version}  ({e.plugin})")
+        head = Text.assemble(
+            (f"{KIND_LABELS[e.kind]:<14}", "cyan"),
+            (e.name, "bold"),
+            f"  {e.distribution} {e.version}  ({e.plugin})",
+        )
         lines.append(head)
         if e.help:
             lines.append(Padding(Text(e.help, style="dim"), (0, 0, 0, 14)))

@@ -43,8 +43,15 @@ def step_bar(description: str, *, transient: bool = True) -> Iterator[Callable[.
     if not err.is_terminal:
         yield lambda done, total, description=None: None
         return
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                   MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=transient)
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=transient,
+    )
     task = bar.add_task(description, total=None)
 
     def update(done: int, total: int, description: str | None = None) -> None:
@@ -74,8 +81,7 @@ class Bars:
         """Handle the events every observer shows alike; False for the others."""
         if isinstance(event, DataProgress):
             if self.data_task is None:
-                self.data_task = self.progress.add_task("Preprocessing", total=event.total,
-                                                        info="")
+                self.data_task = self.progress.add_task("Preprocessing", total=event.total, info="")
             self.progress.update(self.data_task, completed=event.done)
         elif isinstance(event, RunWarning):
             err.print(f"[yellow]Warning:[/] {escape(event.message)}")
@@ -89,8 +95,12 @@ class RunProgress(Bars):
 
     def __init__(self) -> None:
         super().__init__(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
         self.fold_task = None
@@ -107,18 +117,25 @@ class RunProgress(Bars):
             err.print(f"{verb} [bold]{event.run_id}[/]")
             if self.fold_task is not None:
                 p.remove_task(self.fold_task)
-            self.fold_task = p.add_task("Folds", total=event.folds, info="",
-                                        completed=len(event.finished))
+            self.fold_task = p.add_task(
+                "Folds", total=event.folds, info="", completed=len(event.finished)
+            )
         elif isinstance(event, FoldStarted):
             if self.epoch_task is not None:
                 p.remove_task(self.epoch_task)
-            self.epoch_task = p.add_task(f"  fold {event.fold} epochs", total=event.epochs,
-                                         info=f"{event.train_samples} samples/epoch")
+            self.epoch_task = p.add_task(
+                f"  fold {event.fold} epochs",
+                total=event.epochs,
+                info=f"{event.train_samples} samples/epoch",
+            )
         elif isinstance(event, BatchFinished) and self.epoch_task is not None:
             p.update(self.epoch_task, completed=(event.epoch - 1) + event.batch / event.batches)
         elif isinstance(event, EpochFinished) and self.epoch_task is not None:
-            p.update(self.epoch_task, completed=event.epoch,
-                     info=f"loss {event.train_loss:.3f}  val F1 {event.val_f1:.3f}")
+            p.update(
+                self.epoch_task,
+                completed=event.epoch,
+                info=f"loss {event.train_loss:.3f}  val F1 {event.val_f1:.3f}",
+            )
         elif isinstance(event, FoldFinished):
             if self.epoch_task is not None:
                 p.remove_task(self.epoch_task)
@@ -135,8 +152,9 @@ class GridProgress(Bars):
     one line per trial as it comes back."""
 
     def __init__(self) -> None:
-        super().__init__(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TimeElapsedColumn())
+        super().__init__(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        )
         self.trial_task = None
 
     def __call__(self, event: Event) -> None:
@@ -156,5 +174,7 @@ class GridProgress(Bars):
 def fold_line(event: FoldFinished) -> str:
     """A finished fold in one line, alike for runs and grids."""
     test_f1 = "n/a" if event.test_f1 is None else f"{event.test_f1:.3f}"
-    return (f"threshold {event.threshold:.2f}, val F1 {event.val_f1:.3f}, test F1 {test_f1} "
-            f"({event.wall_s:.1f} s)")
+    return (
+        f"threshold {event.threshold:.2f}, val F1 {event.val_f1:.3f}, test F1 {test_f1} "
+        f"({event.wall_s:.1f} s)"
+    )

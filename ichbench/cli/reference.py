@@ -21,8 +21,9 @@ TITLE = "# ichbench command-line reference"
 
 def _context(command, name: str, parent=None):
     """A help context of fixed width (click's classes as typer ships them)."""
-    return command.context_class(command, info_name=name, parent=parent,
-                                 terminal_width=WIDTH, max_content_width=WIDTH)
+    return command.context_class(
+        command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
+    )
 
 
 def _commands(ctx) -> Iterator:
@@ -56,8 +57,13 @@ def render(app: typer.Typer | None = None) -> str:
 
         app = create_app()
     top = _context(typer.main.get_command(app), "ichbench")
-    parts = [TITLE, "", "Generated from every command's `--help`; do not edit. Regenerate with",
-             f"`{REGENERATE}`.", ""]
+    parts = [
+        TITLE,
+        "",
+        "Generated from every command's `--help`; do not edit. Regenerate with",
+        f"`{REGENERATE}`.",
+        "",
+    ]
     for ctx in _commands(top):
         parts += [f"## `{ctx.command_path}`", "", "```text", plain_help(ctx), "```", ""]
     return "\n".join(parts)

@@ -22,8 +22,7 @@ from ichbench.views.provenance import provenance_table
 if TYPE_CHECKING:
     from ichbench.store import Store
 
-STATUS_COLOURS = {"finished": "green", "running": "cyan", "failed": "red",
-                  "interrupted": "yellow"}
+STATUS_COLOURS = {"finished": "green", "running": "cyan", "failed": "red", "interrupted": "yellow"}
 
 
 def rich_table(data: TableData) -> RenderableType:
@@ -35,11 +34,15 @@ def rich_table(data: TableData) -> RenderableType:
         for row in data.rows:
             grid.add_row(row.cells[0], Text(row.cells[1]))
         return grid
-    table = Table(title=data.short_title or data.title or None, title_justify="left",
-                  caption=data.note or None)
+    table = Table(
+        title=data.short_title or data.title or None,
+        title_justify="left",
+        caption=data.note or None,
+    )
     for i, name in enumerate(data.headers(short=True)):
-        table.add_column(name, justify="right" if i >= data.numeric_from else "left",
-                         no_wrap=i == 0)
+        table.add_column(
+            name, justify="right" if i >= data.numeric_from else "left", no_wrap=i == 0
+        )
     width = len(data.columns)
     for row in data.rows:
         if row.group:
@@ -75,8 +78,11 @@ def _print_tables(console: Console, data: RunData, baselines: list[dict[str, Any
         console.print()
 
 
-def sql_table(columns: list[str], rows: list[tuple], width: int | None = None,
-              ) -> RenderableType:
+def sql_table(
+    columns: list[str],
+    rows: list[tuple],
+    width: int | None = None,
+) -> RenderableType:
     """Query results as a table, or one `column  value` block per row when the table
     would not fit in `width` columns (a wide `SELECT *` stays readable)."""
     table = Table()

@@ -36,9 +36,14 @@ from ichbench.cli.options import (
 )
 from ichbench.config import RunConfig
 
-ResumeOpt = Annotated[str | None, typer.Option(
-    "--resume", help="Finish an unfinished run: finished folds are kept. The run's stored "
-                     "configuration is used; only --db and --compile/--no-compile apply.")]
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="Finish an unfinished run: finished folds are kept. The run's stored "
+        "configuration is used; only --db and --compile/--no-compile apply.",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -83,12 +88,28 @@ def register(app: typer.Typer) -> None:
                 config = replace(config, compile=compile)
         else:
             config = experiment_config(
-                data=data, ensemble=ensemble, patient_rule=patient_rule, folds=folds,
-                test_size=test_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                patience=patience, image_size=image_size, window=window, preset=preset,
-                seed=seed, weights=weights, pretrained=pretrained, exclude=exclude,
-                device=device, compile=compile, backbone=backbone, strategies=strategy,
-                weight_specs=weight)
+                data=data,
+                ensemble=ensemble,
+                patient_rule=patient_rule,
+                folds=folds,
+                test_size=test_size,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                patience=patience,
+                image_size=image_size,
+                window=window,
+                preset=preset,
+                seed=seed,
+                weights=weights,
+                pretrained=pretrained,
+                exclude=exclude,
+                device=device,
+                compile=compile,
+                backbone=backbone,
+                strategies=strategy,
+                weight_specs=weight,
+            )
         result, store = execute(config, store, resume=resume)
         print_run_tables(out, store, result.run_id)
         err.print(f"Stored as run [bold]{result.run_id}[/] in {store.path}")

@@ -27,15 +27,19 @@ def _open(db: Path | None) -> Store:
 
 
 def runs(
-    status: Annotated[str | None, typer.Option(
-        "--status", help="Only runs with this status: running, finished, failed, "
-                         "interrupted.")] = None,
-    backbone: Annotated[str | None, typer.Option(
-        "--backbone", help="Only runs of this backbone.")] = None,
-    grid: Annotated[str | None, typer.Option(
-        "--grid", help="Only runs of this grid id.")] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", min=1, help="At most this many runs.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status", help="Only runs with this status: running, finished, failed, interrupted."
+        ),
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="Only runs of this backbone.")
+    ] = None,
+    grid: Annotated[str | None, typer.Option("--grid", help="Only runs of this grid id.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many runs.")
+    ] = None,
     as_json: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -51,8 +55,7 @@ def runs(
 
 
 def show(
-    run_id: Annotated[str, typer.Argument(metavar="RUN",
-                                          help="Run id or a unique prefix of it.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id or a unique prefix of it.")],
     as_json: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -61,18 +64,25 @@ def show(
     store = _open(db)
     run = store.get_run(run_id)
     if as_json:
-        emit_json({"run": run, "folds": store.folds(run["run_id"]),
-                   "metrics": store.run_metrics(run["run_id"]),
-                   "baselines": store.baselines()})
+        emit_json(
+            {
+                "run": run,
+                "folds": store.folds(run["run_id"]),
+                "metrics": store.run_metrics(run["run_id"]),
+                "baselines": store.baselines(),
+            }
+        )
         return
     render.print_run(out, store, run["run_id"])
 
 
 def compare(
-    run_ids: Annotated[list[str] | None, typer.Argument(
-        metavar="RUN", help="Run ids or unique prefixes.")] = None,
-    grid: Annotated[str | None, typer.Option(
-        "--grid", help="Also every run of this grid id.")] = None,
+    run_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="RUN", help="Run ids or unique prefixes.")
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option("--grid", help="Also every run of this grid id.")
+    ] = None,
     as_json: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -101,8 +111,7 @@ def compare(
 def sql(
     query: Annotated[str, typer.Argument(metavar="SQL", help="One SELECT statement.")],
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    as_json: Annotated[bool, typer.Option("--json",
-                                          help="Print a JSON list of objects.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects.")] = False,
     db: DbOpt = None,
 ) -> None:
     """Run a read-only SQL query on the store (see docs/store.md for the schema)."""

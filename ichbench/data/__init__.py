@@ -11,5 +11,12 @@ from ichbench.data.resolve import dataset_entry, resolve_dataset
 from ichbench.data.synth import SyntheticSource, generate
 from ichbench.data.windows import WINDOWS
 
-__all__ = ["WINDOWS", "PhysioNetSource", "SyntheticSource", "dataset_entry", "generate",
-           "open_folder", "resolve_dataset"]
+__all__ = [
+    "WINDOWS",
+    "PhysioNetSource",
+    "SyntheticSource",
+    "dataset_entry",
+    "generate",
+    "open_folder",
+    "resolve_dataset",
+]

@@ -51,8 +51,9 @@ def _relative(root: Path, path: Path) -> str:
         return path.as_posix()
 
 
-def fingerprint(root: Path, files: Iterable[Path], options: LoadOptions,
-                extra: Mapping[str, Any] | None = None) -> str:
+def fingerprint(
+    root: Path, files: Iterable[Path], options: LoadOptions, extra: Mapping[str, Any] | None = None
+) -> str:
     """A cache key from file metadata only: any edit, addition or removal changes it."""
     h = hashlib.blake2b(digest_size=16)
     head = {"format": CACHE_FORMAT, "options": asdict(options), "extra": dict(extra or {})}
@@ -91,8 +92,11 @@ def open_entry(folder: Path, *, name: str, source: str) -> SliceDataset:
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError) as exc:
         raise CorruptEntry(f"{folder / META}: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT \
-            or meta.get("key") != folder.name:
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != CACHE_FORMAT
+        or meta.get("key") != folder.name
+    ):
         raise CorruptEntry(f"{folder / META}: wrong format or key")
     try:
         rows = int(meta["rows"])
@@ -128,15 +132,16 @@ def _remove_dead_temps(entry: Path) -> None:
     """Temp folders of builds whose process died are never read; reclaim their space."""
     for tmp in entry.parent.glob(f"{entry.name}{_TMP}*"):
         try:
-            pid = int(tmp.name[len(entry.name) + len(_TMP):].split("-")[0])
+            pid = int(tmp.name[len(entry.name) + len(_TMP) :].split("-")[0])
         except ValueError:
             continue
         if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_cached(cache_dir: Path, key: str, build: Callable[[Path], dict[str, Any]], *,
-                name: str, source: str) -> SliceDataset:
+def load_cached(
+    cache_dir: Path, key: str, build: Callable[[Path], dict[str, Any]], *, name: str, source: str
+) -> SliceDataset:
     """Open the entry for `key`, building it first if absent or corrupt.
 
     `build(folder)` writes the row arrays into `folder` (see save_arrays) and returns the

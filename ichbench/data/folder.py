@@ -51,8 +51,7 @@ class PhysioNetFolder:
             base = self.root / name
             for dirpath, dirnames, filenames in os.walk(base):
                 dirnames.sort()
-                files.extend(Path(dirpath) / f for f in sorted(filenames)
-                             if not f.startswith("."))
+                files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
         return files
 
     def slice_count(self, patient: int) -> int:
@@ -62,25 +61,35 @@ class PhysioNetFolder:
             if self.layout == NIFTI:
                 self._counts[patient] = nifti_slice_count(files.image)
             else:
-                self._counts[patient] = max(jpg_slices(files.image / "brain", patient),
-                                            default=0)
+                self._counts[patient] = max(jpg_slices(files.image / "brain", patient), default=0)
         return self._counts[patient]
 
 
-def match_problems(root: Path, layout: str, label_path: Path, labels: LabelTable,
-                   patients: dict[int, PatientFiles], exclude: tuple[int, ...] = ()) -> list[str]:
+def match_problems(
+    root: Path,
+    layout: str,
+    label_path: Path,
+    labels: LabelTable,
+    patients: dict[int, PatientFiles],
+    exclude: tuple[int, ...] = (),
+) -> list[str]:
     """Patients with rows but no images, and images with no rows (excluded ones aside)."""
     problems = []
     excluded = set(exclude)
     counts = labels.slice_counts()
     for pid in sorted(set(counts) - set(patients) - excluded):
-        where = root / SCANS / f"{pid:03d}.nii[.gz]" if layout == NIFTI \
+        where = (
+            root / SCANS / f"{pid:03d}.nii[.gz]"
+            if layout == NIFTI
             else root / PATIENTS_CT / f"{pid:03d}"
-        problems.append(f"Patient {pid:03d} has {counts[pid]} rows in {label_path} but no "
-                        f"images ({where})")
+        )
+        problems.append(
+            f"Patient {pid:03d} has {counts[pid]} rows in {label_path} but no images ({where})"
+        )
     for pid in sorted(set(patients) - set(counts) - excluded):
-        problems.append(f"{patients[pid].image}: patient {pid:03d} has images but no rows in "
-                        f"{label_path}")
+        problems.append(
+            f"{patients[pid].image}: patient {pid:03d} has images but no rows in {label_path}"
+        )
     if layout == NIFTI:
         for pid, path in nifti_masks(root).items():
             if pid not in patients and pid not in excluded:
@@ -109,8 +118,12 @@ def check_slices(folder: PhysioNetFolder, patient: int) -> None:
     count = folder.slice_count(patient)
     image = folder.patients[patient].image
     if rows.max() > count:
-        raise DataError(f"Patient {patient:03d}: SliceNumber {int(rows.max())} in "
-                        f"{folder.label_path.name} is out of range: {image} has {count} slices")
+        raise DataError(
+            f"Patient {patient:03d}: SliceNumber {int(rows.max())} in "
+            f"{folder.label_path.name} is out of range: {image} has {count} slices"
+        )
     if rows.size != count:
-        raise DataError(f"Patient {patient:03d}: {folder.label_path.name} has {rows.size} rows "
-                        f"but {image} has {count} slices")
+        raise DataError(
+            f"Patient {patient:03d}: {folder.label_path.name} has {rows.size} rows "
+            f"but {image} has {count} slices"
+        )

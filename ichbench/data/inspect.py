@@ -58,22 +58,29 @@ class CheckReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "root": self.root, "layout": self.layout, "label_file": self.label_file,
-            "ok": self.ok, "deep": self.deep, "excluded": self.excluded, "masks": self.masks,
-            "all": self.all.as_dict(), "used": self.used.as_dict(),
-            "warnings": self.warnings, "errors": self.errors,
+            "root": self.root,
+            "layout": self.layout,
+            "label_file": self.label_file,
+            "ok": self.ok,
+            "deep": self.deep,
+            "excluded": self.excluded,
+            "masks": self.masks,
+            "all": self.all.as_dict(),
+            "used": self.used.as_dict(),
+            "warnings": self.warnings,
+            "errors": self.errors,
         }
 
 
 def _masks_summary(folder: PhysioNetFolder, patients: list[int]) -> str:
     if folder.layout == NIFTI:
-        with_mask = sum(folder.patients[p].mask is not None for p in patients if
-                        p in folder.patients)
+        with_mask = sum(
+            folder.patients[p].mask is not None for p in patients if p in folder.patients
+        )
         if with_mask == len(patients):
             return "all patients"
         return f"{with_mask} of {len(patients)} patients" if with_mask else "none"
-    count = sum(len(jpg_masks(folder.patients[p].image)) for p in patients
-                if p in folder.patients)
+    count = sum(len(jpg_masks(folder.patients[p].image)) for p in patients if p in folder.patients)
     return f"{count} slice mask files" if count else "none"
 
 
@@ -87,20 +94,29 @@ def _jpg_window_warnings(folder: PhysioNetFolder, patient: int) -> list[str]:
         try:
             present = jpg_slices(base, patient)
         except DataError:
-            out.append(f"Patient {patient:03d}: no {window} folder ({base}); loading with the "
-                       f"{window} window fails")
+            out.append(
+                f"Patient {patient:03d}: no {window} folder ({base}); loading with the "
+                f"{window} window fails"
+            )
             continue
         missing = [k for k in range(1, count + 1) if k not in present]
         if missing:
             listed = ", ".join(str(base / f"{k}.jpg") for k in missing[:3])
-            out.append(f"Patient {patient:03d}: {len(missing)} {window} slice(s) missing "
-                       f"({listed}); loading with the {window} window fails")
+            out.append(
+                f"Patient {patient:03d}: {len(missing)} {window} slice(s) missing "
+                f"({listed}); loading with the {window} window fails"
+            )
     return out
 
 
-def check_folder(root: Path, exclude: tuple[int, ...] = DEFAULT_EXCLUDE, *, deep: bool = False,
-                 windows: tuple[str, ...] = ("brain",),
-                 progress: Progress | None = None) -> CheckReport:
+def check_folder(
+    root: Path,
+    exclude: tuple[int, ...] = DEFAULT_EXCLUDE,
+    *,
+    deep: bool = False,
+    windows: tuple[str, ...] = ("brain",),
+    progress: Progress | None = None,
+) -> CheckReport:
     """Validate a folder of either layout, collecting every problem rather than the first.
 
     Raises DataError only when nothing can be summarised (no layout, unreadable labels).
@@ -129,15 +145,25 @@ def check_folder(root: Path, exclude: tuple[int, ...] = DEFAULT_EXCLUDE, *, deep
     if deep and not errors:
         errors += _decode_all(folder, present, windows, progress)
     return CheckReport(
-        root=str(root), layout=LAYOUT_NAMES[layout], label_file=str(label_path),
-        all=label_stats(labels), used=label_stats(used),
+        root=str(root),
+        layout=LAYOUT_NAMES[layout],
+        label_file=str(label_path),
+        all=label_stats(labels),
+        used=label_stats(used),
         excluded=sorted(set(exclude) & set(labels.patients())),
-        masks=_masks_summary(folder, present), warnings=warnings, errors=errors, deep=deep,
+        masks=_masks_summary(folder, present),
+        warnings=warnings,
+        errors=errors,
+        deep=deep,
     )
 
 
-def _decode_all(folder: PhysioNetFolder, patients: list[int], windows: tuple[str, ...],
-                progress: Progress | None) -> list[str]:
+def _decode_all(
+    folder: PhysioNetFolder,
+    patients: list[int],
+    windows: tuple[str, ...],
+    progress: Progress | None,
+) -> list[str]:
     chosen = check_windows(windows, layout=folder.layout)
     errors = []
     for i, pid in enumerate(patients):
@@ -158,8 +184,12 @@ def folder_stats(root: Path, exclude: tuple[int, ...] = DEFAULT_EXCLUDE) -> Labe
 
 def dataset_stats(dataset: SliceDataset) -> LabelStats:
     """Statistics of a loaded dataset (any source, including third-party plugins)."""
-    return stats_of(np.asarray(dataset.patient_ids), np.asarray(dataset.labels),
-                    np.asarray(dataset.subtypes), np.asarray(dataset.positions))
+    return stats_of(
+        np.asarray(dataset.patient_ids),
+        np.asarray(dataset.labels),
+        np.asarray(dataset.subtypes),
+        np.asarray(dataset.positions),
+    )
 
 
 def plot_stats(stats: LabelStats, title: str, path: Path) -> Path:
@@ -172,9 +202,14 @@ def plot_stats(stats: LabelStats, title: str, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     colors = ["#4c72b0", "#c44e52"]
-    for ax, (what, values) in zip(axes[:2], (
+    for ax, (what, values) in zip(
+        axes[:2],
+        (
             ("slices", (stats.healthy_slices, stats.ich_slices)),
-            ("patients", (stats.healthy_patients, stats.ich_patients))), strict=True):
+            ("patients", (stats.healthy_patients, stats.ich_patients)),
+        ),
+        strict=True,
+    ):
         bars = ax.bar(["healthy", "ICH"], values, color=colors)
         ax.bar_label(bars)
         ax.margins(y=0.12)
@@ -183,10 +218,24 @@ def plot_stats(stats: LabelStats, title: str, path: Path) -> Path:
         ax.set_ylabel(what)
     bins = len(stats.ich_by_position)
     edges = np.arange(bins) / bins
-    axes[2].bar(edges, stats.slices_by_position, width=1 / bins, align="edge",
-                color="#dddddd", edgecolor="white", label="all slices")
-    axes[2].bar(edges, stats.ich_by_position, width=1 / bins, align="edge",
-                color=colors[1], edgecolor="white", label="ICH slices")
+    axes[2].bar(
+        edges,
+        stats.slices_by_position,
+        width=1 / bins,
+        align="edge",
+        color="#dddddd",
+        edgecolor="white",
+        label="all slices",
+    )
+    axes[2].bar(
+        edges,
+        stats.ich_by_position,
+        width=1 / bins,
+        align="edge",
+        color=colors[1],
+        edgecolor="white",
+        label="ICH slices",
+    )
     axes[2].set_title("Slices by relative position")
     axes[2].set_xlabel("(slice - 1) / (slices - 1)")
     axes[2].legend(loc="upper right", fontsize=8)

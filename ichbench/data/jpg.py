@@ -52,8 +52,13 @@ def jpg_masks(patient_dir: Path) -> dict[int, Path]:
     return found
 
 
-def decode_jpg(folder: PhysioNetFolder, files: PatientFiles, windows: tuple[Window, ...],
-               size: int, with_masks: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_jpg(
+    folder: PhysioNetFolder,
+    files: PatientFiles,
+    windows: tuple[Window, ...],
+    size: int,
+    with_masks: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One patient's slices, one channel per window, and its masks when asked (zero where a
     slice has no mask file)."""
     pid, count = files.patient, folder.slice_count(files.patient)
@@ -65,13 +70,17 @@ def decode_jpg(folder: PhysioNetFolder, files: PatientFiles, windows: tuple[Wind
         for window in windows:
             path = listing[window.name].get(k)
             if path is None:
-                raise DataError(f"Patient {pid:03d}: missing {window.name} slice {k}: "
-                                f"{files.image / window.name / f'{k}.jpg'}")
+                raise DataError(
+                    f"Patient {pid:03d}: missing {window.name} slice {k}: "
+                    f"{files.image / window.name / f'{k}.jpg'}"
+                )
             plane = _read_jpg(path)
             first_shape = first_shape or plane.shape
             if plane.shape != first_shape:
-                raise DataError(f"{path}: {plane.shape[1]}x{plane.shape[0]} pixels, unlike the "
-                                f"patient's other slices ({first_shape[1]}x{first_shape[0]})")
+                raise DataError(
+                    f"{path}: {plane.shape[1]}x{plane.shape[0]} pixels, unlike the "
+                    f"patient's other slices ({first_shape[1]}x{first_shape[0]})"
+                )
             planes.append(plane)
         stack = np.stack(planes)[None].astype(np.float32) / 255.0
         images[k - 1] = to_uint8(resize_stack(stack, size))[0]
@@ -80,7 +89,8 @@ def decode_jpg(folder: PhysioNetFolder, files: PatientFiles, windows: tuple[Wind
         masks = np.zeros((count, size, size), dtype=np.uint8)
         for k, path in jpg_masks(files.image).items():
             if not 1 <= k <= count:
-                raise DataError(f"{path}: mask for slice {k}, but patient {pid:03d} has "
-                                f"{count} slices")
+                raise DataError(
+                    f"{path}: mask for slice {k}, but patient {pid:03d} has {count} slices"
+                )
             masks[k - 1] = resize_masks((_read_jpg(path) > 127).astype(np.uint8)[None], size)[0]
     return images, masks

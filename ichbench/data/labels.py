@@ -63,8 +63,14 @@ class LabelTable:
         return self.select(keep)
 
     def select(self, mask: np.ndarray) -> LabelTable:
-        return LabelTable(self.path, self.patient_ids[mask], self.slice_numbers[mask],
-                          self.subtypes[mask], self.no_hemorrhage[mask], self.fracture[mask])
+        return LabelTable(
+            self.path,
+            self.patient_ids[mask],
+            self.slice_numbers[mask],
+            self.subtypes[mask],
+            self.no_hemorrhage[mask],
+            self.fracture[mask],
+        )
 
 
 def _integer(text: str, *, path: Path, line: int, column: str) -> int:
@@ -100,8 +106,10 @@ def read_labels(path: Path) -> LabelTable:
             raise DataError(f"{path} line {line}: {SLICE} {number} is below 1 (it is 1-based)")
         key = (pid, number)
         if key in seen:
-            raise DataError(f"{path} line {line}: duplicate row for patient {pid:03d} slice "
-                            f"{number} (first on line {seen[key]})")
+            raise DataError(
+                f"{path} line {line}: duplicate row for patient {pid:03d} slice "
+                f"{number} (first on line {seen[key]})"
+            )
         seen[key] = line
         pids[i], slices[i] = pid, number
         for j, column in enumerate(FLAGS):
@@ -113,8 +121,14 @@ def read_labels(path: Path) -> LabelTable:
             flags[i, j] = value
     order = np.lexsort((slices, pids))
     flags = flags[order]
-    return LabelTable(path, pids[order], slices[order], flags[:, :5].copy(),
-                      flags[:, 5].copy(), flags[:, 6].copy())
+    return LabelTable(
+        path,
+        pids[order],
+        slices[order],
+        flags[:, :5].copy(),
+        flags[:, 5].copy(),
+        flags[:, 6].copy(),
+    )
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str], bool]]:
@@ -127,8 +141,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str], bool]]:
             missing = [c for c in REQUIRED if c not in header]
             if missing:
                 found = ", ".join(header) if header else "nothing"
-                raise DataError(f"{path}: missing column(s) {', '.join(missing)} "
-                                f"(header has {found})")
+                raise DataError(
+                    f"{path}: missing column(s) {', '.join(missing)} (header has {found})"
+                )
             reader.fieldnames = header
             rows = []
             for row in reader:
@@ -153,18 +168,24 @@ def label_warnings(table: LabelTable) -> list[str]:
     out: list[str] = []
     ich = table.labels == 1
     has_subtype = table.subtypes.any(axis=1)
-    for what, mask in (("ICH slice(s) without a subtype flag", ich & ~has_subtype),
-                       ("healthy slice(s) with a subtype flag", ~ich & has_subtype)):
+    for what, mask in (
+        ("ICH slice(s) without a subtype flag", ich & ~has_subtype),
+        ("healthy slice(s) with a subtype flag", ~ich & has_subtype),
+    ):
         if mask.any():
             first = int(np.flatnonzero(mask)[0])
-            out.append(f"{int(mask.sum())} {what} (first: patient "
-                       f"{int(table.patient_ids[first]):03d} slice "
-                       f"{int(table.slice_numbers[first])})")
+            out.append(
+                f"{int(mask.sum())} {what} (first: patient "
+                f"{int(table.patient_ids[first]):03d} slice "
+                f"{int(table.slice_numbers[first])})"
+            )
     for pid, count in table.slice_counts().items():
         numbers = np.sort(table.slice_numbers[table.patient_ids == pid])
         if numbers[-1] != count:
-            out.append(f"patient {pid:03d}: slice numbers are not 1..{count} "
-                       f"(highest is {int(numbers[-1])})")
+            out.append(
+                f"patient {pid:03d}: slice numbers are not 1..{count} "
+                f"(highest is {int(numbers[-1])})"
+            )
     return out
 
 
@@ -198,17 +219,25 @@ class LabelStats:
 
     def as_dict(self) -> dict:
         return {
-            "patients": self.patients, "slices": self.slices,
-            "ich_slices": self.ich_slices, "healthy_slices": self.healthy_slices,
-            "ich_patients": self.ich_patients, "healthy_patients": self.healthy_patients,
+            "patients": self.patients,
+            "slices": self.slices,
+            "ich_slices": self.ich_slices,
+            "healthy_slices": self.healthy_slices,
+            "ich_patients": self.ich_patients,
+            "healthy_patients": self.healthy_patients,
             "subtype_slices": dict(self.subtype_slices),
             "ich_by_position": list(self.ich_by_position),
             "slices_by_position": list(self.slices_by_position),
         }
 
 
-def stats_of(patient_ids: np.ndarray, labels: np.ndarray, subtypes: np.ndarray,
-             positions: np.ndarray, bins: int = POSITION_BINS) -> LabelStats:
+def stats_of(
+    patient_ids: np.ndarray,
+    labels: np.ndarray,
+    subtypes: np.ndarray,
+    positions: np.ndarray,
+    bins: int = POSITION_BINS,
+) -> LabelStats:
     """Statistics from per-slice arrays (a LabelTable's or a loaded SliceDataset's)."""
     ich = np.asarray(labels) == 1
     pids = np.asarray(patient_ids)
@@ -218,16 +247,19 @@ def stats_of(patient_ids: np.ndarray, labels: np.ndarray, subtypes: np.ndarray,
         slices=int(pids.size),
         ich_slices=int(ich.sum()),
         ich_patients=int(np.unique(pids[ich]).size),
-        subtype_slices={name: int(np.asarray(subtypes)[:, j].sum())
-                        for j, name in enumerate(SUBTYPES)},
+        subtype_slices={
+            name: int(np.asarray(subtypes)[:, j].sum()) for j, name in enumerate(SUBTYPES)
+        },
         ich_by_position=np.bincount(which[ich], minlength=bins).tolist(),
         slices_by_position=np.bincount(which, minlength=bins).tolist(),
         patient_ids=sorted(set(pids.tolist())),
     )
 
 
-def label_stats(table: LabelTable, n_slices: dict[int, int] | None = None,
-                bins: int = POSITION_BINS) -> LabelStats:
+def label_stats(
+    table: LabelTable, n_slices: dict[int, int] | None = None, bins: int = POSITION_BINS
+) -> LabelStats:
     """Statistics from the label file alone (no image decoding), so check/stats stay fast."""
-    return stats_of(table.patient_ids, table.labels, table.subtypes,
-                    relative_positions(table, n_slices), bins)
+    return stats_of(
+        table.patient_ids, table.labels, table.subtypes, relative_positions(table, n_slices), bins
+    )

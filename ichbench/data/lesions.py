@@ -23,8 +23,9 @@ def _angle_gap(phi: np.ndarray, theta: float) -> np.ndarray:
     return np.abs((phi - theta + np.pi) % (2 * np.pi) - np.pi)
 
 
-def _region(rng: np.random.Generator, subtype: str, head: Head, zs: np.ndarray,
-            sl: slice) -> np.ndarray:
+def _region(
+    rng: np.random.Generator, subtype: str, head: Head, zs: np.ndarray, sl: slice
+) -> np.ndarray:
     """The voxels of one lesion over slices `sl`; `zs` (m, 1, 1) shrinks it towards its ends."""
     brain, rho_b, phi = head.brain[sl], head.rho_brain[sl], head.phi
     depth = 1 - rho_b
@@ -40,8 +41,12 @@ def _region(rng: np.random.Generator, subtype: str, head: Head, zs: np.ndarray,
     if subtype == "Subarachnoid":  # thin, along the sulci at the surface
         hw, thick = float(rng.uniform(0.4, 1.2)), float(rng.uniform(0.03, 0.06))
         freq, phase = int(rng.integers(14, 26)), float(rng.uniform(0, 2 * np.pi))
-        return brain & (depth < thick * zs) & (_angle_gap(phi, theta) < hw) \
+        return (
+            brain
+            & (depth < thick * zs)
+            & (_angle_gap(phi, theta) < hw)
             & (np.sin(phi * freq + phase) > 0.1)
+        )
     if subtype == "Intraventricular":  # blood layering in the posterior horns
         cut = float(rng.uniform(-0.12, 0.12))
         return head.ventricles[sl] & (head.b[sl] > cut + (1 - zs) * 0.25)
@@ -53,8 +58,9 @@ def _region(rng: np.random.Generator, subtype: str, head: Head, zs: np.ndarray,
     return brain & (dist + 0.25 * radius * wobble < radius * zs)
 
 
-def draw_lesions(rng: np.random.Generator, head: Head, hu: np.ndarray, template: Template,
-                 size: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_lesions(
+    rng: np.random.Generator, head: Head, hu: np.ndarray, template: Template, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Paint lesions into `hu`; returns the mask and the (n, 5) subtype flags drawn."""
     n = hu.shape[0]
     mask = np.zeros(hu.shape, dtype=np.uint8)
@@ -78,7 +84,7 @@ def draw_lesions(rng: np.random.Generator, head: Head, hu: np.ndarray, template:
             block = hu[sl]
             block[region] = level + texture[region]
             mask[sl][region] = 1
-            flags[lo:hi + 1, SUBTYPES.index(subtype)] |= region.any(axis=(1, 2))
+            flags[lo : hi + 1, SUBTYPES.index(subtype)] |= region.any(axis=(1, 2))
         if flags.any():
             break
     return mask, flags

@@ -38,8 +38,9 @@ def _nifti_header(path: Path):
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") \
-            from None
+        raise DataError(
+            f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})"
+        ) from None
     shape = tuple(int(v) for v in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -75,16 +76,22 @@ def read_nifti(path: Path) -> np.ndarray:
         canonical = nib.as_closest_canonical(img)
         data = canonical.get_fdata(dtype=np.float32)
     except Exception as exc:
-        raise DataError(f"{path}: cannot read the voxel data ({type(exc).__name__}: {exc})") \
-            from None
+        raise DataError(
+            f"{path}: cannot read the voxel data ({type(exc).__name__}: {exc})"
+        ) from None
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise DataError(f"{path}: {bad} voxel(s) are NaN or infinite")
     return np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, ::-1])
 
 
-def decode_nifti(folder: PhysioNetFolder, files: PatientFiles, windows: tuple[Window, ...],
-                 size: int, with_masks: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_nifti(
+    folder: PhysioNetFolder,
+    files: PatientFiles,
+    windows: tuple[Window, ...],
+    size: int,
+    with_masks: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One patient's volume windowed and resized, and its mask volume when asked and present."""
     hu = read_nifti(files.image)
     images = np.empty((hu.shape[0], len(windows), size, size), dtype=np.uint8)
@@ -94,7 +101,9 @@ def decode_nifti(folder: PhysioNetFolder, files: PatientFiles, windows: tuple[Wi
     if with_masks and files.mask is not None:
         mask = read_nifti(files.mask)
         if mask.shape != hu.shape:
-            raise DataError(f"{files.mask}: shape {mask.shape[::-1]} differs from its volume "
-                            f"{files.image} {hu.shape[::-1]}")
+            raise DataError(
+                f"{files.mask}: shape {mask.shape[::-1]} differs from its volume "
+                f"{files.image} {hu.shape[::-1]}"
+            )
         masks = resize_masks((mask > 0.5).astype(np.uint8), size)
     return images, masks

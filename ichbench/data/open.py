@@ -18,13 +18,19 @@ if TYPE_CHECKING:
 
 def load_options(cfg: RunConfig) -> LoadOptions:
     """The preprocessing settings of a resolved configuration (part of the cache key)."""
-    return LoadOptions(image_size=int(cfg.image_size), windows=tuple(cfg.windows),
-                       exclude=tuple(cfg.exclude))
+    return LoadOptions(
+        image_size=int(cfg.image_size), windows=tuple(cfg.windows), exclude=tuple(cfg.exclude)
+    )
 
 
-def open_dataset(cfg: RunConfig, *, registry: Registry | None = None, source: Any = None,
-                 cache_dir: Path | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[Any, SliceDataset]:
+def open_dataset(
+    cfg: RunConfig,
+    *,
+    registry: Registry | None = None,
+    source: Any = None,
+    cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Any, SliceDataset]:
     """The dataset source (given, or resolved from `cfg.data`) and its loaded dataset."""
     from ichbench.data.resolve import resolve_dataset
     from ichbench.paths import cache_dir as default_cache_dir

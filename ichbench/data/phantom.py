@@ -29,16 +29,20 @@ class Head:
         return self.rho / (1 - self.skull_k)
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int],
-                 sigma_px: float) -> np.ndarray:
+def smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, int, int], sigma_px: float
+) -> np.ndarray:
     """Unit-variance noise with a correlation length of about `sigma_px` pixels; drawn at a
     coarser grid when the blur allows it (the same texture, far fewer random numbers)."""
     from scipy.ndimage import gaussian_filter
 
     step = max(1, min(4, int(sigma_px // 1.5)))
     coarse = tuple(max(2, -(-s // step)) for s in shape[1:])
-    field = gaussian_filter(rng.standard_normal((shape[0], *coarse), dtype=np.float32),
-                            sigma=(0.8, sigma_px / step, sigma_px / step), mode="wrap")
+    field = gaussian_filter(
+        rng.standard_normal((shape[0], *coarse), dtype=np.float32),
+        sigma=(0.8, sigma_px / step, sigma_px / step),
+        mode="wrap",
+    )
     if step > 1:
         field = _upsample(_upsample(field, shape[1], axis=1), shape[2], axis=2)
     return field / max(float(field.std()), 1e-6)
@@ -82,8 +86,9 @@ def head_geometry(rng: np.random.Generator, n: int, size: int, scale: float) -> 
     if zs.size:
         sl = slice(int(zs[0]), int(zs[-1]) + 1)
         for side in (-1, 1):
-            ventricles[sl] |= ((a[sl] - side * offset) / half_w) ** 2 \
-                + ((b[sl] + 0.03) / half_l) ** 2 < vent_profile[sl] ** 2
+            ventricles[sl] |= ((a[sl] - side * offset) / half_w) ** 2 + (
+                (b[sl] + 0.03) / half_l
+            ) ** 2 < vent_profile[sl] ** 2
     return Head(rho, np.arctan2(v0, u0), a, b, brain, ventricles & brain, skull_k)
 
 
@@ -100,8 +105,11 @@ def anatomy(rng: np.random.Generator, head: Head, size: int) -> np.ndarray:
     parenchyma = 31.0 + 4.0 * texture + 4.0 * (head.rho_brain > 0.82)
     hu[head.brain] = np.clip(parenchyma[head.brain], 21, 44)
     phase, freq = float(rng.uniform(0, 2 * np.pi)), int(rng.integers(18, 30))
-    sulci = head.brain & (head.rho_brain > 0.9) & (np.sin(head.phi * freq + phase
-                                                          + 2.5 * texture) > 0.35)
+    sulci = (
+        head.brain
+        & (head.rho_brain > 0.9)
+        & (np.sin(head.phi * freq + phase + 2.5 * texture) > 0.35)
+    )
     hu[sulci] = 7.0 + 2.0 * texture[sulci]
     hu[head.ventricles] = np.clip(8.0 + 2.5 * texture[head.ventricles], 1, 14)
     return hu

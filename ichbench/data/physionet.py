@@ -43,18 +43,45 @@ from ichbench.errors import DataError, UsageError
 from ichbench.interfaces import LoadOptions, SliceDataset
 
 __all__ = [
-    "JPG", "JPG_LABELS", "LAYOUT_NAMES", "MASKS", "NIFTI", "NIFTI_LABELS", "PATIENTS_CT",
-    "SCANS", "PatientFiles", "PhysioNetFolder", "PhysioNetSource", "Progress", "build_arrays",
-    "check_slices", "decode_patient", "detect_layout", "has_masks", "jpg_masks", "jpg_slices",
-    "load_folder", "match_problems", "nifti_slice_count", "open_folder", "read_nifti",
-    "resize_masks", "resize_stack", "scan_patients",
+    "JPG",
+    "JPG_LABELS",
+    "LAYOUT_NAMES",
+    "MASKS",
+    "NIFTI",
+    "NIFTI_LABELS",
+    "PATIENTS_CT",
+    "SCANS",
+    "PatientFiles",
+    "PhysioNetFolder",
+    "PhysioNetSource",
+    "Progress",
+    "build_arrays",
+    "check_slices",
+    "decode_patient",
+    "detect_layout",
+    "has_masks",
+    "jpg_masks",
+    "jpg_slices",
+    "load_folder",
+    "match_problems",
+    "nifti_slice_count",
+    "open_folder",
+    "read_nifti",
+    "resize_masks",
+    "resize_stack",
+    "scan_patients",
 ]
 
 Progress = Callable[[int, int], None]
 
 
-def decode_patient(folder: PhysioNetFolder, patient: int, windows: tuple[Window, ...],
-                   size: int, with_masks: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_patient(
+    folder: PhysioNetFolder,
+    patient: int,
+    windows: tuple[Window, ...],
+    size: int,
+    with_masks: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """All slices of one patient: uint8 (n, C, size, size) and, if asked, uint8 masks."""
     decode = decode_nifti if folder.layout == NIFTI else decode_jpg
     return decode(folder, folder.patients[patient], windows, size, with_masks)
@@ -68,8 +95,9 @@ def has_masks(folder: PhysioNetFolder, patients: list[int]) -> bool:
     return any(jpg_masks(folder.patients[p].image) for p in patients)
 
 
-def build_arrays(folder: PhysioNetFolder, options: LoadOptions, out: Path,
-                 progress: Progress | None = None) -> dict[str, Any]:
+def build_arrays(
+    folder: PhysioNetFolder, options: LoadOptions, out: Path, progress: Progress | None = None
+) -> dict[str, Any]:
     """Decode every used patient into `out` (the cache's temp folder); returns the metadata."""
     from numpy.lib.format import open_memmap
 
@@ -80,18 +108,24 @@ def build_arrays(folder: PhysioNetFolder, options: LoadOptions, out: Path,
     table = folder.used
     patients = table.patients()
     if not patients:
-        raise DataError(f"{folder.label_path}: no patient left after excluding "
-                        f"{', '.join(map(str, folder.exclude))}")
+        raise DataError(
+            f"{folder.label_path}: no patient left after excluding "
+            f"{', '.join(map(str, folder.exclude))}"
+        )
     counts = {}
     for pid in patients:
         check_slices(folder, pid)
         counts[pid] = folder.slice_count(pid)
     with_masks = has_masks(folder, patients)
     n = len(table)
-    images = open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
-                         shape=(n, len(windows), size, size))
-    masks = open_memmap(out / "masks.npy", mode="w+", dtype=np.uint8,
-                        shape=(n, size, size)) if with_masks else None
+    images = open_memmap(
+        out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, len(windows), size, size)
+    )
+    masks = (
+        open_memmap(out / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+        if with_masks
+        else None
+    )
     for i, pid in enumerate(patients):
         rows = table.rows_of(pid)
         index = table.slice_numbers[rows] - 1
@@ -106,13 +140,16 @@ def build_arrays(folder: PhysioNetFolder, options: LoadOptions, out: Path,
     if masks is not None:
         masks.flush()
         del masks
-    save_arrays(out, {
-        "labels": table.labels,
-        "patient_ids": table.patient_ids,
-        "slice_numbers": table.slice_numbers,
-        "positions": relative_positions(table, counts),
-        "subtypes": table.subtypes,
-    })
+    save_arrays(
+        out,
+        {
+            "labels": table.labels,
+            "patient_ids": table.patient_ids,
+            "slice_numbers": table.slice_numbers,
+            "positions": relative_positions(table, counts),
+            "subtypes": table.subtypes,
+        },
+    )
     names = ["images", "labels", "patient_ids", "slice_numbers", "positions", "subtypes"]
     return {
         "rows": n,
@@ -126,15 +163,25 @@ def build_arrays(folder: PhysioNetFolder, options: LoadOptions, out: Path,
     }
 
 
-def load_folder(root: Path, options: LoadOptions, cache_dir: Path, *, name: str,
-                progress: Progress | None = None) -> SliceDataset:
+def load_folder(
+    root: Path,
+    options: LoadOptions,
+    cache_dir: Path,
+    *,
+    name: str,
+    progress: Progress | None = None,
+) -> SliceDataset:
     """Load a PhysioNet folder through the preprocessing cache."""
     folder = open_folder(root, tuple(options.exclude))
     check_windows(tuple(options.windows), layout=folder.layout)
     key = fingerprint(folder.root, folder.data_files(), options, {"layout": folder.layout})
-    return load_cached(Path(cache_dir), key,
-                       lambda tmp: build_arrays(folder, options, tmp, progress),
-                       name=name, source=str(folder.root))
+    return load_cached(
+        Path(cache_dir),
+        key,
+        lambda tmp: build_arrays(folder, options, tmp, progress),
+        name=name,
+        source=str(folder.root),
+    )
 
 
 @dataclass
@@ -153,6 +200,7 @@ class PhysioNetSource:
         """The dataset folder (what `ichbench data check` inspects)."""
         return self.root
 
-    def load(self, options: LoadOptions, cache_dir: Path,
-             progress: Progress | None = None) -> SliceDataset:
+    def load(
+        self, options: LoadOptions, cache_dir: Path, progress: Progress | None = None
+    ) -> SliceDataset:
         return load_folder(self.root, options, cache_dir, name=self.name, progress=progress)

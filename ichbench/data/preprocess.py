@@ -30,16 +30,16 @@ def to_network(x: torch.Tensor, input_size: int | None, *, channels_last: bool) 
     import torch.nn.functional as F
 
     if input_size and x.shape[-1] != input_size:
-        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear",
-                          align_corners=False, antialias=False)
+        x = F.interpolate(
+            x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=False
+        )
     x = x.sub_(MEAN).div_(STD)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
-def network_input(images: np.ndarray, input_size: int | None,
-                  device: torch.device) -> torch.Tensor:
+def network_input(images: np.ndarray, input_size: int | None, device: torch.device) -> torch.Tensor:
     """Cached uint8 images (N, C, H, W) as a network's input batch on `device`."""
     import torch
 

@@ -17,11 +17,13 @@ def resize_stack(stack: np.ndarray, size: int, chunk: int = 16) -> np.ndarray:
 
     out = np.empty((*stack.shape[:2], size, size), dtype=np.float32)
     for start in range(0, stack.shape[0], chunk):
-        part = torch.from_numpy(np.ascontiguousarray(stack[start:start + chunk],
-                                                     dtype=np.float32))
+        part = torch.from_numpy(
+            np.ascontiguousarray(stack[start : start + chunk], dtype=np.float32)
+        )
         shrink = size < max(stack.shape[-2:])
-        out[start:start + chunk] = F.interpolate(part, size=(size, size), mode="bilinear",
-                                                 align_corners=False, antialias=shrink).numpy()
+        out[start : start + chunk] = F.interpolate(
+            part, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+        ).numpy()
     return out
 
 
@@ -33,5 +35,6 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     import torch.nn.functional as F
 
     part = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8))[:, None].float()
-    return F.interpolate(part, size=(size, size), mode="nearest-exact")[:, 0].numpy() \
-        .astype(np.uint8)
+    return (
+        F.interpolate(part, size=(size, size), mode="nearest-exact")[:, 0].numpy().astype(np.uint8)
+    )

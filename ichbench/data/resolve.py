@@ -28,16 +28,20 @@ def dataset_entry(text: str, registry: Registry) -> tuple[Entry, Spec]:
         return registry.get("dataset", spec.name), spec
     path = Path(text).expanduser()
     if not text.strip() or not path.exists():
-        raise DataError(f"Dataset {text!r} not found: not a registered dataset "
-                        f"({', '.join(names) or 'none'}) nor an existing folder")
+        raise DataError(
+            f"Dataset {text!r} not found: not a registered dataset "
+            f"({', '.join(names) or 'none'}) nor an existing folder"
+        )
     claimants = registry.claimants(path)
     if len(claimants) > 1:
         who = " and ".join(f"{e.name!r} ({e.plugin}, {e.distribution})" for e in claimants)
         raise PluginError(f"Dataset folder {path} is claimed by {who}; choose one as NAME:PATH")
     if not claimants:
-        raise DataError(f"Dataset folder {path} is in no layout a registered dataset "
-                        f"recognises ({', '.join(names) or 'none'}); give NAME:PATH to choose "
-                        "one and see what it misses")
+        raise DataError(
+            f"Dataset folder {path} is in no layout a registered dataset "
+            f"recognises ({', '.join(names) or 'none'}); give NAME:PATH to choose "
+            "one and see what it misses"
+        )
     return claimants[0], Spec(claimants[0].name, (str(path),))
 
 

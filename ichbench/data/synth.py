@@ -43,9 +43,24 @@ from ichbench.interfaces import LoadOptions, SliceDataset
 from ichbench.paths import cache_dir as default_cache_dir
 
 __all__ = [
-    "DEMOGRAPHICS", "FIRST_PATIENT", "FOV_MM", "GENERATOR_VERSION", "HU_OFFSET",
-    "ICH_FRACTION", "LIMITS", "PARAMS_FILE", "SLICE_MM", "Head", "SynthPatient", "SynthSummary",
-    "SyntheticSource", "Template", "check_params", "generate", "real_templates", "synth_patient",
+    "DEMOGRAPHICS",
+    "FIRST_PATIENT",
+    "FOV_MM",
+    "GENERATOR_VERSION",
+    "HU_OFFSET",
+    "ICH_FRACTION",
+    "LIMITS",
+    "PARAMS_FILE",
+    "SLICE_MM",
+    "Head",
+    "SynthPatient",
+    "SynthSummary",
+    "SyntheticSource",
+    "Template",
+    "check_params",
+    "generate",
+    "real_templates",
+    "synth_patient",
 ]
 
 GENERATOR_VERSION = 1
@@ -76,8 +91,15 @@ def check_params(patients: int, seed: int, size: int) -> None:
         raise UsageError(f"--size {size}: expected {lo} to {hi} pixels")
 
 
-def generate(out: Path, patients: int = 40, seed: int = 0, size: int = 128, *,
-             force: bool = False, progress: Progress | None = None) -> SynthSummary:
+def generate(
+    out: Path,
+    patients: int = 40,
+    seed: int = 0,
+    size: int = 128,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> SynthSummary:
     """Write a synthetic dataset to `out` atomically: built in a temp folder, then renamed."""
     check_params(patients, seed, size)
     out = Path(out).expanduser()
@@ -94,8 +116,9 @@ def generate(out: Path, patients: int = 40, seed: int = 0, size: int = 128, *,
     return summary
 
 
-def _write_dataset(folder: Path, patients: int, seed: int, size: int,
-                   progress: Progress | None) -> SynthSummary:
+def _write_dataset(
+    folder: Path, patients: int, seed: int, size: int, progress: Progress | None
+) -> SynthSummary:
     ich_templates, healthy_templates = real_templates()
     root = np.random.default_rng(np.random.SeedSequence([seed, GENERATOR_VERSION]))
     n_ich = int(round(ICH_FRACTION * patients))
@@ -121,12 +144,24 @@ def _write_dataset(folder: Path, patients: int, seed: int, size: int,
             progress(i + 1, patients)
     (folder / NIFTI_LABELS).write_bytes(csv_bytes(labels))
     (folder / DEMOGRAPHICS).write_bytes(csv_bytes(demographics_rows(people)))
-    params = {"generator": "ichbench synthetic", "version": GENERATOR_VERSION,
-              "patients": patients, "seed": seed, "size": size}
+    params = {
+        "generator": "ichbench synthetic",
+        "version": GENERATOR_VERSION,
+        "patients": patients,
+        "seed": seed,
+        "size": size,
+    }
     (folder / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
     ich_slices = sum(int(p.flags.any(axis=1).sum()) for p in people)
-    return SynthSummary(folder, patients, sum(bool(p.flags.any()) for p in people),
-                        len(labels) - 1, ich_slices, seed, size)
+    return SynthSummary(
+        folder,
+        patients,
+        sum(bool(p.flags.any()) for p in people),
+        len(labels) - 1,
+        ich_slices,
+        seed,
+        size,
+    )
 
 
 @dataclass
@@ -150,7 +185,11 @@ class SyntheticSource:
             generate(target, self.patients, self.seed, self.size, force=True)
         return target
 
-    def load(self, options: LoadOptions, cache_dir: Path,
-             progress: Callable[[int, int], None] | None = None) -> SliceDataset:
+    def load(
+        self,
+        options: LoadOptions,
+        cache_dir: Path,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SliceDataset:
         root = self.folder(cache_dir)
         return PhysioNetSource(root, name=self.name).load(options, cache_dir, progress)

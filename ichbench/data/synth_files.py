@@ -70,12 +70,21 @@ def label_rows(p: SynthPatient) -> list[list[object]]:
 
 def demographics_rows(people: list[SynthPatient]) -> list[list[object]]:
     """The demographics CSV, headers included."""
-    head1 = ["Patient Number", "Age\n(years)", "Gender", "Hemorrhage type based on the "
-             "radiologist diagnosis", "", "", "", "", "Fracture (yes 1/no 0)", "Note"]
+    head1 = [
+        "Patient Number",
+        "Age\n(years)",
+        "Gender",
+        "Hemorrhage type based on the radiologist diagnosis",
+        "",
+        "",
+        "",
+        "",
+        "Fracture (yes 1/no 0)",
+        "Note",
+    ]
     head2 = ["", "", "", *SUBTYPES, "", ""]
     rows: list[list[object]] = [head1, head2]
     for p in people:
         present = p.flags.any(axis=0)
-        rows.append([p.patient, p.age, p.sex, *[1 if f else "" for f in present], 0,
-                     "synthetic"])
+        rows.append([p.patient, p.age, p.sex, *[1 if f else "" for f in present], 0, "synthetic"])
     return rows

@@ -59,8 +59,9 @@ class SynthPatient:
     sex: str
 
 
-def synth_patient(rng: np.random.Generator, patient: int, template: Template, ich: bool,
-                  size: int) -> SynthPatient:
+def synth_patient(
+    rng: np.random.Generator, patient: int, template: Template, ich: bool, size: int
+) -> SynthPatient:
     """One patient: head size from child to adult, anatomy, noise and (if ICH) lesions."""
     child = rng.uniform() < 0.25
     age = float(rng.uniform(0.5, 16) if child else rng.uniform(18, 85))

@@ -24,14 +24,18 @@ def check_target(out: Path, force: bool) -> None:
         if not force:
             raise UsageError(f"{out} already exists and is not empty (use --force to replace it)")
         if not looks_generated(out):
-            raise UsageError(f"Refusing to replace {out}: it does not look like a generated "
-                             "dataset")
+            raise UsageError(
+                f"Refusing to replace {out}: it does not look like a generated dataset"
+            )
 
 
 def looks_generated(folder: Path) -> bool:
     """--force replaces a previous dataset, never an unrelated folder given by mistake."""
-    return folder.is_dir() and ((folder / PARAMS_FILE).is_file()
-                                or (folder / NIFTI_LABELS).is_file() or (folder / SCANS).is_dir())
+    return folder.is_dir() and (
+        (folder / PARAMS_FILE).is_file()
+        or (folder / NIFTI_LABELS).is_file()
+        or (folder / SCANS).is_dir()
+    )
 
 
 def temp_folder(out: Path) -> Path:
@@ -44,7 +48,7 @@ def remove_dead_temps(out: Path) -> None:
     from ichbench.liveness import pid_alive
 
     for old in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = old.name[len(f".{out.name}.tmp-"):].split("-")[0]
+        pid = old.name[len(f".{out.name}.tmp-") :].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
 

@@ -49,8 +49,7 @@ JPG_WINDOWS = ("brain", "bone")
 def check_windows(names: tuple[str, ...], *, layout: str = "nifti") -> tuple[Window, ...]:
     """Validate requested window names for a layout; the error lists what is available."""
     if not names:
-        raise UsageError("No window requested: expected one or more of "
-                         + ", ".join(WINDOWS))
+        raise UsageError("No window requested: expected one or more of " + ", ".join(WINDOWS))
     if len(set(names)) != len(names):
         raise UsageError(f"Window listed twice in {', '.join(names)}")
     unknown = [n for n in names if n not in WINDOWS]

@@ -39,8 +39,14 @@ __all__ = ["COMPARE_ID", "SECTION_IDS", "ReportOptions", "ReportResult", "build_
 Progress = Callable[[str, int, int], None]
 """progress(description, steps done, steps in total)"""
 
-RUN_STEPS = ("Reading the store", "Drawing figures from the store", "Loading the dataset",
-             "Loading fold models", "Grad-CAM", "t-SNE")
+RUN_STEPS = (
+    "Reading the store",
+    "Drawing figures from the store",
+    "Loading the dataset",
+    "Loading fold models",
+    "Grad-CAM",
+    "t-SNE",
+)
 
 
 def default_out(run_ids: Sequence[str]) -> Path:
@@ -65,9 +71,14 @@ class _Context:
         self.done += 1
 
 
-def build_report(run_ids: Sequence[str], *, db: Path, out: Path | None = None,
-                 options: ReportOptions | None = None,
-                 progress: Progress | None = None) -> ReportResult:
+def build_report(
+    run_ids: Sequence[str],
+    *,
+    db: Path,
+    out: Path | None = None,
+    options: ReportOptions | None = None,
+    progress: Progress | None = None,
+) -> ReportResult:
     """Write the report of one run (or the comparison of several) into `out`.
 
     Raises StoreError when the store is missing or a run id is unknown; everything that
@@ -78,8 +89,7 @@ def build_report(run_ids: Sequence[str], *, db: Path, out: Path | None = None,
     store = Store(db, create=False)
     ids = list(dict.fromkeys(store.resolve(r) for r in run_ids))
     out = Path(out) if out is not None else default_out(ids)
-    ctx = _Context(db=Path(db), options=options, total=total_steps(len(ids)),
-                   progress=progress)
+    ctx = _Context(db=Path(db), options=options, total=total_steps(len(ids)), progress=progress)
     baselines = store.baselines()
     reports: list[RunReport] = []
     for rid in ids:
@@ -91,17 +101,20 @@ def build_report(run_ids: Sequence[str], *, db: Path, out: Path | None = None,
     if len(reports) > 1:
         ctx.step("Comparing runs")
         votes = {r.data.run_id: r.data.metrics for r in reports}
-        compare = Section(COMPARE_ID, "Runs compared",
-                          table=compare_table(store.summaries(ids), baselines, COMPARE_ID,
-                                              votes=votes))
+        compare = Section(
+            COMPARE_ID,
+            "Runs compared",
+            table=compare_table(store.summaries(ids), baselines, COMPARE_ID, votes=votes),
+        )
     ctx.step("Writing the report")
     result = _write(out, reports, compare, Path(db))
     result.wall_s = time.perf_counter() - started
     return result
 
 
-def _run_sections(data: RunData, baselines: list[dict], ctx: _Context,
-                  suffix: str) -> list[Section]:
+def _run_sections(
+    data: RunData, baselines: list[dict], ctx: _Context, suffix: str
+) -> list[Section]:
     rid = data.run_id
     sec: dict[str, Section] = {}
 
@@ -110,11 +123,14 @@ def _run_sections(data: RunData, baselines: list[dict], ctx: _Context,
         return sec[section_id]
 
     add("provenance", "Configuration and provenance").table = provenance_table(
-        data, "provenance" + suffix)
+        data, "provenance" + suffix
+    )
     add("table-slice", "Slice level (Table I)").table = metrics_table(
-        data, baselines, "slice", "table-slice" + suffix)
+        data, baselines, "slice", "table-slice" + suffix
+    )
     add("table-patient", "Patient level (Table III)").table = metrics_table(
-        data, baselines, "patient", "table-patient" + suffix)
+        data, baselines, "patient", "table-patient" + suffix
+    )
 
     ctx.step(f"{rid}: drawing figures from the store")
     S.threshold_section(data, add("fig-threshold", "F1 against threshold (Figure 4)"))
@@ -125,8 +141,9 @@ def _run_sections(data: RunData, baselines: list[dict], ctx: _Context,
 
     ctx.step(f"{rid}: loading the dataset")
     dataset, problem = M.load_dataset(data)
-    S.distribution_section(data, dataset, problem,
-                           add("fig-dataset", "Dataset distributions (Figure 1)"))
+    S.distribution_section(
+        data, dataset, problem, add("fig-dataset", "Dataset distributions (Figure 1)")
+    )
 
     cam_sec = add("fig-gradcam", "Grad-CAM on test ICH slices (Figure 7)")
     tsne_sec = add("fig-tsne", "t-SNE of test-slice embeddings (Figure 6)")
@@ -153,8 +170,7 @@ def _run_sections(data: RunData, baselines: list[dict], ctx: _Context,
     return [sec[k] for k in SECTION_IDS]
 
 
-def _write(out: Path, reports: list[RunReport], compare: Section | None,
-           db: Path) -> ReportResult:
+def _write(out: Path, reports: list[RunReport], compare: Section | None, db: Path) -> ReportResult:
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
     sections = ([compare] if compare else []) + [s for r in reports for s in r.sections]

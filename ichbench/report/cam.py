@@ -86,13 +86,14 @@ def grad_cam(models: list[FoldModel], images: np.ndarray, batch: int = 16) -> np
         maps = []
         with GradCAM(model=fm.model, target_layers=[layer]) as cam:
             for start in range(0, len(x_all), batch):
-                x = x_all[start:start + batch]
+                x = x_all[start : start + batch]
                 out = cam(input_tensor=x, targets=[ClassifierOutputTarget(CAM_CLASS)] * len(x))
                 maps.append(np.asarray(out, dtype=np.float32))
         stacked = torch.from_numpy(np.concatenate(maps))[:, None]
         if stacked.shape[-2:] != (height, width):
-            stacked = F.interpolate(stacked, size=(height, width), mode="bilinear",
-                                    align_corners=False)
+            stacked = F.interpolate(
+                stacked, size=(height, width), mode="bilinear", align_corners=False
+            )
         total += stacked[:, 0].numpy()
     total /= max(len(models), 1)
     lo = total.min(axis=(1, 2), keepdims=True)

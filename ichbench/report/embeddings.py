@@ -40,7 +40,7 @@ def embed(model: nn.Module, x: torch.Tensor, batch: int = 64) -> np.ndarray:
         model.eval()
         with torch.no_grad():
             for start in range(0, len(x), batch):
-                model(x[start:start + batch])
+                model(x[start : start + batch])
     finally:
         handle.remove()
     return torch.cat(captured).numpy().astype(np.float64)
@@ -66,8 +66,13 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
     with threadpool_limits(limits=1):
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                    random_state=seed).fit_transform(x)
+        return TSNE(
+            n_components=2,
+            perplexity=perplexity,
+            init="pca",
+            learning_rate="auto",
+            random_state=seed,
+        ).fit_transform(x)
 
 
 def separation(features: np.ndarray, labels: np.ndarray) -> float | None:

@@ -23,8 +23,18 @@ from matplotlib.ticker import MaxNLocator
 HEALTHY = "#3A6EA5"
 ICH = "#C0392B"
 VOTE = "#111111"
-FOLD_COLOURS = ("#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02",
-                "#A6761D", "#1F78B4", "#B15928", "#6A3D9A")
+FOLD_COLOURS = (
+    "#1B9E77",
+    "#D95F02",
+    "#7570B3",
+    "#E7298A",
+    "#66A61E",
+    "#E6AB02",
+    "#A6761D",
+    "#1F78B4",
+    "#B15928",
+    "#6A3D9A",
+)
 PROB_CMAP = "viridis"
 CAM_CMAP = "jet"
 MASK_COLOUR = "#00E5FF"
@@ -78,8 +88,14 @@ def _bar_labels(ax, bars) -> None:
     ax.bar_label(bars, padding=2, fontsize=9)
 
 
-def distribution_figure(labels: np.ndarray, patient_ids: np.ndarray, positions: np.ndarray,
-                        test_patients: Sequence[int], source: str, bins: int = 10) -> Figure:
+def distribution_figure(
+    labels: np.ndarray,
+    patient_ids: np.ndarray,
+    positions: np.ndarray,
+    test_patients: Sequence[int],
+    source: str,
+    bins: int = 10,
+) -> Figure:
     """Slices and patients per class (split into the cross-validation pool and the test
     set), and where in the head the ICH slices are (relative slice position)."""
     labels = np.asarray(labels).astype(int)
@@ -92,31 +108,60 @@ def distribution_figure(labels: np.ndarray, patient_ids: np.ndarray, positions: 
     width = 0.38
     for i, (name, rows, alpha) in enumerate(groups):
         counts = [int(((labels == c) & rows).sum()) for c in (0, 1)]
-        bars = axes[0].bar(x + (i - 0.5) * width, counts, width, color=[HEALTHY, ICH],
-                           alpha=alpha, edgecolor="black", linewidth=0.5, label=name)
+        bars = axes[0].bar(
+            x + (i - 0.5) * width,
+            counts,
+            width,
+            color=[HEALTHY, ICH],
+            alpha=alpha,
+            edgecolor="black",
+            linewidth=0.5,
+            label=name,
+        )
         _bar_labels(axes[0], bars)
         patients = np.unique(patient_ids[rows])
         p_labels = np.array([labels[patient_ids == p].max() for p in patients], dtype=int)
         counts = [int((p_labels == c).sum()) for c in (0, 1)]
-        bars = axes[1].bar(x + (i - 0.5) * width, counts, width, color=[HEALTHY, ICH],
-                           alpha=alpha, edgecolor="black", linewidth=0.5, label=name)
+        bars = axes[1].bar(
+            x + (i - 0.5) * width,
+            counts,
+            width,
+            color=[HEALTHY, ICH],
+            alpha=alpha,
+            edgecolor="black",
+            linewidth=0.5,
+            label=name,
+        )
         _bar_labels(axes[1], bars)
-    for ax, title, unit in ((axes[0], "Slices per class", "slices"),
-                            (axes[1], "Patients per class", "patients")):
+    for ax, title, unit in (
+        (axes[0], "Slices per class", "slices"),
+        (axes[1], "Patients per class", "patients"),
+    ):
         ax.set_xticks(x, ["Healthy", "ICH"])
         ax.set_title(title)
         ax.set_ylabel(f"Number of {unit}")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.margins(y=0.15)
-        ax.legend(handles=[Patch(facecolor="grey", alpha=a, edgecolor="black", label=n)
-                           for n, _, a in groups], loc="upper right")
+        ax.legend(
+            handles=[
+                Patch(facecolor="grey", alpha=a, edgecolor="black", label=n) for n, _, a in groups
+            ],
+            loc="upper right",
+        )
     edges = np.linspace(0, 1, bins + 1)
     ich_pos = np.asarray(positions)[labels == 1]
     all_counts, _ = np.histogram(np.asarray(positions), bins=edges)
     ich_counts, _ = np.histogram(ich_pos, bins=edges)
     centres = (edges[:-1] + edges[1:]) / 2
-    bars = axes[2].bar(centres, ich_counts, width=1 / bins * 0.9, color=ICH,
-                       edgecolor="black", linewidth=0.5, label="ICH slices")
+    bars = axes[2].bar(
+        centres,
+        ich_counts,
+        width=1 / bins * 0.9,
+        color=ICH,
+        edgecolor="black",
+        linewidth=0.5,
+        label="ICH slices",
+    )
     _bar_labels(axes[2], bars)
     axes[2].set_xlabel("Relative slice position (0 = first slice, 1 = last)")
     axes[2].set_ylabel("Number of ICH slices")
@@ -127,14 +172,24 @@ def distribution_figure(labels: np.ndarray, patient_ids: np.ndarray, positions: 
     share = axes[2].twinx()
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(all_counts > 0, ich_counts / np.maximum(all_counts, 1), np.nan)
-    share.plot(centres, 100 * frac, color=VOTE, marker="o", markersize=4, linewidth=1.2,
-               label="% of slices that are ICH")
+    share.plot(
+        centres,
+        100 * frac,
+        color=VOTE,
+        marker="o",
+        markersize=4,
+        linewidth=1.2,
+        label="% of slices that are ICH",
+    )
     share.set_ylabel("% of slices in the bin that are ICH")
     share.spines["right"].set_visible(True)
-    share.set_ylim(0, max(5.0, float(np.nanmax(100 * frac)) * 1.3 if np.isfinite(frac).any()
-                          else 5.0))
-    handles = [Patch(facecolor=ICH, edgecolor="black", label="ICH slices"),
-               Line2D([], [], color=VOTE, marker="o", label="% of slices that are ICH")]
+    share.set_ylim(
+        0, max(5.0, float(np.nanmax(100 * frac)) * 1.3 if np.isfinite(frac).any() else 5.0)
+    )
+    handles = [
+        Patch(facecolor=ICH, edgecolor="black", label="ICH slices"),
+        Line2D([], [], color=VOTE, marker="o", label="% of slices that are ICH"),
+    ]
     axes[2].legend(handles=handles, loc="upper left")
     n_p = len(np.unique(patient_ids))
     fig.suptitle(f"Dataset: {n_p} patients, {len(labels)} slices ({source})")
@@ -144,9 +199,11 @@ def distribution_figure(labels: np.ndarray, patient_ids: np.ndarray, positions: 
 # ---------------------------------------------------------------- (b) thresholds
 
 
-def threshold_figure(curves: dict[int, tuple[np.ndarray, np.ndarray]],
-                     mean_curve: tuple[np.ndarray, np.ndarray] | None,
-                     voting_threshold: float | None) -> Figure:
+def threshold_figure(
+    curves: dict[int, tuple[np.ndarray, np.ndarray]],
+    mean_curve: tuple[np.ndarray, np.ndarray] | None,
+    voting_threshold: float | None,
+) -> Figure:
     """Validation F1 against the decision threshold for each fold and their mean; each
     fold's own threshold is its curve's peak, the voting threshold the mean's peak."""
     fig = new_figure(9, 5.2)
@@ -168,11 +225,16 @@ def threshold_figure(curves: dict[int, tuple[np.ndarray, np.ndarray]],
         text = f"voting threshold {voting_threshold:.2f}"
         if peak is not None:
             text += f"\nmean F1 {peak:.2f}"
-        ax.annotate(text, xy=(voting_threshold, peak if peak is not None else 0.5),
-                    xytext=(12, 18), textcoords="offset points", fontsize=10,
-                    fontweight="bold", arrowprops=dict(arrowstyle="->", color=VOTE),
-                    bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="none",
-                              alpha=0.85))
+        ax.annotate(
+            text,
+            xy=(voting_threshold, peak if peak is not None else 0.5),
+            xytext=(12, 18),
+            textcoords="offset points",
+            fontsize=10,
+            fontweight="bold",
+            arrowprops=dict(arrowstyle="->", color=VOTE),
+            bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="none", alpha=0.85),
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(True)
@@ -199,8 +261,16 @@ def _confusion_panel(ax, counts: dict[str, int] | None, title: str, unit: str) -
     for i in range(2):
         for j in range(2):
             colour = "white" if share[i, j] > 0.55 else "black"
-            ax.text(j, i, f"{int(matrix[i, j])}\n{100 * share[i, j]:.0f}% of row",
-                    ha="center", va="center", color=colour, fontsize=12, fontweight="bold")
+            ax.text(
+                j,
+                i,
+                f"{int(matrix[i, j])}\n{100 * share[i, j]:.0f}% of row",
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=12,
+                fontweight="bold",
+            )
     ax.set_xticks([0, 1], ["Healthy", "ICH"])
     ax.set_yticks([0, 1], ["Healthy", "ICH"])
     ax.set_xlabel("Predicted")
@@ -208,13 +278,21 @@ def _confusion_panel(ax, counts: dict[str, int] | None, title: str, unit: str) -
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.text(0.5, -0.28, f"n = {int(matrix.sum())} {unit}", ha="center",
-            transform=ax.transAxes, fontsize=10)
+    ax.text(
+        0.5,
+        -0.28,
+        f"n = {int(matrix.sum())} {unit}",
+        ha="center",
+        transform=ax.transAxes,
+        fontsize=10,
+    )
 
 
-def confusion_figure(slice_counts: dict[str, int] | None,
-                     patient_counts: dict[str, int] | None,
-                     threshold: float | None) -> Figure:
+def confusion_figure(
+    slice_counts: dict[str, int] | None,
+    patient_counts: dict[str, int] | None,
+    threshold: float | None,
+) -> Figure:
     """The vote on the test set at the voting threshold, slice and patient level."""
     fig = new_figure(10, 4.6)
     axes = fig.subplots(1, 2)
@@ -238,8 +316,9 @@ class RocCurve:
     strong: bool = False
 
 
-def roc_figure(curves: list[RocCurve], operating_point: tuple[float, float] | None,
-               threshold: float | None) -> Figure:
+def roc_figure(
+    curves: list[RocCurve], operating_point: tuple[float, float] | None, threshold: float | None
+) -> Figure:
     """ROC of each fold model and of the vote on the test slices; the vote's operating
     point at the voting threshold is marked."""
     fig = new_figure(7, 6.2)
@@ -247,13 +326,27 @@ def roc_figure(curves: list[RocCurve], operating_point: tuple[float, float] | No
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="Chance")
     for c in curves:
         auc = "n/a" if c.auc is None else f"{c.auc:.3f}"
-        ax.plot(c.fpr, c.tpr, color=c.colour, linewidth=2.8 if c.strong else 1.4,
-                alpha=1 if c.strong else 0.85, label=f"{c.label} (AUC {auc})",
-                drawstyle="steps-post")
+        ax.plot(
+            c.fpr,
+            c.tpr,
+            color=c.colour,
+            linewidth=2.8 if c.strong else 1.4,
+            alpha=1 if c.strong else 0.85,
+            label=f"{c.label} (AUC {auc})",
+            drawstyle="steps-post",
+        )
     if operating_point is not None:
         fpr, tpr = operating_point
-        ax.plot(fpr, tpr, marker="*", markersize=16, color=ICH, markeredgecolor="black",
-                linestyle="none", label=f"Vote at threshold {threshold:.2f}")
+        ax.plot(
+            fpr,
+            tpr,
+            marker="*",
+            markersize=16,
+            color=ICH,
+            markeredgecolor="black",
+            linestyle="none",
+            label=f"Vote at threshold {threshold:.2f}",
+        )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -290,16 +383,38 @@ def strip_figure(strips: list[PatientStrip], threshold: float, source: str) -> F
     fig = new_figure(min(4 + 0.26 * width, 18), 1.4 + 0.42 * n)
     ax = fig.subplots()
     cmap = matplotlib.colormaps[PROB_CMAP].with_extremes(bad="white")
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1, aspect="auto",
-                      extent=(0.5, width + 0.5, n - 0.5, -0.5))
+    image = ax.imshow(
+        np.ma.masked_invalid(matrix),
+        cmap=cmap,
+        vmin=0,
+        vmax=1,
+        aspect="auto",
+        extent=(0.5, width + 0.5, n - 0.5, -0.5),
+    )
     for i, s in enumerate(strips):
         truth = s.slices[s.labels == 1]
         flagged = s.slices[s.probs >= threshold]
-        ax.scatter(truth, np.full(len(truth), i - 0.28), marker="v", s=26, color=ICH,
-                   edgecolors="white", linewidths=0.4, zorder=3)
+        ax.scatter(
+            truth,
+            np.full(len(truth), i - 0.28),
+            marker="v",
+            s=26,
+            color=ICH,
+            edgecolors="white",
+            linewidths=0.4,
+            zorder=3,
+        )
         for edge, lw in (("black", 2.6), ("white", 1.1)):  # visible on any colour
-            ax.scatter(flagged, np.full(len(flagged), i), marker="s", s=60, facecolors="none",
-                       edgecolors=edge, linewidths=lw, zorder=3)
+            ax.scatter(
+                flagged,
+                np.full(len(flagged), i),
+                marker="s",
+                s=60,
+                facecolors="none",
+                edgecolors=edge,
+                linewidths=lw,
+                zorder=3,
+            )
     ax.set_yticks(np.arange(n), [_strip_label(s) for s in strips])
     for tick, s in zip(ax.get_yticklabels(), strips, strict=True):
         if s.decision is not None:
@@ -308,11 +423,19 @@ def strip_figure(strips: list[PatientStrip], threshold: float, source: str) -> F
     ax.set_xlim(0.5, width + 0.5)
     ax.tick_params(axis="y", length=0)
     fig.colorbar(image, ax=ax, label="Vote probability of ICH", shrink=0.9, pad=0.01)
-    handles = [Line2D([], [], marker="v", color=ICH, linestyle="none", label="ICH slice "
-                      "(ground truth)"),
-               Line2D([], [], marker="s", markerfacecolor="none", markeredgecolor="black",
-                      linestyle="none", markersize=8,
-                      label=f"Flagged (P ≥ {threshold:.2f})")]
+    handles = [
+        Line2D([], [], marker="v", color=ICH, linestyle="none", label="ICH slice (ground truth)"),
+        Line2D(
+            [],
+            [],
+            marker="s",
+            markerfacecolor="none",
+            markeredgecolor="black",
+            linestyle="none",
+            markersize=8,
+            label=f"Flagged (P ≥ {threshold:.2f})",
+        ),
+    ]
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
     fig.suptitle(f"Test patients slice by slice ({source}); label → decision, green = correct")
     return fig
@@ -340,16 +463,20 @@ def training_figure(epochs: list[dict], best: dict[int, int]) -> Figure:
         ep = np.array([e["epoch"] for e in rows])
         colour = fold_colour(fold)
         ax_loss.plot(ep, [e["train_loss"] for e in rows], "-o", color=colour, markersize=4)
-        ax_loss.plot(ep, [e["val_loss"] for e in rows], "--s", color=colour, alpha=0.7,
-                     markersize=3.5)
+        ax_loss.plot(
+            ep, [e["val_loss"] for e in rows], "--s", color=colour, alpha=0.7, markersize=3.5
+        )
         f1 = np.array([np.nan if e["val_f1"] is None else e["val_f1"] for e in rows])
         ax_f1.plot(ep, f1, "-o", color=colour, markersize=4, label=f"Fold {fold}")
         if fold in best and best[fold] in ep:
             k = int(np.flatnonzero(ep == best[fold])[0])
-            ax_f1.plot(ep[k], f1[k], marker="*", markersize=15, color=colour,
-                       markeredgecolor="black")
-    for ax, label, title in ((ax_loss, "Cross-entropy loss", "Loss"),
-                             (ax_f1, "Best validation F1 over thresholds", "Validation F1")):
+            ax_f1.plot(
+                ep[k], f1[k], marker="*", markersize=15, color=colour, markeredgecolor="black"
+            )
+    for ax, label, title in (
+        (ax_loss, "Cross-entropy loss", "Loss"),
+        (ax_f1, "Best validation F1 over thresholds", "Validation F1"),
+    ):
         ax.set_xlabel("Epoch")
         ax.set_ylabel(label)
         ax.set_title(title)
@@ -358,11 +485,15 @@ def training_figure(epochs: list[dict], best: dict[int, int]) -> Figure:
         if epochs:
             ax.set_xlim(0.5, max(e["epoch"] for e in epochs) + 0.5)
     ax_f1.set_ylim(0, 1.02)
-    ax_loss.legend(handles=[Line2D([], [], color=fold_colour(f), label=f"Fold {f}") for f in folds]
-                   + [Line2D([], [], color="grey", marker="o", label="training"),
-                      Line2D([], [], color="grey", linestyle="--", marker="s",
-                             label="validation")], ncols=2, fontsize=8.5)
+    ax_loss.legend(
+        handles=[Line2D([], [], color=fold_colour(f), label=f"Fold {f}") for f in folds]
+        + [
+            Line2D([], [], color="grey", marker="o", label="training"),
+            Line2D([], [], color="grey", linestyle="--", marker="s", label="validation"),
+        ],
+        ncols=2,
+        fontsize=8.5,
+    )
     ax_f1.legend(title="★ = kept epoch", fontsize=8.5)
     fig.suptitle("Training history per fold")
     return fig
-

@@ -16,11 +16,13 @@ from ichbench.report.page import RunReport, Section, summary, title
 from ichbench.views import TableData
 from ichbench.views.metrics import status_note
 
-FOOTER = ("<footer>Reproduces the protocol of Hoseyni et al., “Comprehensive "
-          "Hyperparameter Tuning to Enhance Deep Learning Performance for Intracranial "
-          "Hemorrhage Classification in Head CT Scans”. Every number above was computed by "
-          "the run and read back from the store; literature rows are as published. "
-          "CIs: 95%.</footer>")
+FOOTER = (
+    "<footer>Reproduces the protocol of Hoseyni et al., “Comprehensive "
+    "Hyperparameter Tuning to Enhance Deep Learning Performance for Intracranial "
+    "Hemorrhage Classification in Head CT Scans”. Every number above was computed by "
+    "the run and read back from the store; literature rows are as published. "
+    "CIs: 95%.</footer>"
+)
 _WITH_CI = re.compile(r"^(\S+) \[(.+)\]$")
 
 
@@ -39,18 +41,26 @@ def table_html(t: TableData) -> str:
     parts = [f'<div class="tablewrap"><table class="{"kv" if kv else "metrics"}">']
     if not kv:
         parts.append(f"<caption>{_e(t.title)}</caption>")
-        parts.append("<thead><tr>" + "".join(
-            f'<th class="{"num" if i >= t.numeric_from else ""}">{_e(c)}</th>'
-            for i, c in enumerate(t.columns)) + "</tr></thead>")
+        parts.append(
+            "<thead><tr>"
+            + "".join(
+                f'<th class="{"num" if i >= t.numeric_from else ""}">{_e(c)}</th>'
+                for i, c in enumerate(t.columns)
+            )
+            + "</tr></thead>"
+        )
     parts.append("<tbody>")
     for row in t.rows:
         if row.group:
-            parts.append(f'<tr class="group"><td colspan="{len(t.columns)}">'
-                         f"{_e(row.cells[0])}</td></tr>")
+            parts.append(
+                f'<tr class="group"><td colspan="{len(t.columns)}">{_e(row.cells[0])}</td></tr>'
+            )
             continue
         cls = " ".join(c for c, on in (("strong", row.strong), ("muted", row.muted)) if on)
-        cells = "".join(f'<td class="{"num" if i >= t.numeric_from else ""}">{_cell_html(c)}'
-                        "</td>" for i, c in enumerate(row.cells))
+        cells = "".join(
+            f'<td class="{"num" if i >= t.numeric_from else ""}">{_cell_html(c)}</td>'
+            for i, c in enumerate(row.cells)
+        )
         parts.append(f'<tr class="{cls}">{cells}</tr>')
     parts.append("</tbody></table></div>")
     if t.caption:
@@ -75,10 +85,12 @@ def _section_html(s: Section) -> str:
     if s.figure is not None:
         data = base64.b64encode(s.figure.png).decode("ascii")
         width = int(round(s.figure.width_in * 96))
-        parts.append(f'<figure><img alt="{_e(s.figure.title)}" '
-                     f'style="width: min(100%, {width}px)" '
-                     f'src="data:image/png;base64,{data}">'
-                     f"<figcaption>{_e(s.figure.caption)}</figcaption></figure>")
+        parts.append(
+            f'<figure><img alt="{_e(s.figure.title)}" '
+            f'style="width: min(100%, {width}px)" '
+            f'src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(s.figure.caption)}</figcaption></figure>"
+        )
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -88,20 +100,28 @@ def _badge(status: str) -> str:
     return f'<span class="badge {_e(status)}">{_e(label)}</span>'
 
 
-def render_html(reports: list[RunReport], compare: Section | None, generated: str,
-                db: Path) -> str:
+def render_html(reports: list[RunReport], compare: Section | None, generated: str, db: Path) -> str:
     heading = title(reports)
     several = len(reports) > 1
-    head = [f"<header><h1>{_e(heading)}"
-            + ("" if several else _badge(reports[0].data.status)) + "</h1>"]
+    head = [
+        f"<header><h1>{_e(heading)}" + ("" if several else _badge(reports[0].data.status)) + "</h1>"
+    ]
     for r in reports:
         prefix = f"{r.data.run_id}: " if several else ""
-        head.append(f'<p class="sub">{_e(prefix + summary(r.data))}'
-                    + (_badge(r.data.status) if several else "") + "</p>")
-    head.append(f'<p class="sub">Generated {_e(generated)} by ichbench {_e(__version__)} from '
-                f"{_e(db)}</p></header>")
-    banners = [f'<div class="banner">{_e(status_note(r.data))}</div>' for r in reports
-               if not r.data.finished]
+        head.append(
+            f'<p class="sub">{_e(prefix + summary(r.data))}'
+            + (_badge(r.data.status) if several else "")
+            + "</p>"
+        )
+    head.append(
+        f'<p class="sub">Generated {_e(generated)} by ichbench {_e(__version__)} from '
+        f"{_e(db)}</p></header>"
+    )
+    banners = [
+        f'<div class="banner">{_e(status_note(r.data))}</div>'
+        for r in reports
+        if not r.data.finished
+    ]
     toc = ["<nav><strong>Contents</strong><ol>"]
     if compare:
         toc.append(f'<li><a href="#{_e(compare.id)}">{_e(compare.title)}</a></li>')
@@ -115,12 +135,17 @@ def render_html(reports: list[RunReport], compare: Section | None, generated: st
         body.append(_section_html(compare))
     for r in reports:
         if several:
-            body.append(f'<div class="run"><h2 class="runhead">Run {_e(r.data.run_id)}'
-                        f"{_badge(r.data.status)}</h2>")
+            body.append(
+                f'<div class="run"><h2 class="runhead">Run {_e(r.data.run_id)}'
+                f"{_badge(r.data.status)}</h2>"
+            )
         body += [_section_html(s) for s in r.sections]
         if several:
             body.append("</div>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_e(heading)}</title><style>\n{css()}</style></head><body><main>\n"
-            + "\n".join(head + banners + toc + body) + f"\n{FOOTER}</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(heading)}</title><style>\n{css()}</style></head><body><main>\n"
+        + "\n".join(head + banners + toc + body)
+        + f"\n{FOOTER}</main></body></html>\n"
+    )

@@ -20,8 +20,9 @@ def table_md(t: TableData) -> str:
     columns = ["Field", "Value"] if kv else t.columns
     lines = [] if kv else [f"**{_md_cell(t.title)}**", ""]
     lines.append("| " + " | ".join(_md_cell(c) for c in columns) + " |")
-    lines.append("|" + "|".join("---:" if i >= t.numeric_from else "---"
-                                for i in range(len(columns))) + "|")
+    lines.append(
+        "|" + "|".join("---:" if i >= t.numeric_from else "---" for i in range(len(columns))) + "|"
+    )
     for row in t.rows:
         if row.group:
             cells = [f"*{_md_cell(row.cells[0])}*"] + [""] * (len(columns) - 1)
@@ -45,12 +46,12 @@ def _section_md(s: Section, level: str = "##") -> str:
     return "\n".join(parts)
 
 
-def render_markdown(reports: list[RunReport], compare: Section | None, generated: str,
-                    db: Path) -> str:
+def render_markdown(
+    reports: list[RunReport], compare: Section | None, generated: str, db: Path
+) -> str:
     lines = [f"# {title(reports)}", ""]
     for r in reports:
-        status = r.data.status if r.data.finished else \
-            f"**{r.data.status.upper()} — not finished**"
+        status = r.data.status if r.data.finished else f"**{r.data.status.upper()} — not finished**"
         lines.append(f"- `{r.data.run_id}` ({status}): {summary(r.data)}")
     lines += ["", f"Generated {generated} by ichbench {__version__} from `{db}`.", ""]
     for r in reports:

@@ -42,12 +42,14 @@ def gradcam_figure(panels: list[CamPanel], heading: str, columns: int = 2) -> Fi
         ax_ct, ax_cam = sub.subplots(1, 2)
         ax_ct.imshow(panel.image, cmap="gray", vmin=0, vmax=255)
         ax_cam.imshow(panel.image, cmap="gray", vmin=0, vmax=255)
-        ax_cam.imshow(panel.cam, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=0.42,
-                                 interpolation="bilinear")
+        ax_cam.imshow(
+            panel.cam, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=0.42, interpolation="bilinear"
+        )
         if panel.mask is not None and panel.mask.any():
             for ax in (ax_ct, ax_cam):
-                ax.contour(panel.mask.astype(float), levels=[0.5], colors=MASK_COLOUR,
-                           linewidths=1.3)
+                ax.contour(
+                    panel.mask.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.3
+                )
         for ax in (ax_ct, ax_cam):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -56,19 +58,26 @@ def gradcam_figure(panels: list[CamPanel], heading: str, columns: int = 2) -> Fi
         ax_ct.set_title("CT", fontsize=9.5, fontweight="normal")
         ax_cam.set_title("Grad-CAM", fontsize=9.5, fontweight="normal")
         colour = {True: "#1E7B34", False: ICH}.get(panel.hit, VOTE)
-        sub.suptitle(f"{panel.title}\n{panel.subtitle}", fontsize=10.5, color=colour,
-                     fontweight="bold")
+        sub.suptitle(
+            f"{panel.title}\n{panel.subtitle}", fontsize=10.5, color=colour, fontweight="bold"
+        )
     for k in range(n, rows * cols):
         grid[k // cols][k % cols].set_visible(False)
-    handles = [Line2D([], [], color=MASK_COLOUR, linewidth=2, label="Ground-truth mask"),
-               Patch(color="#1E7B34", label="Flagged at the voting threshold"),
-               Patch(color=ICH, label="Missed")]
+    handles = [
+        Line2D([], [], color=MASK_COLOUR, linewidth=2, label="Ground-truth mask"),
+        Patch(color="#1E7B34", label="Flagged at the voting threshold"),
+        Patch(color=ICH, label="Missed"),
+    ]
     foot.legend(handles=handles, loc="center left", bbox_to_anchor=(0.02, 0.5), ncols=1)
     if panels:
         cax = foot.add_axes((0.5, 0.5, 0.42, 0.16))
         scale = ScalarMappable(norm=Normalize(0, 1), cmap=CAM_CMAP)
-        foot.colorbar(scale, cax=cax, orientation="horizontal",
-                      label="Grad-CAM of the ICH class (0 = none, 1 = strongest)")
+        foot.colorbar(
+            scale,
+            cax=cax,
+            orientation="horizontal",
+            label="Grad-CAM of the ICH class (0 = none, 1 = strongest)",
+        )
     fig.suptitle(heading)
     return fig
 
@@ -92,8 +101,16 @@ def tsne_figure(panels: list[EmbeddingPanel], labels: np.ndarray, heading: str) 
     for ax, panel in zip(axes, panels, strict=True):
         for cls, colour, name, size in ((0, HEALTHY, "Healthy", 14), (1, ICH, "ICH", 22)):
             pts = panel.points[labels == cls]
-            ax.scatter(pts[:, 0], pts[:, 1], s=size, color=colour, alpha=0.7,
-                       edgecolors="white", linewidths=0.3, label=f"{name} ({len(pts)})")
+            ax.scatter(
+                pts[:, 0],
+                pts[:, 1],
+                s=size,
+                color=colour,
+                alpha=0.7,
+                edgecolors="white",
+                linewidths=0.3,
+                label=f"{name} ({len(pts)})",
+            )
         ax.set_title(f"{panel.title}\n{panel.subtitle}")
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")

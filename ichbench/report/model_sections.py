@@ -36,8 +36,10 @@ def load_dataset(data: RunData):
         return None, f"the dataset {cfg['data']!r} could not be loaded ({exc})"
     expected = data.run.get("dataset_hash")
     if expected and dataset.dataset_hash != expected:
-        return None, (f"the dataset {cfg['data']!r} has changed since the run (hash "
-                      f"{dataset.dataset_hash}, the run used {expected})")
+        return None, (
+            f"the dataset {cfg['data']!r} has changed since the run (hash "
+            f"{dataset.dataset_hash}, the run used {expected})"
+        )
     return dataset, None
 
 
@@ -50,35 +52,39 @@ def load_models(data: RunData, db: Path):
     return load_fold_models(db, data.run_id, recorded)
 
 
-def _model_notes(data: RunData, models, dataset, problem: str | None, db: Path,
-                 needs: str) -> list[str]:
+def _model_notes(
+    data: RunData, models, dataset, problem: str | None, db: Path, needs: str
+) -> list[str]:
     notes = []
     if dataset is None:
         notes.append(f"{needs} needs the run's images, but {problem}.")
     if models is None or not models.any:
         folder = run_dir(db, data.run_id)
         detail = "; ".join(models.problems) if models is not None and models.problems else ""
-        notes.append(f"Fold checkpoints missing: {needs} needs the trained fold models, "
-                     f"and none could be loaded from {folder}" + (f" ({detail})."
-                                                                 if detail else "."))
+        notes.append(
+            f"Fold checkpoints missing: {needs} needs the trained fold models, "
+            f"and none could be loaded from {folder}" + (f" ({detail})." if detail else ".")
+        )
     elif models.problems:
-        notes.append("Some fold checkpoints are missing or unreadable: "
-                     + "; ".join(models.problems) + ".")
+        notes.append(
+            "Some fold checkpoints are missing or unreadable: " + "; ".join(models.problems) + "."
+        )
     return notes
 
 
 def _vote_probs(data: RunData) -> dict[tuple[int, int], float]:
     p = data.preds(None, "test")
-    return {(int(a), int(b)): float(c) for a, b, c in
-            zip(p["patient_id"], p["slice"], p["prob"], strict=True)}
+    return {
+        (int(a), int(b)): float(c)
+        for a, b, c in zip(p["patient_id"], p["slice"], p["prob"], strict=True)
+    }
 
 
 def _cam_rows(dataset, data: RunData, probs: dict, n: int) -> tuple[list[int], str]:
     """Test ICH slices to explain, at most two per patient so one patient does not fill
     the page: the most confident ones and, for honesty, the least confident ones.
     Returns the rows and how they were chosen, in words for the caption."""
-    rows = np.flatnonzero(np.isin(dataset.patient_ids, data.test_patients)
-                          & (dataset.labels == 1))
+    rows = np.flatnonzero(np.isin(dataset.patient_ids, data.test_patients) & (dataset.labels == 1))
     if not len(rows):
         return [], ""
 
@@ -88,8 +94,10 @@ def _cam_rows(dataset, data: RunData, probs: dict, n: int) -> tuple[list[int], s
             return probs.get(key, -1.0)
         return float(dataset.masks[r].sum()) if dataset.masks is not None else 0.0
 
-    ordered = sorted(rows.tolist(), key=lambda r: (-score(r), int(dataset.patient_ids[r]),
-                                                   int(dataset.slice_numbers[r])))
+    ordered = sorted(
+        rows.tolist(),
+        key=lambda r: (-score(r), int(dataset.patient_ids[r]), int(dataset.slice_numbers[r])),
+    )
     per_patient: dict[int, int] = {}
     capped = []
     for r in ordered:
@@ -103,12 +111,21 @@ def _cam_rows(dataset, data: RunData, probs: dict, n: int) -> tuple[list[int], s
     low = n // 4 if probs else 0
     if not low:
         return capped[:n], f"the first {n} test ICH slices {order}"
-    return (capped[:n - low] + capped[-low:],
-            f"the {n - low} most and the {low} least confident test ICH slices")
+    return (
+        capped[: n - low] + capped[-low:],
+        f"the {n - low} most and the {low} least confident test ICH slices",
+    )
 
 
-def gradcam_section(data: RunData, dataset, problem: str | None, models, db: Path,
-                    options: ReportOptions, section: Section) -> None:
+def gradcam_section(
+    data: RunData,
+    dataset,
+    problem: str | None,
+    models,
+    db: Path,
+    options: ReportOptions,
+    section: Section,
+) -> None:
     from ichbench.report.cam import grad_cam
 
     section.notes += _model_notes(data, models, dataset, problem, db, "Grad-CAM")
@@ -137,25 +154,43 @@ def gradcam_section(data: RunData, dataset, problem: str | None, models, db: Pat
         else:
             sub = f"P(ICH) {prob:.2f} · " + ("flagged" if hit else "missed")
         mask = None if dataset.masks is None else np.asarray(dataset.masks[r])
-        panels.append(MF.CamPanel(image=images[i, 0], cam=cams[i], mask=mask,
-                                 title=f"Patient {pid:03d}, slice {sl}", subtitle=sub,
-                                 hit=hit))
+        panels.append(
+            MF.CamPanel(
+                image=images[i, 0],
+                cam=cams[i],
+                mask=mask,
+                title=f"Patient {pid:03d}, slice {sl}",
+                subtitle=sub,
+                hit=hit,
+            )
+        )
     folds = ", ".join(str(m.fold) for m in fold_models)
     with F.style():
-        fig = MF.gradcam_figure(panels, f"Grad-CAM of the ICH class, mean over fold models "
-                                       f"{folds}")
-    mask_note = ("the ground-truth hemorrhage mask is outlined in cyan" if dataset.masks
-                 is not None else "this dataset has no masks to outline")
+        fig = MF.gradcam_figure(panels, f"Grad-CAM of the ICH class, mean over fold models {folds}")
+    mask_note = (
+        "the ground-truth hemorrhage mask is outlined in cyan"
+        if dataset.masks is not None
+        else "this dataset has no masks to outline"
+    )
     section.figure = figure_out(
-        fig, "Grad-CAM",
+        fig,
+        "Grad-CAM",
         f"Grad-CAM (pytorch-grad-cam) of the ICH logit, averaged over the fold models "
         f"that the vote combines. Slices: at most two per test patient; {chosen}. "
         f"{mask_note.capitalize()}. Left: the CT (first window); right: the heat map over "
-        "it. Titles: the vote's probability, green when flagged at the voting threshold.")
+        "it. Titles: the vote's probability, green when flagged at the voting threshold.",
+    )
 
 
-def tsne_section(data: RunData, dataset, problem: str | None, models, db: Path,
-                 options: ReportOptions, section: Section) -> None:
+def tsne_section(
+    data: RunData,
+    dataset,
+    problem: str | None,
+    models,
+    db: Path,
+    options: ReportOptions,
+    section: Section,
+) -> None:
     from ichbench.checkpoints import fresh_model
     from ichbench.report.embeddings import embed, separation, tsne_2d
 
@@ -178,8 +213,10 @@ def tsne_section(data: RunData, dataset, problem: str | None, models, db: Path,
     images = np.asarray(dataset.images[rows])
     try:
         before = fresh_model(str(data.run["backbone"]), fm.in_chans, seed, fold, fm.device)
-        feats = {"before": embed(before.model, before.prepare(images)),
-                 "after": embed(fm.model, fm.prepare(images))}
+        feats = {
+            "before": embed(before.model, before.prepare(images)),
+            "after": embed(fm.model, fm.prepare(images)),
+        }
         points = {k: tsne_2d(v, seed) for k, v in feats.items()}
     except (ValueError, RuntimeError, IchbenchError) as exc:
         section.notes.append(f"t-SNE could not be computed: {exc}")
@@ -187,22 +224,27 @@ def tsne_section(data: RunData, dataset, problem: str | None, models, db: Path,
 
     def subtitle(key: str) -> str:
         s = separation(feats[key], labels)
-        return f"{feats[key].shape[1]}-d embedding" + \
-            ("" if s is None else f", class silhouette {s:.2f}")
+        return f"{feats[key].shape[1]}-d embedding" + (
+            "" if s is None else f", class silhouette {s:.2f}"
+        )
 
     panels = [
-        MF.EmbeddingPanel(points["before"], "Before training",
-                         f"fresh {data.run['backbone']}, seed {seed} · " + subtitle("before")),
-        MF.EmbeddingPanel(points["after"], f"After training (fold {fold})",
-                         subtitle("after")),
+        MF.EmbeddingPanel(
+            points["before"],
+            "Before training",
+            f"fresh {data.run['backbone']}, seed {seed} · " + subtitle("before"),
+        ),
+        MF.EmbeddingPanel(points["after"], f"After training (fold {fold})", subtitle("after")),
     ]
     with F.style():
         fig = MF.tsne_figure(panels, labels, f"t-SNE of {len(rows)} test slices")
     section.figure = figure_out(
-        fig, "t-SNE of embeddings",
+        fig,
+        "t-SNE of embeddings",
         "Each point is a test slice: the input of the network's final linear layer, "
         f"projected to two dimensions with t-SNE (scikit-learn). Left: the network as "
         f"initialised for fold {fold} before training (random weights, same seed rule as "
         f"the run); right: fold {fold}'s trained model (the fold with the best validation "
         "F1). The silhouette score (−1 to 1) measures how far apart the two classes lie "
-        "in the full embedding.")
+        "in the full embedding.",
+    )

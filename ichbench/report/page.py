@@ -8,9 +8,19 @@ from pathlib import Path
 
 from ichbench.views import RunData, TableData
 
-SECTION_IDS = ("provenance", "fig-dataset", "table-slice", "table-patient", "fig-threshold",
-               "fig-confusion", "fig-roc", "fig-strip", "fig-gradcam", "fig-tsne",
-               "fig-training")
+SECTION_IDS = (
+    "provenance",
+    "fig-dataset",
+    "table-slice",
+    "table-patient",
+    "fig-threshold",
+    "fig-confusion",
+    "fig-roc",
+    "fig-strip",
+    "fig-gradcam",
+    "fig-tsne",
+    "fig-training",
+)
 COMPARE_ID = "table-compare"
 
 
@@ -74,5 +84,7 @@ def summary(data: RunData) -> str:
     run = data.run
     pre = "pretrained" if run.get("pretrained") else "not pretrained"
     strategies = ", ".join(run.get("strategies") or []) or "no imbalance strategy"
-    return (f"{run.get('backbone')} ({pre}) · {strategies} · {run.get('dataset')} · "
-            f"preset {run.get('preset')} · seed {run.get('seed')}")
+    return (
+        f"{run.get('backbone')} ({pre}) · {strategies} · {run.get('dataset')} · "
+        f"preset {run.get('preset')} · seed {run.get('seed')}"
+    )

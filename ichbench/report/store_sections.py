@@ -25,11 +25,16 @@ def threshold_section(data: RunData, section: Section) -> None:
         mean = (thr, np.nanmean(np.stack([f for _, f in curves.values()]), axis=0))
     with F.style():
         fig = F.threshold_figure(curves, mean, data.threshold)
-    caption = ("Validation F1 (slice level) of each fold's model at every threshold from "
-               "0.00 to 1.00; dots mark each fold's own threshold. The voting threshold is "
-               "the peak of the mean curve")
-    caption += f" ({fmt(data.threshold)})." if data.threshold is not None else \
-        "; the run did not finish, so none was chosen."
+    caption = (
+        "Validation F1 (slice level) of each fold's model at every threshold from "
+        "0.00 to 1.00; dots mark each fold's own threshold. The voting threshold is "
+        "the peak of the mean curve"
+    )
+    caption += (
+        f" ({fmt(data.threshold)})."
+        if data.threshold is not None
+        else "; the run did not finish, so none was chosen."
+    )
     section.figure = figure_out(fig, "F1 against threshold", caption)
 
 
@@ -48,11 +53,13 @@ def confusion_section(data: RunData, section: Section) -> None:
     with F.style():
         fig = F.confusion_figure(_counts(s), _counts(p), data.threshold)
     section.figure = figure_out(
-        fig, "Confusion matrices",
+        fig,
+        "Confusion matrices",
         "The vote on the held-out test patients at the voting threshold. Rows are the "
         "ground truth; each cell gives the count and its share of the row (the diagonal "
         f"shares are specificity and sensitivity). Patient rule: "
-        f"{data.run.get('patient_rule') or 'any'}.")
+        f"{data.run.get('patient_rule') or 'any'}.",
+    )
 
 
 def roc_section(data: RunData, section: Section) -> None:
@@ -77,8 +84,9 @@ def roc_section(data: RunData, section: Section) -> None:
         section.notes.append("No test predictions with both classes were recorded.")
         return
     if skipped:
-        section.notes.append(f"Not drawn (no test predictions with both classes): "
-                             f"{', '.join(skipped)}.")
+        section.notes.append(
+            f"Not drawn (no test predictions with both classes): {', '.join(skipped)}."
+        )
     vote = data.metric("vote", "slice", "test")
     point = None
     if vote is not None and vote["tp"] + vote["fn"] and vote["fp"] + vote["tn"]:
@@ -86,10 +94,12 @@ def roc_section(data: RunData, section: Section) -> None:
     with F.style():
         fig = F.roc_figure(curves, point, data.threshold)
     section.figure = figure_out(
-        fig, "ROC curves",
+        fig,
+        "ROC curves",
         "Receiver operating characteristic of each fold model and of the vote on the test "
         "slices (scikit-learn roc_curve on the stored predictions). The star is the vote's "
-        "operating point at the voting threshold.")
+        "operating point at the voting threshold.",
+    )
 
 
 def _vote_decisions(data: RunData) -> dict[int, bool] | None:
@@ -99,8 +109,9 @@ def _vote_decisions(data: RunData) -> dict[int, bool] | None:
     if stored is None:
         return None
     test = np.asarray(stored.split) == "test"
-    return {int(p): bool(d) for p, d in zip(stored.patient_id[test], stored.decision[test],
-                                            strict=True)}
+    return {
+        int(p): bool(d) for p, d in zip(stored.patient_id[test], stored.decision[test], strict=True)
+    }
 
 
 def strip_section(data: RunData, section: Section) -> None:
@@ -114,41 +125,53 @@ def strip_section(data: RunData, section: Section) -> None:
     if decisions is None:
         section.notes.append(
             f"This run was recorded without its patient decisions, so the decision of the "
-            f"patient rule ({rule}) is not shown; the patient-level table gives its metrics.")
+            f"patient rule ({rule}) is not shown; the patient-level table gives its metrics."
+        )
     strips = []
     for pid in np.unique(p["patient_id"]):
         rows = np.flatnonzero(p["patient_id"] == pid)
         rows = rows[np.argsort(p["slice"][rows], kind="stable")]
-        strips.append(F.PatientStrip(int(pid), p["slice"][rows], p["prob"][rows],
-                                     p["label"][rows], int(p["label"][rows].max()),
-                                     (decisions or {}).get(int(pid))))
+        strips.append(
+            F.PatientStrip(
+                int(pid),
+                p["slice"][rows],
+                p["prob"][rows],
+                p["label"][rows],
+                int(p["label"][rows].max()),
+                (decisions or {}).get(int(pid)),
+            )
+        )
     with F.style():
         fig = F.strip_figure(strips, thr, f"run {data.run_id}")
     section.figure = figure_out(
-        fig, "Per-patient strip",
+        fig,
+        "Per-patient strip",
         "One row per test patient, slices in order. Colour: the vote's probability of ICH; "
         "triangles: slices labelled ICH; outlined squares: slices flagged at the voting "
         f"threshold ({thr:.2f}). Beside each row: the patient's label → the decision of "
         f"the patient rule ({rule}) as the run recorded it; green when correct, red when "
-        "not.")
+        "not.",
+    )
 
 
 def training_section(data: RunData, section: Section) -> None:
     if not data.epochs:
         section.notes.append("No epochs were recorded for this run.")
         return
-    best = {int(f["fold"]): int(f["best_epoch"]) for f in data.folds
-            if f.get("best_epoch") is not None}
+    best = {
+        int(f["fold"]): int(f["best_epoch"]) for f in data.folds if f.get("best_epoch") is not None
+    }
     with F.style():
         fig = F.training_figure(data.epochs, best)
     section.figure = figure_out(
-        fig, "Training history",
+        fig,
+        "Training history",
         "Training and validation cross-entropy and the best validation F1 over thresholds "
-        "after each epoch; the star marks the epoch whose weights were kept.")
+        "after each epoch; the star marks the epoch whose weights were kept.",
+    )
 
 
-def distribution_section(data: RunData, dataset, problem: str | None,
-                         section: Section) -> None:
+def distribution_section(data: RunData, dataset, problem: str | None, section: Section) -> None:
     """Class balance and bleeding positions: from the dataset when it could be reloaded,
     else from the slices the store recorded predictions for."""
     if dataset is not None:
@@ -166,11 +189,13 @@ def distribution_section(data: RunData, dataset, problem: str | None,
     with F.style():
         fig = F.distribution_figure(labels, pids, pos, data.test_patients, source)
     section.figure = figure_out(
-        fig, "Dataset distributions",
+        fig,
+        "Dataset distributions",
         f"Class balance of slices and patients, split into the cross-validation pool and "
         f"the held-out test patients, and the ICH slices by relative position in the head "
         f"(0 = first slice, 1 = last; bars: ICH slice count, line: share of the bin's "
-        f"slices that are ICH) — {how}.")
+        f"slices that are ICH) — {how}.",
+    )
 
 
 def _store_slices(data: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,8 +28,20 @@ TUNED_NOTE = (
 UNTUNED_NOTE = "same protocol without the tuned imbalance configuration"
 
 COLUMNS = (
-    "source", "citation", "model", "backbone", "setting", "scope", "split", "fold",
-    "sensitivity", "specificity", "precision", "f1", "accuracy", "note",
+    "source",
+    "citation",
+    "model",
+    "backbone",
+    "setting",
+    "scope",
+    "split",
+    "fold",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "accuracy",
+    "note",
 )
 
 
@@ -60,10 +72,18 @@ class Baseline:
 Metrics5 = tuple[float | None, float | None, float | None, float | None, float | None]
 
 
-def _hoseyni(model: str, backbone: str, setting: str, scope: str, fold: int | None,
-             values: Metrics5, note: str) -> Baseline:
-    return Baseline(HOSEYNI, HOSEYNI_CITATION, model, backbone, setting, scope, "test", fold,
-                    *values, note)
+def _hoseyni(
+    model: str,
+    backbone: str,
+    setting: str,
+    scope: str,
+    fold: int | None,
+    values: Metrics5,
+    note: str,
+) -> Baseline:
+    return Baseline(
+        HOSEYNI, HOSEYNI_CITATION, model, backbone, setting, scope, "test", fold, *values, note
+    )
 
 
 def _paper_tables() -> list[Baseline]:
@@ -79,23 +99,48 @@ def _paper_tables() -> list[Baseline]:
     patient_folds: list[Metrics5] = [(1.00, 0.60, 0.60, 0.75, 0.75)] * 4 + [
         (0.83, 0.80, 0.71, 0.77, 0.81)
     ]
-    rows = [_hoseyni("fold", "resnet50", TUNED, "slice", k, v, "per-fold test results; "
-                     + TUNED_NOTE) for k, v in enumerate(slice_folds)]
-    rows.append(_hoseyni("vote", "resnet50", TUNED, "slice", None,
-                         (0.94, 0.91, 0.49, 0.64, 0.91), TUNED_NOTE))
-    rows += [_hoseyni("fold", "resnet50", TUNED, "patient", k, v, "per-fold test results; "
-                      "patient positive if any slice is positive; " + TUNED_NOTE)
-             for k, v in enumerate(patient_folds)]
-    rows.append(_hoseyni("vote", "resnet50", TUNED, "patient", None,
-                         (1.00, 0.80, 0.75, 0.86, 0.88),
-                         "patient positive if any slice is positive; " + TUNED_NOTE))
+    rows = [
+        _hoseyni("fold", "resnet50", TUNED, "slice", k, v, "per-fold test results; " + TUNED_NOTE)
+        for k, v in enumerate(slice_folds)
+    ]
+    rows.append(
+        _hoseyni(
+            "vote", "resnet50", TUNED, "slice", None, (0.94, 0.91, 0.49, 0.64, 0.91), TUNED_NOTE
+        )
+    )
+    rows += [
+        _hoseyni(
+            "fold",
+            "resnet50",
+            TUNED,
+            "patient",
+            k,
+            v,
+            "per-fold test results; patient positive if any slice is positive; " + TUNED_NOTE,
+        )
+        for k, v in enumerate(patient_folds)
+    ]
+    rows.append(
+        _hoseyni(
+            "vote",
+            "resnet50",
+            TUNED,
+            "patient",
+            None,
+            (1.00, 0.80, 0.75, 0.86, 0.88),
+            "patient positive if any slice is positive; " + TUNED_NOTE,
+        )
+    )
     backbones: dict[str, tuple[Metrics5, Metrics5]] = {
         "vgg16": ((0.92, 0.88, 0.41, 0.56, 0.88), (0.88, 0.76, 0.25, 0.39, 0.77)),
         "mobilenetv2": ((0.98, 0.82, 0.33, 0.50, 0.84), (1.00, 0.68, 0.22, 0.36, 0.71)),
         "inception_v3": ((0.64, 0.90, 0.36, 0.46, 0.88), (0.88, 0.78, 0.27, 0.41, 0.79)),
     }
-    rows.append(_hoseyni("vote", "resnet50", UNTUNED, "slice", None,
-                         (0.76, 0.78, 0.23, 0.36, 0.77), UNTUNED_NOTE))
+    rows.append(
+        _hoseyni(
+            "vote", "resnet50", UNTUNED, "slice", None, (0.76, 0.78, 0.23, 0.36, 0.77), UNTUNED_NOTE
+        )
+    )
     for name, (tuned, untuned) in backbones.items():
         rows.append(_hoseyni("vote", name, TUNED, "slice", None, tuned, TUNED_NOTE))
         rows.append(_hoseyni("vote", name, UNTUNED, "slice", None, untuned, UNTUNED_NOTE))
@@ -105,12 +150,38 @@ def _paper_tables() -> list[Baseline]:
 def _cited_works() -> list[Baseline]:
     """Results of other groups on PhysioNet CT-ICH, as Hoseyni et al. report them."""
     return [
-        Baseline("neethi2024", NEETHI_CITATION, "single", "resnet50v2", "rsna-to-physionet",
-                 "slice", "test", None, 0.76, None, 0.69, 0.67, 0.54,
-                 "trained on RSNA, tested on PhysioNet CT-ICH"),
-        Baseline("kyung2022", KYUNG_CITATION, "single", "smart-net", "physionet",
-                 "patient", "test", None, 0.97, 0.74, None, 0.84, None,
-                 "multi-task representation learning (SMART-Net)"),
+        Baseline(
+            "neethi2024",
+            NEETHI_CITATION,
+            "single",
+            "resnet50v2",
+            "rsna-to-physionet",
+            "slice",
+            "test",
+            None,
+            0.76,
+            None,
+            0.69,
+            0.67,
+            0.54,
+            "trained on RSNA, tested on PhysioNet CT-ICH",
+        ),
+        Baseline(
+            "kyung2022",
+            KYUNG_CITATION,
+            "single",
+            "smart-net",
+            "physionet",
+            "patient",
+            "test",
+            None,
+            0.97,
+            0.74,
+            None,
+            0.84,
+            None,
+            "multi-task representation learning (SMART-Net)",
+        ),
     ]
 
 
@@ -121,8 +192,11 @@ def paper_and_cited(baselines, scope: str) -> tuple[list[dict], list[dict]]:
     """The rows a run is shown beside at one scope, on the test split: the study's tuned
     ResNet50 folds then its vote, and the other groups' results."""
     rows = [b for b in baselines if b["scope"] == scope and b["split"] == "test"]
-    paper = [b for b in rows if b["source"] == HOSEYNI and b["backbone"] == "resnet50"
-             and b["setting"] == TUNED]
+    paper = [
+        b
+        for b in rows
+        if b["source"] == HOSEYNI and b["backbone"] == "resnet50" and b["setting"] == TUNED
+    ]
     paper.sort(key=lambda b: (b["model"] == "vote", b["fold"] if b["fold"] is not None else 0))
     return paper, [b for b in rows if b["source"] != HOSEYNI]
 

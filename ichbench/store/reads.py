@@ -55,8 +55,10 @@ class StoreReads:
 
     path: Path
 
-    def _reader(self, sandbox: bool = False,
-                ) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+    def _reader(
+        self,
+        sandbox: bool = False,
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         raise NotImplementedError  # provided by Store
 
     # ------------------------------------------------------------------ runs
@@ -69,16 +71,30 @@ class StoreReads:
     def _resolve(self, con: duckdb.DuckDBPyConnection, run_id: str) -> str:
         if exists(con, run_id):
             return run_id
-        matches = [r[0] for r in con.execute(
-            "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id LIMIT 6",
-            [run_id]).fetchall()] if run_id else []
+        matches = (
+            [
+                r[0]
+                for r in con.execute(
+                    "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id LIMIT 6",
+                    [run_id],
+                ).fetchall()
+            ]
+            if run_id
+            else []
+        )
         if len(matches) == 1:
             return matches[0]
         if matches:
-            raise StoreError(f"Run id '{run_id}' is ambiguous: it starts "
-                             f"{', '.join(matches[:5])}{' ...' if len(matches) > 5 else ''}")
-        recent = [r[0] for r in con.execute(
-            "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5").fetchall()]
+            raise StoreError(
+                f"Run id '{run_id}' is ambiguous: it starts "
+                f"{', '.join(matches[:5])}{' ...' if len(matches) > 5 else ''}"
+            )
+        recent = [
+            r[0]
+            for r in con.execute(
+                "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5"
+            ).fetchall()
+        ]
         hint = f"Recent runs: {', '.join(recent)}" if recent else "The store has no runs yet"
         raise StoreError(f"Unknown run '{run_id}'. {hint}")
 
@@ -90,14 +106,18 @@ class StoreReads:
             row = dicts(con.execute("SELECT * FROM runs WHERE run_id = ?", [full]))[0]
         return decode_json(row, "runs")
 
-    def list_runs(self, status: str | None = None, backbone: str | None = None,
-                  grid_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def list_runs(
+        self,
+        status: str | None = None,
+        backbone: str | None = None,
+        grid_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
         """`run_summary` rows, newest first."""
         if status is not None and status not in STATUSES:
             raise StoreError(f"Unknown status '{status}'; expected one of {', '.join(STATUSES)}")
         where, params = [], []
-        for column, value in (("status", status), ("backbone", backbone),
-                              ("grid_id", grid_id)):
+        for column, value in (("status", status), ("backbone", backbone), ("grid_id", grid_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -115,8 +135,9 @@ class StoreReads:
         """`run_summary` rows of the given runs (ids or unique prefixes), in that order."""
         with self._reader() as con:
             full = list(dict.fromkeys(self._resolve(con, r) for r in run_ids))
-            rows = dicts(con.execute("SELECT * FROM run_summary WHERE list_contains(?, run_id)",
-                                     [full]))
+            rows = dicts(
+                con.execute("SELECT * FROM run_summary WHERE list_contains(?, run_id)", [full])
+            )
         by_id = {row["run_id"]: row for row in rows}
         return [by_id[r] for r in full]
 
@@ -133,9 +154,17 @@ class StoreReads:
     def runs_with_config(self, config_hash: str) -> list[dict[str, Any]]:
         """Runs of one configuration, finished first, then the newest: what a grid resumes."""
         with self._reader() as con:
-            return [decode_json(r, "runs") for r in dicts(con.execute(
-                "SELECT run_id, status, dataset_hash, plugins FROM runs WHERE config_hash = ? "
-                "ORDER BY status = 'finished' DESC, started_at DESC", [config_hash]))]
+            return [
+                decode_json(r, "runs")
+                for r in dicts(
+                    con.execute(
+                        "SELECT run_id, status, dataset_hash, plugins FROM runs "
+                        "WHERE config_hash = ? "
+                        "ORDER BY status = 'finished' DESC, started_at DESC",
+                        [config_hash],
+                    )
+                )
+            ]
 
     # ------------------------------------------------------------------ folds
 
@@ -151,31 +180,56 @@ class StoreReads:
         Predictions come back ordered by split, patient and slice; patient decisions by
         split and patient (None for a fold recorded without them)."""
         with self._reader() as con:
-            rows = dicts(con.execute(
-                "SELECT * FROM folds WHERE run_id = ? AND fold = ?", [run_id, fold]))
+            rows = dicts(
+                con.execute("SELECT * FROM folds WHERE run_id = ? AND fold = ?", [run_id, fold])
+            )
             if not rows:
                 raise StoreError(f"Run '{run_id}' has no fold {fold} in {self.path}")
             row = decode_json(rows[0], "folds")
             curve = self._load_curve(con, run_id, fold)
-            metrics = [metric_row(m) for m in dicts(con.execute(
-                "SELECT * FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold' "
-                "ORDER BY scope, split", [run_id, fold]))]
+            metrics = [
+                metric_row(m)
+                for m in dicts(
+                    con.execute(
+                        "SELECT * FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold' "
+                        "ORDER BY scope, split",
+                        [run_id, fold],
+                    )
+                )
+            ]
             preds = self._load_predictions(con, run_id, fold)
             patients = self._load_patients(con, run_id, fold)
-            epochs = [EpochRecord(e["epoch"], e["train_loss"], e["val_loss"], e["val_f1"],
-                                  e["wall_s"]) for e in dicts(con.execute(
-                "SELECT * FROM epochs WHERE run_id = ? AND fold = ? ORDER BY epoch",
-                [run_id, fold]))]
+            epochs = [
+                EpochRecord(e["epoch"], e["train_loss"], e["val_loss"], e["val_f1"], e["wall_s"])
+                for e in dicts(
+                    con.execute(
+                        "SELECT * FROM epochs WHERE run_id = ? AND fold = ? ORDER BY epoch",
+                        [run_id, fold],
+                    )
+                )
+            ]
         return FoldRecord(
-            fold=row["fold"], threshold=row["threshold"], best_epoch=row["best_epoch"],
+            fold=row["fold"],
+            threshold=row["threshold"],
+            best_epoch=row["best_epoch"],
             train_ich_before=row["train_ich_before"],
-            train_healthy_before=row["train_healthy_before"], train_ich=row["train_ich"],
-            train_healthy=row["train_healthy"], added=row["added"], removed=row["removed"],
+            train_healthy_before=row["train_healthy_before"],
+            train_ich=row["train_ich"],
+            train_healthy=row["train_healthy"],
+            added=row["added"],
+            removed=row["removed"],
             train_patients=list(row["train_patients"] or []),
-            val_patients=list(row["val_patients"] or []), wall_s=row["wall_s"], curve=curve,
-            metrics=metrics, predictions=preds, epochs=epochs, checkpoint=row["checkpoint"],
-            status=row["status"], compiled=bool(row["compiled"]),
-            patients=patients if len(patients) else None, notes=dict(row["notes"] or {}),
+            val_patients=list(row["val_patients"] or []),
+            wall_s=row["wall_s"],
+            curve=curve,
+            metrics=metrics,
+            predictions=preds,
+            epochs=epochs,
+            checkpoint=row["checkpoint"],
+            status=row["status"],
+            compiled=bool(row["compiled"]),
+            patients=patients if len(patients) else None,
+            notes=dict(row["notes"] or {}),
         )
 
     def folds(self, run_id: str) -> list[dict[str, Any]]:
@@ -183,16 +237,16 @@ class StoreReads:
         was recorded without them)."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
-            rows = dicts(con.execute(
-                "SELECT * FROM folds WHERE run_id = ? ORDER BY fold", [full]))
+            rows = dicts(con.execute("SELECT * FROM folds WHERE run_id = ? ORDER BY fold", [full]))
         return [decode_json(r, "folds") for r in rows]
 
     def epoch_rows(self, run_id: str) -> list[dict[str, Any]]:
         """The `epochs` rows of a run, by fold then epoch."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
-            return dicts(con.execute(
-                "SELECT * FROM epochs WHERE run_id = ? ORDER BY fold, epoch", [full]))
+            return dicts(
+                con.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY fold, epoch", [full])
+            )
 
     def split(self, run_id: str) -> StoredSplit:
         """The run's patient split as recorded at its creation."""
@@ -201,7 +255,9 @@ class StoreReads:
             full = self._resolve(con, run_id)
             rows = con.execute(
                 "SELECT fold, patient_id, role FROM splits WHERE run_id = ? "
-                "ORDER BY fold NULLS FIRST, role, patient_id", [full]).fetchall()
+                "ORDER BY fold NULLS FIRST, role, patient_id",
+                [full],
+            ).fetchall()
         for fold, pid, role in rows:
             if role == "test":
                 result.test.append(int(pid))
@@ -216,16 +272,22 @@ class StoreReads:
         """Every `metrics` row of a run: folds in order, then the vote."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
-            return dicts(con.execute(
-                "SELECT * FROM metrics WHERE run_id = ? "
-                "ORDER BY model = 'vote', fold, scope DESC, split DESC", [full]))
+            return dicts(
+                con.execute(
+                    "SELECT * FROM metrics WHERE run_id = ? "
+                    "ORDER BY model = 'vote', fold, scope DESC, split DESC",
+                    [full],
+                )
+            )
 
-    def _load_curve(self, con: duckdb.DuckDBPyConnection, run_id: str,
-                    fold: int | None) -> np.ndarray:
+    def _load_curve(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None
+    ) -> np.ndarray:
         cond, extra = _fold_cond(fold)
         rows = con.execute(
             f"SELECT f1 FROM curves WHERE run_id = ? AND {cond} ORDER BY threshold",
-            [run_id, *extra]).fetchall()
+            [run_id, *extra],
+        ).fetchall()
         return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
 
     def load_curve(self, run_id: str, fold: int | None) -> np.ndarray:
@@ -240,22 +302,28 @@ class StoreReads:
             full = self._resolve(con, run_id)
             rows = con.execute(
                 "SELECT fold, threshold, coalesce(f1, 'NaN'::DOUBLE) FROM curves "
-                "WHERE run_id = ? ORDER BY fold NULLS LAST, threshold", [full]).fetchall()
+                "WHERE run_id = ? ORDER BY fold NULLS LAST, threshold",
+                [full],
+            ).fetchall()
         grouped: dict[int | None, tuple[list[float], list[float]]] = {}
         for fold, thr, f1 in rows:
             thresholds, values = grouped.setdefault(fold, ([], []))
             thresholds.append(thr)
             values.append(f1)
-        return {k: (np.asarray(t, dtype=float), np.asarray(f, dtype=float))
-                for k, (t, f) in grouped.items()}
+        return {
+            k: (np.asarray(t, dtype=float), np.asarray(f, dtype=float))
+            for k, (t, f) in grouped.items()
+        }
 
-    def _load_predictions(self, con: duckdb.DuckDBPyConnection, run_id: str,
-                          fold: int | None) -> Predictions:
+    def _load_predictions(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None
+    ) -> Predictions:
         cond, extra = _fold_cond(fold)
         cols = con.execute(
             "SELECT split, patient_id, slice, label, coalesce(prob, 'NaN'::DOUBLE) AS prob "
             f"FROM predictions WHERE run_id = ? AND {cond} ORDER BY split, patient_id, slice",
-            [run_id, *extra]).fetchnumpy()
+            [run_id, *extra],
+        ).fetchnumpy()
         return predictions_from(cols)
 
     def load_vote_predictions(self, run_id: str) -> Predictions:
@@ -272,20 +340,29 @@ class StoreReads:
             cols = con.execute(
                 "SELECT coalesce(fold, -1) AS fold, split, patient_id, slice, label, "
                 "coalesce(prob, 'NaN'::DOUBLE) AS prob FROM predictions WHERE run_id = ? "
-                "ORDER BY fold, split, patient_id, slice", [full]).fetchnumpy()
+                "ORDER BY fold, split, patient_id, slice",
+                [full],
+            ).fetchnumpy()
         out = {"fold": np.asarray(cols["fold"], dtype=np.int64)}
         preds = predictions_from(cols)
-        out.update({name: getattr(preds, name)
-                    for name in ("split", "patient_id", "slice", "label", "prob")})
+        out.update(
+            {
+                name: getattr(preds, name)
+                for name in ("split", "patient_id", "slice", "label", "prob")
+            }
+        )
         return out
 
-    def _load_patients(self, con: duckdb.DuckDBPyConnection, run_id: str,
-                       fold: int | None) -> PatientDecisions:
+    def _load_patients(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None
+    ) -> PatientDecisions:
         cond, extra = _fold_cond(fold)
         cols = con.execute(
             "SELECT split, patient_id, label, coalesce(score, 'NaN'::DOUBLE) AS score, "
             f"decision FROM patient_decisions WHERE run_id = ? AND {cond} "
-            "ORDER BY split, patient_id", [run_id, *extra]).fetchnumpy()
+            "ORDER BY split, patient_id",
+            [run_id, *extra],
+        ).fetchnumpy()
         return patients_from(cols)
 
     def patient_decisions(self, run_id: str) -> dict[int | None, PatientDecisions]:
@@ -293,16 +370,24 @@ class StoreReads:
         for the vote. A model recorded without them (an older run) is absent."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
-            folds = [r[0] for r in con.execute(
-                "SELECT DISTINCT fold FROM patient_decisions WHERE run_id = ? "
-                "ORDER BY fold NULLS LAST", [full]).fetchall()]
+            folds = [
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT fold FROM patient_decisions WHERE run_id = ? "
+                    "ORDER BY fold NULLS LAST",
+                    [full],
+                ).fetchall()
+            ]
             return {fold: self._load_patients(con, full, fold) for fold in folds}
 
     def baselines(self) -> list[dict[str, Any]]:
         with self._reader() as con:
-            return dicts(con.execute(
-                "SELECT * FROM baselines ORDER BY source, scope DESC, setting, backbone, "
-                "model, fold NULLS LAST"))
+            return dicts(
+                con.execute(
+                    "SELECT * FROM baselines ORDER BY source, scope DESC, setting, backbone, "
+                    "model, fold NULLS LAST"
+                )
+            )
 
     # ------------------------------------------------------------------ user SQL
 
@@ -315,12 +400,12 @@ class StoreReads:
             except duckdb.Error as exc:
                 raise StoreError(f"SQL error: {first_line(exc)}") from exc
             if len(statements) != 1:
-                raise StoreError(f"ichbench sql runs exactly one statement; got "
-                                 f"{len(statements)}")
+                raise StoreError(f"ichbench sql runs exactly one statement; got {len(statements)}")
             kind = statements[0].type.name
             if kind not in READ_ONLY_STATEMENTS:
-                raise StoreError(f"ichbench sql is read-only: {kind} statements are not "
-                                 "allowed (use SELECT)")
+                raise StoreError(
+                    f"ichbench sql is read-only: {kind} statements are not allowed (use SELECT)"
+                )
             try:
                 result = con.execute(sql)
                 columns = [d[0] for d in result.description or []]

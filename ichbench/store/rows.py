@@ -17,8 +17,20 @@ from ichbench.errors import StoreError
 from ichbench.records import METRIC_NAMES, MetricRow, PatientDecisions, Predictions
 
 METRIC_COLUMNS = (
-    ["run_id", "fold", "model", "scope", "split", "threshold", *METRIC_NAMES,
-     "tp", "fp", "tn", "fn", "n"]
+    [
+        "run_id",
+        "fold",
+        "model",
+        "scope",
+        "split",
+        "threshold",
+        *METRIC_NAMES,
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "n",
+    ]
     + [f"{m}_{end}" for m in METRIC_NAMES for end in ("lo", "hi")]
     + ["ci_method"]
 )
@@ -26,9 +38,23 @@ FLOAT_METRIC_COLUMNS = frozenset(
     ["threshold", *METRIC_NAMES] + [f"{m}_{end}" for m in METRIC_NAMES for end in ("lo", "hi")]
 )
 FOLD_COLUMNS = (
-    "run_id", "fold", "status", "threshold", "best_epoch", "train_ich_before",
-    "train_healthy_before", "train_ich", "train_healthy", "added", "removed",
-    "train_patients", "val_patients", "wall_s", "checkpoint", "written_at", "compiled",
+    "run_id",
+    "fold",
+    "status",
+    "threshold",
+    "best_epoch",
+    "train_ich_before",
+    "train_healthy_before",
+    "train_ich",
+    "train_healthy",
+    "added",
+    "removed",
+    "train_patients",
+    "val_patients",
+    "wall_s",
+    "checkpoint",
+    "written_at",
+    "compiled",
     "notes",
 )
 JSON_COLUMNS = {"runs": ("config", "versions", "plugins"), "folds": ("notes",)}
@@ -74,8 +100,9 @@ def dicts(result: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
 
 
-def scan_insert(con: duckdb.DuckDBPyConnection, frame: dict[str, np.ndarray], sql: str,
-                params: list[Any]) -> None:
+def scan_insert(
+    con: duckdb.DuckDBPyConnection, frame: dict[str, np.ndarray], sql: str, params: list[Any]
+) -> None:
     """Bulk insert: DuckDB scans the numpy columns directly, no row-by-row binding.
     On failure the view is left to die with the connection: unregistering inside an
     aborted transaction would hide the real error."""
@@ -85,18 +112,23 @@ def scan_insert(con: duckdb.DuckDBPyConnection, frame: dict[str, np.ndarray], sq
     con.unregister(name)
 
 
-def _check_lengths(frame: dict[str, np.ndarray], what: str, run_id: str,
-                   fold: int | None) -> dict[str, np.ndarray]:
+def _check_lengths(
+    frame: dict[str, np.ndarray], what: str, run_id: str, fold: int | None
+) -> dict[str, np.ndarray]:
     lengths = {name: len(values) for name, values in frame.items()}
     if len(set(lengths.values())) > 1:
         where = "the vote" if fold is None else f"fold {fold}"
-        raise StoreError(f"{what} of {where} of run '{run_id}' have columns of "
-                         f"different lengths: {lengths}")
+        raise StoreError(
+            f"{what} of {where} of run '{run_id}' have columns of different lengths: {lengths}"
+        )
     return frame
 
 
-def prediction_frame(preds: Predictions, run_id: str, fold: int | None,
-                     ) -> dict[str, np.ndarray]:
+def prediction_frame(
+    preds: Predictions,
+    run_id: str,
+    fold: int | None,
+) -> dict[str, np.ndarray]:
     frame = {
         "split": np.asarray(preds.split).astype(str).reshape(-1),
         "patient_id": np.asarray(preds.patient_id, dtype=np.int64).reshape(-1),
@@ -107,8 +139,11 @@ def prediction_frame(preds: Predictions, run_id: str, fold: int | None,
     return _check_lengths(frame, "Predictions", run_id, fold)
 
 
-def patient_frame(patients: PatientDecisions, run_id: str, fold: int | None,
-                  ) -> dict[str, np.ndarray]:
+def patient_frame(
+    patients: PatientDecisions,
+    run_id: str,
+    fold: int | None,
+) -> dict[str, np.ndarray]:
     frame = {
         "split": np.asarray(patients.split).astype(str).reshape(-1),
         "patient_id": np.asarray(patients.patient_id, dtype=np.int64).reshape(-1),
@@ -142,20 +177,38 @@ def patients_from(cols: dict[str, Any]) -> PatientDecisions:
 def metric_values(row: dict[str, Any]) -> list[Any]:
     """One `metrics` row in METRIC_COLUMNS order, NaN and masked values as NULL."""
     return [
-        num(row[c]) if c in FLOAT_METRIC_COLUMNS
-        else integer(row[c]) if c in ("fold", "tp", "fp", "tn", "fn", "n")
+        num(row[c])
+        if c in FLOAT_METRIC_COLUMNS
+        else integer(row[c])
+        if c in ("fold", "tp", "fp", "tn", "fn", "n")
         else row[c]
         for c in METRIC_COLUMNS
     ]
 
 
 def metric_row(row: dict[str, Any]) -> MetricRow:
-    ci = {m: (row[f"{m}_lo"], row[f"{m}_hi"]) for m in METRIC_NAMES
-          if row[f"{m}_lo"] is not None or row[f"{m}_hi"] is not None}
+    ci = {
+        m: (row[f"{m}_lo"], row[f"{m}_hi"])
+        for m in METRIC_NAMES
+        if row[f"{m}_lo"] is not None or row[f"{m}_hi"] is not None
+    }
     return MetricRow(
-        model=row["model"], fold=row["fold"], scope=row["scope"], split=row["split"],
-        threshold=row["threshold"], sensitivity=row["sensitivity"],
-        specificity=row["specificity"], precision=row["precision"], f1=row["f1"],
-        accuracy=row["accuracy"], auc=row["auc"], tp=row["tp"], fp=row["fp"], tn=row["tn"],
-        fn=row["fn"], n=row["n"], ci=ci, ci_method=row["ci_method"] or "",
+        model=row["model"],
+        fold=row["fold"],
+        scope=row["scope"],
+        split=row["split"],
+        threshold=row["threshold"],
+        sensitivity=row["sensitivity"],
+        specificity=row["specificity"],
+        precision=row["precision"],
+        f1=row["f1"],
+        accuracy=row["accuracy"],
+        auc=row["auc"],
+        tp=row["tp"],
+        fp=row["fp"],
+        tn=row["tn"],
+        fn=row["fn"],
+        n=row["n"],
+        ci=ci,
+        ci_method=row["ci_method"] or "",
     )

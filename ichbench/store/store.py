@@ -86,8 +86,13 @@ class Store(StoreReads):
     lock (default 60 s, or `$ICHBENCH_DB_TIMEOUT`).
     """
 
-    def __init__(self, path: Path | str | None = None, *, create: bool = True,
-                 lock_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        create: bool = True,
+        lock_timeout: float | None = None,
+    ) -> None:
         self.path = Path(path) if path is not None else paths.default_db()
         self.lock_timeout = _lock_timeout_default() if lock_timeout is None else lock_timeout
         if not self.path.exists():
@@ -102,8 +107,7 @@ class Store(StoreReads):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"Cannot create the store {self.path}: {exc.strerror or exc}") \
-                from exc
+            raise StoreError(f"Cannot create the store {self.path}: {exc.strerror or exc}") from exc
 
     def _open(self, read_only: bool, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
         config = {"enable_external_access": False} if sandbox else {}
@@ -114,8 +118,9 @@ class Store(StoreReads):
                 return duckdb.connect(str(self.path), read_only=read_only, config=config)
             except duckdb.Error as exc:
                 if not _is_lock_conflict(exc):
-                    raise StoreError(f"Cannot open the store {self.path}: {first_line(exc)}") \
-                        from exc
+                    raise StoreError(
+                        f"Cannot open the store {self.path}: {first_line(exc)}"
+                    ) from exc
                 if time.monotonic() + delay > deadline:
                     raise StoreError(
                         f"The store {self.path} stayed locked by another process for "
@@ -130,8 +135,7 @@ class Store(StoreReads):
         try:
             yield con
         except duckdb.Error as exc:
-            raise StoreError(f"Reading the store {self.path} failed: {first_line(exc)}") \
-                from exc
+            raise StoreError(f"Reading the store {self.path} failed: {first_line(exc)}") from exc
         finally:
             con.close()
 
@@ -148,8 +152,7 @@ class Store(StoreReads):
                 _rollback(con)
                 raise
         except duckdb.Error as exc:
-            raise StoreError(f"Writing to the store {self.path} failed: {first_line(exc)}") \
-                from exc
+            raise StoreError(f"Writing to the store {self.path} failed: {first_line(exc)}") from exc
         finally:
             con.close()
 
@@ -162,8 +165,7 @@ class Store(StoreReads):
         try:
             migrations.apply_migrations(con)
         except duckdb.Error as exc:
-            raise StoreError(f"Upgrading the store {self.path} failed: {first_line(exc)}") \
-                from exc
+            raise StoreError(f"Upgrading the store {self.path} failed: {first_line(exc)}") from exc
         finally:
             con.close()
 
@@ -184,12 +186,29 @@ class Store(StoreReads):
                 "device, pretrained, pretrained_source, versions, git_sha, split_hash, "
                 "grid_id, owner, plugins) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                 "?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run.run_id, _now(), run.dataset, run.dataset_hash, to_json(run.config),
-                 run.config_hash, run.backbone, list(run.strategies),
-                 _setting(run, "ensemble"), _setting(run, "patient_rule"), int(run.seed),
-                 run.preset, run.device, bool(run.pretrained), run.pretrained_source,
-                 to_json(run.versions), run.git_sha, run.split_hash, run.grid_id,
-                 owner.this_process(), optional_json(getattr(run, "plugins", None))],
+                [
+                    run.run_id,
+                    _now(),
+                    run.dataset,
+                    run.dataset_hash,
+                    to_json(run.config),
+                    run.config_hash,
+                    run.backbone,
+                    list(run.strategies),
+                    _setting(run, "ensemble"),
+                    _setting(run, "patient_rule"),
+                    int(run.seed),
+                    run.preset,
+                    run.device,
+                    bool(run.pretrained),
+                    run.pretrained_source,
+                    to_json(run.versions),
+                    run.git_sha,
+                    run.split_hash,
+                    run.grid_id,
+                    owner.this_process(),
+                    optional_json(getattr(run, "plugins", None)),
+                ],
             )
             self._insert_splits(con, run)
 
@@ -200,7 +219,8 @@ class Store(StoreReads):
             "SELECT run_id, status, owner, plugins FROM runs WHERE config_hash = ? "
             "AND dataset_hash = ? AND status IN ('finished', 'running') "
             "ORDER BY status = 'finished' DESC",
-            [run.config_hash, run.dataset_hash]).fetchall()
+            [run.config_hash, run.dataset_hash],
+        ).fetchall()
         ours = getattr(run, "plugins", None) or {}
         for other, status, holder, plugins in rows:
             if (json.loads(plugins) if plugins else {}) != ours:
@@ -236,10 +256,13 @@ class Store(StoreReads):
         with self._transaction() as con:
             self._require_run(con, run_id)
             for table in ("folds", "epochs", "curves", "predictions", "patient_decisions"):
-                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND fold = ?",
-                            [run_id, fold.fold])
-            con.execute("DELETE FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold'",
-                        [run_id, fold.fold])
+                con.execute(
+                    f"DELETE FROM {table} WHERE run_id = ? AND fold = ?", [run_id, fold.fold]
+                )
+            con.execute(
+                "DELETE FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold'",
+                [run_id, fold.fold],
+            )
             self._insert_fold_row(con, run_id, fold)
             self._insert_epochs(con, run_id, fold.fold, fold.epochs)
             self._insert_metrics(con, run_id, fold.fold, fold.metrics)
@@ -247,30 +270,55 @@ class Store(StoreReads):
             self._insert_predictions(con, run_id, fold.fold, fold.predictions)
             self._insert_patients(con, run_id, fold.fold, getattr(fold, "patients", None))
 
-    def _insert_fold_row(self, con: duckdb.DuckDBPyConnection, run_id: str,
-                         fold: FoldRecord) -> None:
+    def _insert_fold_row(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: FoldRecord
+    ) -> None:
         values = [
-            run_id, int(fold.fold), fold.status, num(fold.threshold), integer(fold.best_epoch),
-            integer(fold.train_ich_before), integer(fold.train_healthy_before),
-            integer(fold.train_ich), integer(fold.train_healthy), integer(fold.added),
-            integer(fold.removed), [int(p) for p in fold.train_patients],
-            [int(p) for p in fold.val_patients], num(fold.wall_s), fold.checkpoint, _now(),
-            bool(fold.compiled), optional_json(getattr(fold, "notes", None)),
+            run_id,
+            int(fold.fold),
+            fold.status,
+            num(fold.threshold),
+            integer(fold.best_epoch),
+            integer(fold.train_ich_before),
+            integer(fold.train_healthy_before),
+            integer(fold.train_ich),
+            integer(fold.train_healthy),
+            integer(fold.added),
+            integer(fold.removed),
+            [int(p) for p in fold.train_patients],
+            [int(p) for p in fold.val_patients],
+            num(fold.wall_s),
+            fold.checkpoint,
+            _now(),
+            bool(fold.compiled),
+            optional_json(getattr(fold, "notes", None)),
         ]
         marks = ", ".join("?" for _ in FOLD_COLUMNS)
         con.execute(f"INSERT INTO folds ({', '.join(FOLD_COLUMNS)}) VALUES ({marks})", values)
 
-    def _insert_epochs(self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int,
-                       epochs: list[EpochRecord]) -> None:
+    def _insert_epochs(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int, epochs: list[EpochRecord]
+    ) -> None:
         if epochs:
             con.executemany(
                 "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, fold, int(e.epoch), num(e.train_loss), num(e.val_loss),
-                  num(e.val_f1), num(e.wall_s)) for e in epochs],
+                [
+                    (
+                        run_id,
+                        fold,
+                        int(e.epoch),
+                        num(e.train_loss),
+                        num(e.val_loss),
+                        num(e.val_f1),
+                        num(e.wall_s),
+                    )
+                    for e in epochs
+                ],
             )
 
-    def _insert_metrics(self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None,
-                        rows: list[MetricRow]) -> None:
+    def _insert_metrics(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, rows: list[MetricRow]
+    ) -> None:
         if not rows:
             return
         model = "vote" if fold is None else "fold"
@@ -284,32 +332,41 @@ class Store(StoreReads):
             f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) VALUES ({marks})", values
         )
 
-    def _insert_curve(self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None,
-                      curve: np.ndarray) -> None:
+    def _insert_curve(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, curve: np.ndarray
+    ) -> None:
         f1 = np.asarray(curve, dtype=np.float64).reshape(-1)
         if f1.size == 0:
             return
         scan_insert(
-            con, {"threshold": curve_thresholds(f1.size), "f1": f1},
+            con,
+            {"threshold": curve_thresholds(f1.size), "f1": f1},
             "INSERT INTO curves SELECT ?, ?, threshold, "
             "CASE WHEN isnan(f1) THEN NULL ELSE f1 END FROM {frame}",
             [run_id, fold],
         )
 
-    def _insert_predictions(self, con: duckdb.DuckDBPyConnection, run_id: str,
-                            fold: int | None, preds: Predictions) -> None:
+    def _insert_predictions(
+        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, preds: Predictions
+    ) -> None:
         frame = prediction_frame(preds, run_id, fold)
         if not len(frame["prob"]):
             return
         scan_insert(
-            con, frame,
+            con,
+            frame,
             "INSERT INTO predictions SELECT ?, ?, split, patient_id, slice, label, "
             "CASE WHEN isnan(prob) THEN NULL ELSE prob END FROM {frame}",
             [run_id, fold],
         )
 
-    def _insert_patients(self, con: duckdb.DuckDBPyConnection, run_id: str,
-                         fold: int | None, patients: PatientDecisions | None) -> None:
+    def _insert_patients(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        run_id: str,
+        fold: int | None,
+        patients: PatientDecisions | None,
+    ) -> None:
         """A record built without patient decisions (None) writes none."""
         if patients is None:
             return
@@ -317,7 +374,8 @@ class Store(StoreReads):
         if not len(frame["patient_id"]):
             return
         scan_insert(
-            con, frame,
+            con,
+            frame,
             "INSERT INTO patient_decisions SELECT ?, ?, split, patient_id, label, "
             "CASE WHEN isnan(score) THEN NULL ELSE score END, decision FROM {frame}",
             [run_id, fold],
@@ -331,8 +389,10 @@ class Store(StoreReads):
             self._require_run(con, run_id)
             missing = self._missing_folds(con, run_id)
             if missing:
-                raise StoreError(f"Run '{run_id}' cannot finish: fold(s) "
-                                 f"{', '.join(map(str, missing))} have no finished result")
+                raise StoreError(
+                    f"Run '{run_id}' cannot finish: fold(s) "
+                    f"{', '.join(map(str, missing))} have no finished result"
+                )
             con.execute("DELETE FROM metrics WHERE run_id = ? AND model = 'vote'", [run_id])
             for table in ("curves", "predictions", "patient_decisions"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND fold IS NULL", [run_id])
@@ -363,24 +423,25 @@ class Store(StoreReads):
         that process."""
         if status not in STATUSES or status == "finished":
             allowed = ", ".join(s for s in STATUSES if s != "finished")
-            raise StoreError(f"Cannot mark a run '{status}'; expected one of {allowed} "
-                             "(a run becomes finished only through finish_run)")
+            raise StoreError(
+                f"Cannot mark a run '{status}'; expected one of {allowed} "
+                "(a run becomes finished only through finish_run)"
+            )
         with self._transaction() as con:
             current = self._require_run(con, run_id)
             if current == "finished" and status == "running":
                 raise RunFinishedError(run_id)  # finished meanwhile by another process
             if current == "finished":
-                raise StoreError(f"Run '{run_id}' is finished; its status cannot become "
-                                 f"'{status}'")
-            holder = con.execute("SELECT owner FROM runs WHERE run_id = ?",
-                                 [run_id]).fetchone()[0]
+                raise StoreError(f"Run '{run_id}' is finished; its status cannot become '{status}'")
+            holder = con.execute("SELECT owner FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
             if current == "running" and owner.alive_elsewhere(holder):
                 if status == "running":
                     raise RunBusyError(run_id, holder)
                 return  # the live process running it decides how it ends
             if status == "running":
-                con.execute("UPDATE runs SET owner = ? WHERE run_id = ?",
-                            [owner.this_process(), run_id])
+                con.execute(
+                    "UPDATE runs SET owner = ? WHERE run_id = ?", [owner.this_process(), run_id]
+                )
             con.execute(
                 "UPDATE runs SET status = ?, error = ?, finished_at = NULL WHERE run_id = ?",
                 [status, error, run_id],
@@ -400,6 +461,7 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.rollback()
     except duckdb.Error:
         pass
+
 
 def _setting(run: RunRecord, name: str) -> str | None:
     """The ensemble and patient rules as chosen: a record attribute if present, else the

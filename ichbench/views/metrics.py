@@ -15,10 +15,22 @@ from ichbench.store.baselines import HOSEYNI, baseline_label, paper_and_cited
 from ichbench.views.model import PAGE, TERMINAL, Row, TableData, Wording
 from ichbench.views.run_data import RunData
 
-HEADERS = {"sensitivity": "Sensitivity", "specificity": "Specificity",
-           "precision": "Precision", "f1": "F1", "accuracy": "Accuracy", "auc": "AUC"}
-SHORT = {"sensitivity": "Sens", "specificity": "Spec", "precision": "Prec", "f1": "F1",
-         "accuracy": "Acc", "auc": "AUC"}
+HEADERS = {
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "precision": "Precision",
+    "f1": "F1",
+    "accuracy": "Accuracy",
+    "auc": "AUC",
+}
+SHORT = {
+    "sensitivity": "Sens",
+    "specificity": "Spec",
+    "precision": "Prec",
+    "f1": "F1",
+    "accuracy": "Acc",
+    "auc": "AUC",
+}
 FIVE = METRIC_NAMES[:5]  # what the literature reports: no AUC
 PATIENT_COMPARED = ("sensitivity", "specificity", "f1")
 PAPER_NAME = "Hoseyni et al."
@@ -35,8 +47,10 @@ def status_note(data: RunData) -> str:
         return ""
     done = sum(1 for f in data.folds if f["status"] == "finished")
     total = len(data.fold_patients) or len(data.folds)
-    text = (f"Run {data.run_id} is {data.status.upper()}, not finished: {done} of {total} "
-            "folds were recorded and there is no vote. Its numbers are partial.")
+    text = (
+        f"Run {data.run_id} is {data.status.upper()}, not finished: {done} of {total} "
+        "folds were recorded and there is no vote. Its numbers are partial."
+    )
     if data.run.get("error"):
         text += f" Error: {data.run['error']}"
     return text
@@ -50,8 +64,7 @@ def _metric_columns(short: bool) -> list[str]:
     return ["Model", "Thr" if short else "Threshold", *[names[m] for m in METRIC_NAMES], "n"]
 
 
-def _run_rows(data: RunData, scope: str, wording: Wording,
-              placeholders: bool = True) -> list[Row]:
+def _run_rows(data: RunData, scope: str, wording: Wording, placeholders: bool = True) -> list[Row]:
     """Each fold of the split at its own threshold, then the vote. `placeholders`: a
     row that says so for a fold not recorded and for a missing vote (a terminal leaves
     them out and says "no vote yet" under the table instead)."""
@@ -64,29 +77,52 @@ def _run_rows(data: RunData, scope: str, wording: Wording,
             if placeholders:
                 rows.append(Row([label, DASH, *blank, "not recorded"], muted=True))
             continue
-        rows.append(Row([label, fmt(m["threshold"]),
-                         *[metric_cell(m, n) for n in METRIC_NAMES], str(m["n"])]))
+        rows.append(
+            Row(
+                [
+                    label,
+                    fmt(m["threshold"]),
+                    *[metric_cell(m, n) for n in METRIC_NAMES],
+                    str(m["n"]),
+                ]
+            )
+        )
     vote = data.metric("vote", scope, "test")
     if vote is not None:
-        rows.append(Row([wording.vote, fmt(vote["threshold"]),
-                         *[metric_cell(vote, n) for n in METRIC_NAMES], str(vote["n"])],
-                        strong=True))
+        rows.append(
+            Row(
+                [
+                    wording.vote,
+                    fmt(vote["threshold"]),
+                    *[metric_cell(vote, n) for n in METRIC_NAMES],
+                    str(vote["n"]),
+                ],
+                strong=True,
+            )
+        )
     elif placeholders:
         rows.append(Row([wording.vote, DASH, *blank, f"none: run {data.status}"], muted=True))
     return rows
 
 
 def _caption(data: RunData, scope: str) -> str:
-    ci = ("patient-level bootstrap" if scope == "slice"
-          else "Wilson intervals for proportions, bootstrap for F1 and AUC")
+    ci = (
+        "patient-level bootstrap"
+        if scope == "slice"
+        else "Wilson intervals for proportions, bootstrap for F1 and AUC"
+    )
     unit = "slices" if scope == "slice" else "patients"
-    caption = (f"Each fold's model at its own validation threshold; the vote combines the "
-               f"fold models ({data.run.get('ensemble') or 'mean'}) at the voting threshold"
-               + (f" ({fmt(data.threshold)})" if data.threshold is not None else "")
-               + f". 95% CIs in brackets ({ci}). n = test {unit}.")
+    caption = (
+        f"Each fold's model at its own validation threshold; the vote combines the "
+        f"fold models ({data.run.get('ensemble') or 'mean'}) at the voting threshold"
+        + (f" ({fmt(data.threshold)})" if data.threshold is not None else "")
+        + f". 95% CIs in brackets ({ci}). n = test {unit}."
+    )
     if scope == "patient":
-        caption += (f" Patient rule: {data.run.get('patient_rule') or 'any'} "
-                    "(the paper's: positive if any slice is).")
+        caption += (
+            f" Patient rule: {data.run.get('patient_rule') or 'any'} "
+            "(the paper's: positive if any slice is)."
+        )
     return caption
 
 
@@ -94,38 +130,64 @@ def _terminal_note(data: RunData) -> str:
     return "" if data.finished else f"run is {data.status}: no vote yet"
 
 
-def metrics_table(data: RunData, baselines: list[dict[str, Any]], scope: str,
-                  table_id: str) -> TableData:
+def metrics_table(
+    data: RunData, baselines: list[dict[str, Any]], scope: str, table_id: str
+) -> TableData:
     """Table I (slice level) or Table III (patient level) as a page shows it: the folds
     and the vote on the test set with 95% CIs, and the literature below in the same
     columns."""
-    title = (f"{scope.title()}-level results on the test set, per fold and voting "
-             f"({SHAPES[scope]} of the paper)")
+    title = (
+        f"{scope.title()}-level results on the test set, per fold and voting "
+        f"({SHAPES[scope]} of the paper)"
+    )
     if not data.finished:
         title += f" — run {data.status.upper()}, partial"
     rows = _run_rows(data, scope, PAGE) + _literature_rows(baselines, scope)
-    return TableData(id=table_id, title=title, columns=_metric_columns(False), rows=rows,
-                     caption=_caption(data, scope), short_columns=_metric_columns(True),
-                     note=_terminal_note(data))
+    return TableData(
+        id=table_id,
+        title=title,
+        columns=_metric_columns(False),
+        rows=rows,
+        caption=_caption(data, scope),
+        short_columns=_metric_columns(True),
+        note=_terminal_note(data),
+    )
 
 
-def run_tables(data: RunData, baselines: list[dict[str, Any]], scope: str,
-               ) -> tuple[TableData, TableData]:
+def run_tables(
+    data: RunData,
+    baselines: list[dict[str, Any]],
+    scope: str,
+) -> tuple[TableData, TableData]:
     """The same rows as `metrics_table` as a terminal shows them: the run's table and,
     beside it, the literature's in its own narrower table."""
     rows = _run_rows(data, scope, TERMINAL, placeholders=False) or [
-        Row(["no results", *[DASH] * (len(METRIC_NAMES) + 2)], muted=True)]
+        Row(["no results", *[DASH] * (len(METRIC_NAMES) + 2)], muted=True)
+    ]
     ours = TableData(
-        id=f"table-{scope}", title=f"{scope.title()} level, test set ({data.run_id})",
-        columns=_metric_columns(True), rows=rows,
-        caption=_caption(data, scope), note=_terminal_note(data))
+        id=f"table-{scope}",
+        title=f"{scope.title()} level, test set ({data.run_id})",
+        columns=_metric_columns(True),
+        rows=rows,
+        caption=_caption(data, scope),
+        note=_terminal_note(data),
+    )
     paper, cited = paper_and_cited(baselines, scope)
     reported = TableData(
-        id=f"reported-{scope}", title=f"{PAPER_NAME}, {SHAPES[scope]}",
+        id=f"reported-{scope}",
+        title=f"{PAPER_NAME}, {SHAPES[scope]}",
         columns=["Reported", *[SHORT[m] for m in FIVE]],
-        rows=[Row([baseline_label(b, vote=TERMINAL.paper_vote, fold=TERMINAL.paper_fold),
-                   *[fmt(b.get(m)) for m in FIVE]], strong=b["model"] == "vote")
-              for b in paper + cited])
+        rows=[
+            Row(
+                [
+                    baseline_label(b, vote=TERMINAL.paper_vote, fold=TERMINAL.paper_fold),
+                    *[fmt(b.get(m)) for m in FIVE],
+                ],
+                strong=b["model"] == "vote",
+            )
+            for b in paper + cited
+        ],
+    )
     return ours, reported
 
 
@@ -139,8 +201,9 @@ def _literature_rows(baselines: list[dict[str, Any]], scope: str) -> list[Row]:
 
     rows = []
     if paper:
-        rows.append(Row([f"Reported by {PAPER_NAME} (ResNet50, tuned; no CIs published)"],
-                        group=True))
+        rows.append(
+            Row([f"Reported by {PAPER_NAME} (ResNet50, tuned; no CIs published)"], group=True)
+        )
         rows += [Row(cells(b), muted=True, strong=b["model"] == "vote") for b in paper]
     if others:
         rows.append(Row([f"Other published results (as cited by {PAPER_NAME})"], group=True))
@@ -156,9 +219,13 @@ def strategies_text(run: dict[str, Any]) -> str:
     return ", ".join(strategies) if strategies else "none"
 
 
-def compare_table(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], table_id: str,
-                  votes: dict[str, list[dict[str, Any]]] | None = None,
-                  brief: bool = False) -> TableData:
+def compare_table(
+    runs: list[dict[str, Any]],
+    baselines: list[dict[str, Any]],
+    table_id: str,
+    votes: dict[str, list[dict[str, Any]]] | None = None,
+    brief: bool = False,
+) -> TableData:
     """Table II's shape: one row per run (`run_summary` rows) with the vote's test
     metrics, then the paper's backbones with and without the tuned configuration.
     `votes` (run id -> that run's `metrics` rows) adds the 95% CIs. `brief` is the
@@ -167,21 +234,34 @@ def compare_table(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], t
     slice_cols = [f"Slice {SHORT[m]}" for m in METRIC_NAMES]
     patient_cols = [f"Patient {SHORT[m]}" for m in PATIENT_COMPARED]
     if brief:
-        columns = ["Run", "Status", "Backbone", "Strategies", *slice_cols, *patient_cols,
-                   "Val F1"]
+        columns = ["Run", "Status", "Backbone", "Strategies", *slice_cols, *patient_cols, "Val F1"]
     else:
-        columns = ["Run", "Status", "Backbone", "Configuration", "Threshold", *slice_cols,
-                   *patient_cols, "Mean val F1"]
+        columns = [
+            "Run",
+            "Status",
+            "Backbone",
+            "Configuration",
+            "Threshold",
+            *slice_cols,
+            *patient_cols,
+            "Mean val F1",
+        ]
     rows = [_compare_row(r, (votes or {}).get(r["run_id"], []), brief) for r in runs]
     if not brief:
         rows += _paper_backbone_rows(baselines)
     return TableData(
-        id=table_id, title="Vote, test set" if brief else
-        "Runs compared: voting on the test set (Table II of the paper)",
-        columns=columns, rows=rows, numeric_from=4, status_column=1,
+        id=table_id,
+        title="Vote, test set"
+        if brief
+        else "Runs compared: voting on the test set (Table II of the paper)",
+        columns=columns,
+        rows=rows,
+        numeric_from=4,
+        status_column=1,
         caption="Slice-level metrics with 95% CIs (patient bootstrap); patient level with "
-                "the run's patient rule. Mean val F1: mean over folds of the validation F1 "
-                "at each fold's threshold. A run that did not finish has no vote.")
+        "the run's patient rule. Mean val F1: mean over folds of the validation F1 "
+        "at each fold's threshold. A run that did not finish has no vote.",
+    )
 
 
 def _compare_row(r: dict[str, Any], metrics: list[dict[str, Any]], brief: bool) -> Row:
@@ -193,56 +273,132 @@ def _compare_row(r: dict[str, Any], metrics: list[dict[str, Any]], brief: bool) 
             return metric_cell(vote[scope], name)
         return fmt(r.get(f"{scope}_{name}"))
 
-    values = [*[cell("slice", m) for m in METRIC_NAMES],
-              *[cell("patient", m) for m in PATIENT_COMPARED], fmt(r.get("mean_val_f1"))]
+    values = [
+        *[cell("slice", m) for m in METRIC_NAMES],
+        *[cell("patient", m) for m in PATIENT_COMPARED],
+        fmt(r.get("mean_val_f1")),
+    ]
     if brief:
-        return Row([r["run_id"], r["status"], str(r["backbone"]), fmt_list(r["strategies"]),
-                    *values])
+        return Row(
+            [r["run_id"], r["status"], str(r["backbone"]), fmt_list(r["strategies"]), *values]
+        )
     status = r["status"] if finished else f"{r['status'].upper()} (partial)"
     pre = "pretrained" if r.get("pretrained") else "from scratch"
-    return Row([r["run_id"], status, f"{r.get('backbone')} ({pre})",
-                f"{strategies_text(r)}; preset {r.get('preset')}", fmt(r.get("threshold")),
-                *values], muted=not finished)
+    return Row(
+        [
+            r["run_id"],
+            status,
+            f"{r.get('backbone')} ({pre})",
+            f"{strategies_text(r)}; preset {r.get('preset')}",
+            fmt(r.get("threshold")),
+            *values,
+        ],
+        muted=not finished,
+    )
 
 
 def _paper_backbone_rows(baselines: list[dict[str, Any]]) -> list[Row]:
-    paper = [b for b in baselines if b["source"] == HOSEYNI and b["model"] == "vote"
-             and b["scope"] == "slice" and b["split"] == "test"]
-    paper.sort(key=lambda b: (b["backbone"] != "resnet50", b["backbone"],
-                              b["setting"] != "tuned"))
+    paper = [
+        b
+        for b in baselines
+        if b["source"] == HOSEYNI
+        and b["model"] == "vote"
+        and b["scope"] == "slice"
+        and b["split"] == "test"
+    ]
+    paper.sort(key=lambda b: (b["backbone"] != "resnet50", b["backbone"], b["setting"] != "tuned"))
     if not paper:
         return []
     rows = [Row([f"Reported by {PAPER_NAME} (voting, slice level)"], group=True)]
     for b in paper:
-        rows.append(Row([
-            PAPER_NAME, "published", str(b["backbone"]),
-            "tuned (augment 3.3×, ICH weight 4)" if b["setting"] == "tuned"
-            else "without tuning", DASH, *[fmt(b.get(m)) for m in METRIC_NAMES],
-            *[DASH] * len(PATIENT_COMPARED), DASH,
-        ], muted=True, strong=b["setting"] == "tuned" and b["backbone"] == "resnet50"))
+        rows.append(
+            Row(
+                [
+                    PAPER_NAME,
+                    "published",
+                    str(b["backbone"]),
+                    "tuned (augment 3.3×, ICH weight 4)"
+                    if b["setting"] == "tuned"
+                    else "without tuning",
+                    DASH,
+                    *[fmt(b.get(m)) for m in METRIC_NAMES],
+                    *[DASH] * len(PATIENT_COMPARED),
+                    DASH,
+                ],
+                muted=True,
+                strong=b["setting"] == "tuned" and b["backbone"] == "resnet50",
+            )
+        )
     return rows
 
 
-def literature_table(baselines: list[dict[str, Any]],
-                     title: str = "Reported in the literature") -> TableData:
+def literature_table(
+    baselines: list[dict[str, Any]], title: str = "Reported in the literature"
+) -> TableData:
     """Every given literature row with its source, model, backbone and setting."""
     rows = []
     for b in baselines:
         model = b["model"] if b["fold"] is None else f"fold {b['fold']}"
-        rows.append(Row([b["source"], model, str(b["backbone"]), str(b["setting"]),
-                         b["scope"], *[fmt(b.get(m)) for m in FIVE]]))
-    return TableData(id="literature", title=title,
-                     columns=["Source", "Model", "Backbone", "Setting", "Scope",
-                              *[SHORT[m] for m in FIVE]], rows=rows, numeric_from=5)
+        rows.append(
+            Row(
+                [
+                    b["source"],
+                    model,
+                    str(b["backbone"]),
+                    str(b["setting"]),
+                    b["scope"],
+                    *[fmt(b.get(m)) for m in FIVE],
+                ]
+            )
+        )
+    return TableData(
+        id="literature",
+        title=title,
+        columns=["Source", "Model", "Backbone", "Setting", "Scope", *[SHORT[m] for m in FIVE]],
+        rows=rows,
+        numeric_from=5,
+    )
 
 
 def runs_table(summaries: list[dict[str, Any]]) -> TableData:
     """`ichbench runs`: one line per run (`run_summary` rows), newest first."""
-    rows = [Row([r["run_id"], r["status"], fmt_time(r["started_at"]), str(r["backbone"]),
-                 fmt_list(r["strategies"]), str(r["preset"]), str(r["folds_finished"]),
-                 fmt(r["threshold"]), fmt(r["slice_f1"]), fmt(r["patient_f1"]),
-                 fmt(r["mean_val_f1"]), fmt_wall(r["wall_s"])]) for r in summaries]
-    return TableData(id="runs", title="", rows=rows, numeric_from=6, status_column=1,
-                     columns=["Run", "Status", "Started", "Backbone", "Strategies", "Preset",
-                              "Folds", "Thr", "Slice F1", "Patient F1", "Val F1", "Wall"])
-
+    rows = [
+        Row(
+            [
+                r["run_id"],
+                r["status"],
+                fmt_time(r["started_at"]),
+                str(r["backbone"]),
+                fmt_list(r["strategies"]),
+                str(r["preset"]),
+                str(r["folds_finished"]),
+                fmt(r["threshold"]),
+                fmt(r["slice_f1"]),
+                fmt(r["patient_f1"]),
+                fmt(r["mean_val_f1"]),
+                fmt_wall(r["wall_s"]),
+            ]
+        )
+        for r in summaries
+    ]
+    return TableData(
+        id="runs",
+        title="",
+        rows=rows,
+        numeric_from=6,
+        status_column=1,
+        columns=[
+            "Run",
+            "Status",
+            "Started",
+            "Backbone",
+            "Strategies",
+            "Preset",
+            "Folds",
+            "Thr",
+            "Slice F1",
+            "Patient F1",
+            "Val F1",
+            "Wall",
+        ],
+    )

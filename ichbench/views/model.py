@@ -55,5 +55,6 @@ class Wording:
 
 
 PAGE = Wording()
-TERMINAL = Wording(fold="fold {fold}", vote="vote", paper_fold="paper fold {fold}",
-                   paper_vote="paper vote")
+TERMINAL = Wording(
+    fold="fold {fold}", vote="vote", paper_fold="paper fold {fold}", paper_vote="paper vote"
+)

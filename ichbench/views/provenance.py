@@ -94,24 +94,31 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
         ("Dataset", f"{run.get('dataset')}"),
         ("Dataset hash", str(run.get("dataset_hash"))),
         ("Excluded patients", ", ".join(str(p) for p in cfg.get("exclude") or []) or "none"),
-        ("Patients", f"{len(data.test_patients)} test; "
-                     f"{_pool_size(data)} in {len(data.fold_patients)} cross-validation folds"),
+        (
+            "Patients",
+            f"{len(data.test_patients)} test; "
+            f"{_pool_size(data)} in {len(data.fold_patients)} cross-validation folds",
+        ),
         ("Backbone", str(run.get("backbone"))),
         ("Pretrained", pretrained),
         ("Imbalance strategies", strategies_text(run)),
-        ("Ensemble / patient rule", f"{run.get('ensemble') or DASH} / "
-                                    f"{run.get('patient_rule') or DASH}"),
-        ("Training", f"at most {cfg.get('epochs')} epoch(s), batch {cfg.get('batch_size')}, "
-                     f"lr {cfg.get('lr')}, patience {cfg.get('patience')}, "
-                     f"{cfg.get('image_size')} px, windows {windows}"),
+        (
+            "Ensemble / patient rule",
+            f"{run.get('ensemble') or DASH} / {run.get('patient_rule') or DASH}",
+        ),
+        (
+            "Training",
+            f"at most {cfg.get('epochs')} epoch(s), batch {cfg.get('batch_size')}, "
+            f"lr {cfg.get('lr')}, patience {cfg.get('patience')}, "
+            f"{cfg.get('image_size')} px, windows {windows}",
+        ),
         ("Voting threshold", fmt(data.threshold)),
         ("Preset", str(run.get("preset"))),
         ("Seed", str(run.get("seed"))),
         ("Device", str(run.get("device"))),
         ("torch.compile", compiled_text(data.folds)),
         ("Strategy notes", notes_text(data.folds)),
-        ("Started / finished", f"{_time(run.get('started_at'))} / "
-                               f"{_time(run.get('finished_at'))}"),
+        ("Started / finished", f"{_time(run.get('started_at'))} / {_time(run.get('finished_at'))}"),
         ("Wall time", fmt_wall(run.get("wall_s"))),
         ("Config hash / split hash", f"{run.get('config_hash')} / {run.get('split_hash')}"),
         ("Git commit", str(run.get("git_sha") or "unknown")),
@@ -120,6 +127,10 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
         ("Versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or DASH),
         ("Configuration", json.dumps(cfg, sort_keys=True)),
     ]
-    return TableData(id=table_id, title="Configuration and provenance", columns=["", ""],
-                     rows=[Row([k, v], strong=k == "Status" and not data.finished)
-                           for k, v in items], numeric_from=99)
+    return TableData(
+        id=table_id,
+        title="Configuration and provenance",
+        columns=["", ""],
+        rows=[Row([k, v], strong=k == "Status" and not data.finished) for k, v in items],
+        numeric_from=99,
+    )

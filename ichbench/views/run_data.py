@@ -12,8 +12,14 @@ from ichbench.records import PatientDecisions
 if TYPE_CHECKING:
     from ichbench.store import Store
 
-_EMPTY_PREDICTIONS = {"fold": np.int64, "split": str, "patient_id": np.int64,
-                      "slice": np.int64, "label": np.int64, "prob": np.float64}
+_EMPTY_PREDICTIONS = {
+    "fold": np.int64,
+    "split": str,
+    "patient_id": np.int64,
+    "slice": np.int64,
+    "label": np.int64,
+    "prob": np.float64,
+}
 
 
 @dataclass
@@ -30,7 +36,8 @@ class RunData:
     curves: dict[int | None, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     # fold (-1 = vote), split, patient_id, slice, label, prob
     predictions: dict[str, np.ndarray] = field(
-        default_factory=lambda: {k: np.zeros(0, dtype=t) for k, t in _EMPTY_PREDICTIONS.items()})
+        default_factory=lambda: {k: np.zeros(0, dtype=t) for k, t in _EMPTY_PREDICTIONS.items()}
+    )
     patients: dict[int | None, PatientDecisions] = field(default_factory=dict)
 
     @property
@@ -58,11 +65,13 @@ class RunData:
         """The folds of the split, whether or not each was recorded."""
         return sorted(self.fold_patients) or sorted(int(f["fold"]) for f in self.folds)
 
-    def metric(self, model: str, scope: str, split: str,
-               fold: int | None = None) -> dict[str, Any] | None:
+    def metric(
+        self, model: str, scope: str, split: str, fold: int | None = None
+    ) -> dict[str, Any] | None:
         for m in self.metrics:
-            if (m["model"], m["scope"], m["split"]) == (model, scope, split) and \
-                    (model == "vote" or m["fold"] == fold):
+            if (m["model"], m["scope"], m["split"]) == (model, scope, split) and (
+                model == "vote" or m["fold"] == fold
+            ):
                 return m
         return None
 
@@ -74,9 +83,14 @@ class RunData:
 
     def best_fold(self) -> int | None:
         """The fold whose model has the highest validation F1 (slice level)."""
-        scored = [(m["f1"], -m["fold"]) for m in self.metrics
-                  if m["model"] == "fold" and m["scope"] == "slice" and m["split"] == "val"
-                  and m["f1"] is not None]
+        scored = [
+            (m["f1"], -m["fold"])
+            for m in self.metrics
+            if m["model"] == "fold"
+            and m["scope"] == "slice"
+            and m["split"] == "val"
+            and m["f1"] is not None
+        ]
         return -max(scored)[1] if scored else (self.fold_indices[0] if self.folds else None)
 
 
@@ -87,8 +101,13 @@ def load_run_data(store: Store, run_id: str, *, results: bool = True) -> RunData
     run = store.get_run(run_id)
     rid = run["run_id"]
     split = store.split(rid)
-    data = RunData(run=run, metrics=store.run_metrics(rid), folds=store.folds(rid),
-                   test_patients=split.test, fold_patients=split.folds)
+    data = RunData(
+        run=run,
+        metrics=store.run_metrics(rid),
+        folds=store.folds(rid),
+        test_patients=split.test,
+        fold_patients=split.folds,
+    )
     if results:
         data.epochs = store.epoch_rows(rid)
         data.curves = store.curves(rid)

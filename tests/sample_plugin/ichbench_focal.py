@@ -1,6 +1,6 @@
 """ichbench-focal: a focal-loss strategy and a fraction-of-slices patient rule.
 
-    ichbench run --strategy focal:2 --patient-rule fraction:0.1
+ichbench run --strategy focal:2 --patient-rule fraction:0.1
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ class Fraction:
 
     p: float
 
-    def decide(self, scores: np.ndarray, decisions: np.ndarray,
-               threshold: float) -> tuple[float, bool]:
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]:
         if len(scores) == 0:
             return 0.0, False
         score = float(np.quantile(scores, 1 - self.p))
@@ -86,5 +87,9 @@ def register_strategies(register):
 
 @hookimpl
 def register_aggregators(register):
-    register("fraction", fraction_factory, kind="patient",
-             help="fraction:P — ICH when at least a fraction P of the slices are.")
+    register(
+        "fraction",
+        fraction_factory,
+        kind="patient",
+        help="fraction:P — ICH when at least a fraction P of the slices are.",
+    )
