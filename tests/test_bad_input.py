@@ -489,16 +489,16 @@ def test_disk_full_while_writing_a_fold_rolls_the_fold_back(
     db, tiny_synth_dir, monkeypatch, capsys
 ):
     """The store's write of fold 1 fails halfway through its transaction."""
-    from ichbench.store.store import Store
+    from ichbench.store import writes
 
-    original = Store._insert_predictions
+    original = writes.insert_predictions
 
-    def full_disk(self, con, run_id, fold, preds):
+    def full_disk(con, run_id, fold, preds):
         if fold == 1:
             raise duckdb.IOException("IO Error: Could not write file: No space left on device")
-        return original(self, con, run_id, fold, preds)
+        return original(con, run_id, fold, preds)
 
-    monkeypatch.setattr(Store, "_insert_predictions", full_disk)
+    monkeypatch.setattr(writes, "insert_predictions", full_disk)
     before = _out_of_space(db, tiny_synth_dir, capsys, ExitCode.STORE)
     rows = _run_rows(db, _new_run(db, before))
     assert rows["status"] == "failed"

@@ -105,15 +105,15 @@ def install(spec):
 
         Store.write_fold = write_fold
     elif head == "finish-txn":  # inside finish_run's transaction, vote rows in, no commit
-        from ichbench.store.store import Store
-        original = Store._insert_predictions
+        from ichbench.store import writes
+        original = writes.insert_predictions
 
-        def insert(self, con, run_id, fold, preds):
-            original(self, con, run_id, fold, preds)
+        def insert(con, run_id, fold, preds):
+            original(con, run_id, fold, preds)
             if fold is None:
                 park(spec)
 
-        Store._insert_predictions = insert
+        writes.insert_predictions = insert
     else:
         raise SystemExit(f"unknown park point {spec!r}")
 

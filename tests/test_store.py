@@ -24,7 +24,7 @@ from ichbench.records import (
     RunRecord,
     VoteRecord,
 )
-from ichbench.store import Store, migrations
+from ichbench.store import Store, migrations, writes
 from ichbench.store.baselines import HOSEYNI_CITATION, SEED_V1
 
 # ------------------------------------------------------------------ record builders
@@ -713,7 +713,7 @@ def test_a_failed_write_fold_leaves_no_rows(store: Store, monkeypatch: pytest.Mo
     def explode(*args: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Store, "_insert_curve", explode)  # after folds, epochs, metrics
+    monkeypatch.setattr(writes, "insert_curve", explode)  # after folds, epochs, metrics
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.write_fold("run-1", make_fold(1))
     with pytest.raises(RuntimeError, match="disk on fire"):
@@ -759,7 +759,7 @@ def test_a_run_that_did_not_finish_is_never_reported_finished(
     def explode(*args: object) -> None:
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(Store, "_insert_predictions", explode)
+    monkeypatch.setattr(writes, "insert_predictions", explode)
     with pytest.raises(RuntimeError):
         store.finish_run("run-1", make_vote(), wall_s=1.0)
     monkeypatch.undo()

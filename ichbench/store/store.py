@@ -18,48 +18,26 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
-import numpy as np
 
 from ichbench import paths
 from ichbench.errors import RunBusyError, RunFinishedError, StoreError
 from ichbench.records import (
-    EpochRecord,
     FoldRecord,
-    MetricRow,
-    PatientDecisions,
-    Predictions,
     RunRecord,
     VoteRecord,
 )
-from ichbench.store import migrations, owner
+from ichbench.store import migrations, owner, writes
 from ichbench.store.reads import StoreReads, exists, first_line
-from ichbench.store.rows import (
-    FOLD_COLUMNS,
-    METRIC_COLUMNS,
-    curve_thresholds,
-    integer,
-    metric_values,
-    num,
-    optional_json,
-    patient_frame,
-    prediction_frame,
-    scan_insert,
-    to_json,
-)
+from ichbench.store.rows import num, optional_json, to_json
+from ichbench.store.writes import now
 
 LOCK_TIMEOUT_ENV = "ICHBENCH_DB_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 60.0
 STATUSES = migrations.RUN_STATUSES
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "different configuration")
-
-
-def _now() -> datetime:
-    """Timestamps are stored as UTC without a zone (DuckDB TIMESTAMP)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
@@ -188,7 +166,7 @@ class Store(StoreReads):
                 "?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     run.run_id,
-                    _now(),
+                    now(),
                     run.dataset,
                     run.dataset_hash,
                     to_json(run.config),
@@ -210,7 +188,7 @@ class Store(StoreReads):
                     optional_json(getattr(run, "plugins", None)),
                 ],
             )
-            self._insert_splits(con, run)
+            writes.insert_splits(con, run)
 
     def _refuse_duplicate(self, con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
         """Only a run of the same plugin versions counts as the same run: a plugin
@@ -230,26 +208,6 @@ class Store(StoreReads):
             if owner.alive_elsewhere(holder):
                 raise RunBusyError(other, holder)
 
-    def _insert_splits(self, con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-        folds: list[int | None] = []
-        patients: list[int] = []
-        roles: list[str] = []
-        for pid in run.test_patients:
-            folds.append(None)
-            patients.append(int(pid))
-            roles.append("test")
-        for fold, parts in sorted(run.folds.items(), key=lambda kv: int(kv[0])):
-            for role in ("train", "val"):
-                for pid in parts.get(role, []):
-                    folds.append(int(fold))
-                    patients.append(int(pid))
-                    roles.append(role)
-        if patients:
-            con.executemany(
-                "INSERT INTO splits VALUES (?, ?, ?, ?)",
-                [(run.run_id, f, p, r) for f, p, r in zip(folds, patients, roles, strict=True)],
-            )
-
     def write_fold(self, run_id: str, fold: FoldRecord) -> None:
         """Record one fold (row, epochs, metrics, curve, predictions, patient decisions)
         in one transaction; a fold already there is replaced."""
@@ -263,123 +221,12 @@ class Store(StoreReads):
                 "DELETE FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold'",
                 [run_id, fold.fold],
             )
-            self._insert_fold_row(con, run_id, fold)
-            self._insert_epochs(con, run_id, fold.fold, fold.epochs)
-            self._insert_metrics(con, run_id, fold.fold, fold.metrics)
-            self._insert_curve(con, run_id, fold.fold, fold.curve)
-            self._insert_predictions(con, run_id, fold.fold, fold.predictions)
-            self._insert_patients(con, run_id, fold.fold, getattr(fold, "patients", None))
-
-    def _insert_fold_row(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: FoldRecord
-    ) -> None:
-        values = [
-            run_id,
-            int(fold.fold),
-            fold.status,
-            num(fold.threshold),
-            integer(fold.best_epoch),
-            integer(fold.train_ich_before),
-            integer(fold.train_healthy_before),
-            integer(fold.train_ich),
-            integer(fold.train_healthy),
-            integer(fold.added),
-            integer(fold.removed),
-            [int(p) for p in fold.train_patients],
-            [int(p) for p in fold.val_patients],
-            num(fold.wall_s),
-            fold.checkpoint,
-            _now(),
-            bool(fold.compiled),
-            optional_json(getattr(fold, "notes", None)),
-        ]
-        marks = ", ".join("?" for _ in FOLD_COLUMNS)
-        con.execute(f"INSERT INTO folds ({', '.join(FOLD_COLUMNS)}) VALUES ({marks})", values)
-
-    def _insert_epochs(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int, epochs: list[EpochRecord]
-    ) -> None:
-        if epochs:
-            con.executemany(
-                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        fold,
-                        int(e.epoch),
-                        num(e.train_loss),
-                        num(e.val_loss),
-                        num(e.val_f1),
-                        num(e.wall_s),
-                    )
-                    for e in epochs
-                ],
-            )
-
-    def _insert_metrics(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, rows: list[MetricRow]
-    ) -> None:
-        if not rows:
-            return
-        model = "vote" if fold is None else "fold"
-        values = []
-        for metric in rows:
-            row = metric.as_row()
-            row.update(run_id=run_id, fold=fold, model=model)
-            values.append(metric_values(row))
-        marks = ", ".join("?" for _ in METRIC_COLUMNS)
-        con.executemany(
-            f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) VALUES ({marks})", values
-        )
-
-    def _insert_curve(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, curve: np.ndarray
-    ) -> None:
-        f1 = np.asarray(curve, dtype=np.float64).reshape(-1)
-        if f1.size == 0:
-            return
-        scan_insert(
-            con,
-            {"threshold": curve_thresholds(f1.size), "f1": f1},
-            "INSERT INTO curves SELECT ?, ?, threshold, "
-            "CASE WHEN isnan(f1) THEN NULL ELSE f1 END FROM {frame}",
-            [run_id, fold],
-        )
-
-    def _insert_predictions(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, preds: Predictions
-    ) -> None:
-        frame = prediction_frame(preds, run_id, fold)
-        if not len(frame["prob"]):
-            return
-        scan_insert(
-            con,
-            frame,
-            "INSERT INTO predictions SELECT ?, ?, split, patient_id, slice, label, "
-            "CASE WHEN isnan(prob) THEN NULL ELSE prob END FROM {frame}",
-            [run_id, fold],
-        )
-
-    def _insert_patients(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        run_id: str,
-        fold: int | None,
-        patients: PatientDecisions | None,
-    ) -> None:
-        """A record built without patient decisions (None) writes none."""
-        if patients is None:
-            return
-        frame = patient_frame(patients, run_id, fold)
-        if not len(frame["patient_id"]):
-            return
-        scan_insert(
-            con,
-            frame,
-            "INSERT INTO patient_decisions SELECT ?, ?, split, patient_id, label, "
-            "CASE WHEN isnan(score) THEN NULL ELSE score END, decision FROM {frame}",
-            [run_id, fold],
-        )
+            writes.insert_fold_row(con, run_id, fold)
+            writes.insert_epochs(con, run_id, fold.fold, fold.epochs)
+            writes.insert_metrics(con, run_id, fold.fold, fold.metrics)
+            writes.insert_curve(con, run_id, fold.fold, fold.curve)
+            writes.insert_predictions(con, run_id, fold.fold, fold.predictions)
+            writes.insert_patients(con, run_id, fold.fold, getattr(fold, "patients", None))
 
     def finish_run(self, run_id: str, vote: VoteRecord, wall_s: float) -> None:
         """Record the vote (metrics, mean curve, test probabilities, patient decisions)
@@ -396,14 +243,14 @@ class Store(StoreReads):
             con.execute("DELETE FROM metrics WHERE run_id = ? AND model = 'vote'", [run_id])
             for table in ("curves", "predictions", "patient_decisions"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND fold IS NULL", [run_id])
-            self._insert_metrics(con, run_id, None, vote.metrics)
-            self._insert_curve(con, run_id, None, vote.mean_curve)
-            self._insert_predictions(con, run_id, None, vote.predictions)
-            self._insert_patients(con, run_id, None, getattr(vote, "patients", None))
+            writes.insert_metrics(con, run_id, None, vote.metrics)
+            writes.insert_curve(con, run_id, None, vote.mean_curve)
+            writes.insert_predictions(con, run_id, None, vote.predictions)
+            writes.insert_patients(con, run_id, None, getattr(vote, "patients", None))
             con.execute(
                 "UPDATE runs SET status = 'finished', threshold = ?, finished_at = ?, "
                 "wall_s = ?, error = NULL WHERE run_id = ?",
-                [num(vote.threshold), _now(), num(wall_s), run_id],
+                [num(vote.threshold), now(), num(wall_s), run_id],
             )
 
     def _missing_folds(self, con: duckdb.DuckDBPyConnection, run_id: str) -> list[int]:

@@ -1,0 +1,170 @@
+"""How each row family of a record is inserted, inside the caller's transaction: the
+run's split, a fold's row, its epochs, metrics, curve, predictions and patient
+decisions. `Store` decides when (which transaction, what is replaced first); these decide
+how, so every writer of a row family writes it the same way."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import duckdb
+import numpy as np
+
+from ichbench.records import (
+    EpochRecord,
+    FoldRecord,
+    MetricRow,
+    PatientDecisions,
+    Predictions,
+    RunRecord,
+)
+from ichbench.store.rows import (
+    FOLD_COLUMNS,
+    METRIC_COLUMNS,
+    curve_thresholds,
+    integer,
+    metric_values,
+    num,
+    optional_json,
+    patient_frame,
+    prediction_frame,
+    scan_insert,
+)
+
+
+def now() -> datetime:
+    """Timestamps are stored in UTC without a zone (DuckDB TIMESTAMP)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def insert_splits(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    folds: list[int | None] = []
+    patients: list[int] = []
+    roles: list[str] = []
+    for pid in run.test_patients:
+        folds.append(None)
+        patients.append(int(pid))
+        roles.append("test")
+    for fold, parts in sorted(run.folds.items(), key=lambda kv: int(kv[0])):
+        for role in ("train", "val"):
+            for pid in parts.get(role, []):
+                folds.append(int(fold))
+                patients.append(int(pid))
+                roles.append(role)
+    if patients:
+        con.executemany(
+            "INSERT INTO splits VALUES (?, ?, ?, ?)",
+            [(run.run_id, f, p, r) for f, p, r in zip(folds, patients, roles, strict=True)],
+        )
+
+
+def insert_fold_row(con: duckdb.DuckDBPyConnection, run_id: str, fold: FoldRecord) -> None:
+    values = [
+        run_id,
+        int(fold.fold),
+        fold.status,
+        num(fold.threshold),
+        integer(fold.best_epoch),
+        integer(fold.train_ich_before),
+        integer(fold.train_healthy_before),
+        integer(fold.train_ich),
+        integer(fold.train_healthy),
+        integer(fold.added),
+        integer(fold.removed),
+        [int(p) for p in fold.train_patients],
+        [int(p) for p in fold.val_patients],
+        num(fold.wall_s),
+        fold.checkpoint,
+        now(),
+        bool(fold.compiled),
+        optional_json(getattr(fold, "notes", None)),
+    ]
+    marks = ", ".join("?" for _ in FOLD_COLUMNS)
+    con.execute(f"INSERT INTO folds ({', '.join(FOLD_COLUMNS)}) VALUES ({marks})", values)
+
+
+def insert_epochs(
+    con: duckdb.DuckDBPyConnection, run_id: str, fold: int, epochs: list[EpochRecord]
+) -> None:
+    if epochs:
+        con.executemany(
+            "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    run_id,
+                    fold,
+                    int(e.epoch),
+                    num(e.train_loss),
+                    num(e.val_loss),
+                    num(e.val_f1),
+                    num(e.wall_s),
+                )
+                for e in epochs
+            ],
+        )
+
+
+def insert_metrics(
+    con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, rows: list[MetricRow]
+) -> None:
+    if not rows:
+        return
+    model = "vote" if fold is None else "fold"
+    values = []
+    for metric in rows:
+        row = metric.as_row()
+        row.update(run_id=run_id, fold=fold, model=model)
+        values.append(metric_values(row))
+    marks = ", ".join("?" for _ in METRIC_COLUMNS)
+    con.executemany(f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) VALUES ({marks})", values)
+
+
+def insert_curve(
+    con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, curve: np.ndarray
+) -> None:
+    f1 = np.asarray(curve, dtype=np.float64).reshape(-1)
+    if f1.size == 0:
+        return
+    scan_insert(
+        con,
+        {"threshold": curve_thresholds(f1.size), "f1": f1},
+        "INSERT INTO curves SELECT ?, ?, threshold, "
+        "CASE WHEN isnan(f1) THEN NULL ELSE f1 END FROM {frame}",
+        [run_id, fold],
+    )
+
+
+def insert_predictions(
+    con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, preds: Predictions
+) -> None:
+    frame = prediction_frame(preds, run_id, fold)
+    if not len(frame["prob"]):
+        return
+    scan_insert(
+        con,
+        frame,
+        "INSERT INTO predictions SELECT ?, ?, split, patient_id, slice, label, "
+        "CASE WHEN isnan(prob) THEN NULL ELSE prob END FROM {frame}",
+        [run_id, fold],
+    )
+
+
+def insert_patients(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    fold: int | None,
+    patients: PatientDecisions | None,
+) -> None:
+    """A record built without patient decisions (None) writes none."""
+    if patients is None:
+        return
+    frame = patient_frame(patients, run_id, fold)
+    if not len(frame["patient_id"]):
+        return
+    scan_insert(
+        con,
+        frame,
+        "INSERT INTO patient_decisions SELECT ?, ?, split, patient_id, label, "
+        "CASE WHEN isnan(score) THEN NULL ELSE score END, decision FROM {frame}",
+        [run_id, fold],
+    )
