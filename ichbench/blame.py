@@ -30,7 +30,7 @@ from ichbench.errors import IchbenchError, PluginError
 from ichbench.interfaces import KIND_PROTOCOLS
 
 if TYPE_CHECKING:
-    from ichbench.plugins import Entry
+    from ichbench.registry import Entry
 
 _TARGET = "_ichbench_target"
 _ENTRY = "_ichbench_entry"
@@ -47,7 +47,7 @@ def is_plugin_fault(exc: BaseException) -> bool:
 
 def describe(entry: Entry) -> str:
     """`Strategy 'focal' from ichbench-focal 0.1.0`: how every blamed message starts."""
-    from ichbench.plugins import KIND_LABELS
+    from ichbench.registry import KIND_LABELS
 
     origin = f"{entry.distribution} {entry.version}".strip()
     return f"{KIND_LABELS[entry.kind].capitalize()} {entry.name!r} from {origin}"
@@ -220,6 +220,6 @@ def _not_recreatable(spec: Any) -> Any:
 def _restore(
     target: Any, kind: str, name: str, help: str, plugin: str, distribution: str, version: str
 ) -> Any:
-    from ichbench.plugins import Entry
+    from ichbench.registry import Entry
 
     return wrap(target, Entry(kind, name, _not_recreatable, help, plugin, distribution, version))

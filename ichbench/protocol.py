@@ -27,8 +27,9 @@ from ichbench.events import DataLoaded, DataProgress, Emitter, FoldStarted, Obse
 from ichbench.interfaces import BuildOptions, BuiltModel, SliceDataset, StrategyContext, TrainPlan
 from ichbench.metrics import patient_metrics, slice_metrics
 from ichbench.paths import cache_dir as default_cache_dir
-from ichbench.plugins import Registry, get_registry
+from ichbench.plugins import get_registry
 from ichbench.records import FoldRecord, MetricRow, PatientDecisions, Predictions, VoteRecord
+from ichbench.registry import Registry
 from ichbench.split import Split, check_no_leakage, make_split
 from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
 from ichbench.vote import best_threshold, f1_curve, patient_decisions, voting_threshold
@@ -115,7 +116,7 @@ class RunProtocol:
             ("patient", self.cfg.patient_rule),
             ("dataset", self.cfg.data),
         ]
-        from ichbench.plugins import plugin_versions
+        from ichbench.registry import plugin_versions
 
         return plugin_versions(self.registry, used)
 

@@ -8,7 +8,8 @@ import pytest
 import ichbench_plugins.aggregators as builtin_aggregators
 from ichbench.errors import UsageError
 from ichbench.interfaces import EnsembleRule, PatientRule
-from ichbench.plugins import Plugins, Registry
+from ichbench.plugins import Plugins
+from ichbench.registry import Registry
 
 PROBS = np.array(
     [

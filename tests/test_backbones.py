@@ -13,7 +13,8 @@ import torch
 import ichbench_plugins.backbones as builtin_backbones
 from ichbench.errors import UsageError
 from ichbench.interfaces import Backbone, BuildOptions, BuiltModel
-from ichbench.plugins import Plugins, Registry
+from ichbench.plugins import Plugins
+from ichbench.registry import Registry
 from ichbench_plugins.lite0 import (
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_imagenet,

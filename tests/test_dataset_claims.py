@@ -15,7 +15,8 @@ from ichbench.data.physionet import PhysioNetSource
 from ichbench.data.resolve import dataset_entry, resolve_dataset
 from ichbench.errors import DataError, PluginError
 from ichbench.interfaces import LoadOptions
-from ichbench.plugins import Plugins, Registry, created_by, plugin_versions
+from ichbench.plugins import Plugins
+from ichbench.registry import Registry, created_by, plugin_versions
 from ichbench.spec import Spec
 
 MARKER = "SCANNER.json"

@@ -28,7 +28,8 @@ from ichbench.interfaces import (
     StrategyContext,
     TrainPlan,
 )
-from ichbench.plugins import Plugins, created_by, registered, reset_plugins
+from ichbench.plugins import Plugins, registered, reset_plugins
+from ichbench.registry import created_by
 
 ROOT = Path(__file__).parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"

@@ -29,7 +29,8 @@ from ichbench.interfaces import (
     StrategyContext,
     TrainPlan,
 )
-from ichbench.plugins import LOAD_ENV, Plugins, created_by, get_registry, plugin_versions
+from ichbench.plugins import LOAD_ENV, Plugins, get_registry
+from ichbench.registry import created_by, plugin_versions
 from ichbench_plugins.strategies import Oversample
 
 HERE = Path(__file__).parent

@@ -15,7 +15,9 @@ READERS = sorted([*(ROOT / "report").glob("*.py"), *(ROOT / "views").glob("*.py"
 FORBIDDEN = (
     "ichbench.training",
     "ichbench.plugins",
-    "ichbench_plugins",
+    "ichbench.registry",
+    "ichbench.plugins",
+    "ichbench.registry",
     "ichbench.data",
     "ichbench.runner",
     "ichbench.protocol",

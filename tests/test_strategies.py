@@ -12,7 +12,8 @@ import ichbench_plugins.strategies as builtin_strategies
 from ichbench.augment import AugmentConfig, augment_batch
 from ichbench.errors import UsageError
 from ichbench.interfaces import SliceDataset, StrategyContext, TrainPlan
-from ichbench.plugins import Plugins, Registry
+from ichbench.plugins import Plugins
+from ichbench.registry import Registry
 
 
 @pytest.fixture(scope="module")

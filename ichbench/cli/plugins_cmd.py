@@ -14,7 +14,8 @@ from rich.text import Text
 
 from ichbench.cli.common import emit_json, err, out
 from ichbench.cli.options import JsonOpt
-from ichbench.plugins import KIND_LABELS, Entry, Plugins, get_plugins
+from ichbench.plugins import Plugins, get_plugins
+from ichbench.registry import KIND_LABELS, Entry
 
 WIDE = 130  # columns needed for the table layout
 

@@ -13,7 +13,7 @@ from ichbench.interfaces import LoadOptions, SliceDataset
 
 if TYPE_CHECKING:
     from ichbench.config import RunConfig
-    from ichbench.plugins import Registry
+    from ichbench.registry import Registry
 
 
 def load_options(cfg: RunConfig) -> LoadOptions:

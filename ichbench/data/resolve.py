@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ichbench.errors import DataError, PluginError, UsageError
 from ichbench.interfaces import DatasetSource
-from ichbench.plugins import Entry, Registry
+from ichbench.registry import Entry, Registry
 from ichbench.spec import Spec, parse_spec
 
 

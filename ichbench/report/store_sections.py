@@ -9,7 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from ichbench.formatting import fmt
+from ichbench.report import dataset_figures as DF
 from ichbench.report import figures as F
+from ichbench.report import patient_figures as PF
+from ichbench.report import training_figures as TF
+from ichbench.report import vote_figures as VF
 from ichbench.report.page import Section, figure_out
 from ichbench.views import RunData
 
@@ -24,7 +28,7 @@ def threshold_section(data: RunData, section: Section) -> None:
         thr = next(iter(curves.values()))[0]
         mean = (thr, np.nanmean(np.stack([f for _, f in curves.values()]), axis=0))
     with F.style():
-        fig = F.threshold_figure(curves, mean, data.threshold)
+        fig = VF.threshold_figure(curves, mean, data.threshold)
     caption = (
         "Validation F1 (slice level) of each fold's model at every threshold from "
         "0.00 to 1.00; dots mark each fold's own threshold. The voting threshold is "
@@ -51,7 +55,7 @@ def confusion_section(data: RunData, section: Section) -> None:
         section.notes.append(f"No vote on the test set: the run is {data.status}.")
         return
     with F.style():
-        fig = F.confusion_figure(_counts(s), _counts(p), data.threshold)
+        fig = VF.confusion_figure(_counts(s), _counts(p), data.threshold)
     section.figure = figure_out(
         fig,
         "Confusion matrices",
@@ -65,7 +69,7 @@ def confusion_section(data: RunData, section: Section) -> None:
 def roc_section(data: RunData, section: Section) -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    curves: list[F.RocCurve] = []
+    curves: list[VF.RocCurve] = []
     skipped: list[str] = []
     sources = [(f"Fold {k}", k, F.fold_colour(k), False) for k in data.fold_indices]
     sources.append(("Vote", None, F.VOTE, True))
@@ -79,7 +83,7 @@ def roc_section(data: RunData, section: Section) -> None:
             skipped.append(label)
             continue
         fpr, tpr, _ = roc_curve(y, s)
-        curves.append(F.RocCurve(label, fpr, tpr, float(roc_auc_score(y, s)), colour, strong))
+        curves.append(VF.RocCurve(label, fpr, tpr, float(roc_auc_score(y, s)), colour, strong))
     if not curves:
         section.notes.append("No test predictions with both classes were recorded.")
         return
@@ -92,7 +96,7 @@ def roc_section(data: RunData, section: Section) -> None:
     if vote is not None and vote["tp"] + vote["fn"] and vote["fp"] + vote["tn"]:
         point = (vote["fp"] / (vote["fp"] + vote["tn"]), vote["tp"] / (vote["tp"] + vote["fn"]))
     with F.style():
-        fig = F.roc_figure(curves, point, data.threshold)
+        fig = VF.roc_figure(curves, point, data.threshold)
     section.figure = figure_out(
         fig,
         "ROC curves",
@@ -132,7 +136,7 @@ def strip_section(data: RunData, section: Section) -> None:
         rows = np.flatnonzero(p["patient_id"] == pid)
         rows = rows[np.argsort(p["slice"][rows], kind="stable")]
         strips.append(
-            F.PatientStrip(
+            PF.PatientStrip(
                 int(pid),
                 p["slice"][rows],
                 p["prob"][rows],
@@ -142,7 +146,7 @@ def strip_section(data: RunData, section: Section) -> None:
             )
         )
     with F.style():
-        fig = F.strip_figure(strips, thr, f"run {data.run_id}")
+        fig = PF.strip_figure(strips, thr, f"run {data.run_id}")
     section.figure = figure_out(
         fig,
         "Per-patient strip",
@@ -162,7 +166,7 @@ def training_section(data: RunData, section: Section) -> None:
         int(f["fold"]): int(f["best_epoch"]) for f in data.folds if f.get("best_epoch") is not None
     }
     with F.style():
-        fig = F.training_figure(data.epochs, best)
+        fig = TF.training_figure(data.epochs, best)
     section.figure = figure_out(
         fig,
         "Training history",
@@ -187,7 +191,7 @@ def distribution_section(data: RunData, dataset, problem: str | None, section: S
             section.notes.append("No slices are recorded for this run.")
             return
     with F.style():
-        fig = F.distribution_figure(labels, pids, pos, data.test_patients, source)
+        fig = DF.distribution_figure(labels, pids, pos, data.test_patients, source)
     section.figure = figure_out(
         fig,
         "Dataset distributions",
