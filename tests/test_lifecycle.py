@@ -213,3 +213,23 @@ def test_grid_reruns_a_configuration_whose_plugins_changed(capsys, tmp_path):
     assert "already finished" not in err
     statuses = rows(db, "SELECT status FROM runs ORDER BY started_at")
     assert [s for (s,) in statuses] == ["finished", "finished"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--folds", "0"],
+        ["--ensemble", "nope"],
+        ["--lr", "-1"],
+        ["--data", "/nonexistent/folder"],
+        ["--backbone", "nope"],
+    ],
+)
+def test_a_bad_grid_value_creates_no_store(capsys, tmp_path, bad):
+    db = tmp_path / "grid.duckdb"
+    code, _, err = run_main(
+        capsys, "grid", "--data", "synthetic:10,1,32", "--weight", "ich:1,4", *bad, "--db", str(db)
+    )
+    assert code in (ExitCode.USAGE, ExitCode.DATA, ExitCode.PLUGIN), err
+    assert len([line for line in err.splitlines() if line.startswith("Error:")]) == 1
+    assert not db.exists()

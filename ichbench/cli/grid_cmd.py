@@ -161,17 +161,38 @@ def register(app: typer.Typer) -> None:
                 out.print(" ".join(_describe(cfg)))
             return
         print_plugin_warnings()
-        store = Store(db or default_db())
+        store = db or default_db()  # opened once the inputs are known to be good
         trials = make_executor(executor, address, device=device, cpus_per_trial=cpus_per_trial)
         try:
             if executor == "local":
+                _check_all(configs)
                 _run_local(trials, configs, store, plan.grid_id)
             else:
+                configs = _for_cluster(configs, trials.device)
+                _check_all(configs)
                 err.print(trials.describe())
                 _run_distributed(trials, configs, store, plan.grid_id)
         finally:
             trials.close()
-        _print_ranking(store, plan.grid_id, configs)
+        _print_ranking(Store(store, create=False), plan.grid_id, configs)
+
+
+def _check_all(configs: list[RunConfig]) -> None:
+    """Resolve every configuration and create its plugins before anything runs, so a bad
+    value anywhere in the grid fails before the store is created or touched."""
+    from ichbench.protocol import RunProtocol
+
+    for cfg in configs:
+        RunProtocol(cfg)
+
+
+def _for_cluster(configs: list[RunConfig], trial_device: str) -> list[RunConfig]:
+    """The driver trains nothing: its own device is the CPU; `--preset auto` follows the
+    device the trials get."""
+    return [
+        replace(cfg, preset=preset_for_device(cfg.preset, trial_device), device="cpu")
+        for cfg in configs
+    ]
 
 
 def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
@@ -212,11 +233,6 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) ->
     from ichbench.events import FoldFinished
     from ichbench.lifecycle import Lifecycle
 
-    # the driver trains nothing: its own device is the CPU, the trials' is the cluster's
-    configs = [
-        replace(cfg, preset=preset_for_device(cfg.preset, executor.device), device="cpu")
-        for cfg in configs
-    ]
     labels = [" ".join(_describe(cfg)) for cfg in configs]
     lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label)
     with GridProgress() as progress:
