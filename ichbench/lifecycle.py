@@ -322,12 +322,18 @@ class Lifecycle:
         """
         waiting = {i: set(job.folds) for i, job in enumerate(jobs)}
         computed: dict[int, dict[int, FoldRecord]] = {i: {} for i in range(len(jobs))}
+        finished: set[int] = set()  # runs whose vote is stored: nothing left to mark
+
+        def finish(i: int) -> RunResult:
+            with tagged(i):
+                result = self.finish(jobs[i], computed[i])
+            finished.add(i)
+            return result
+
         try:
-            for i, job in enumerate(jobs):
+            for i in range(len(jobs)):
                 if not waiting[i]:  # every fold was already in the store
-                    with tagged(i):
-                        finished = self.finish(job, computed[i])
-                    yield finished
+                    yield finish(i)
             for result in executor.trials(jobs):
                 job = jobs[result.job]
                 with tagged(result.job):
@@ -336,14 +342,11 @@ class Lifecycle:
                     waiting[result.job].discard(result.fold)
                     if on_trial is not None:
                         on_trial(result.job, record)
-                    finished = (
-                        None if waiting[result.job] else self.finish(job, computed[result.job])
-                    )
-                if finished is not None:
-                    yield finished
+                if not waiting[result.job]:
+                    yield finish(result.job)
         except KeyboardInterrupt:
             for i, job in enumerate(jobs):
-                if waiting[i]:
+                if i not in finished:
                     self.mark(job, "interrupted")
             raise
         except BaseException as exc:
@@ -351,7 +354,7 @@ class Lifecycle:
             for i, job in enumerate(jobs):
                 if i == failed:
                     self.mark(job, "failed", f"{type(exc).__name__}: {exc}")
-                elif waiting[i]:
+                elif i not in finished:
                     self.mark(job, "interrupted")
             raise
 

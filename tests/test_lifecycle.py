@@ -3,8 +3,11 @@ holds no store; a plugin that fails before the run starts leaves no run behind."
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import duckdb
@@ -57,6 +60,7 @@ def test_the_protocol_runs_without_duckdb(tmp_path):
     be imported: the protocol holds no store."""
     script = f"""
 import sys
+import time
 sys.modules["duckdb"] = None
 from ichbench.config import RunConfig
 from ichbench.protocol import RunProtocol
@@ -233,3 +237,27 @@ def test_a_bad_grid_value_creates_no_store(capsys, tmp_path, bad):
     assert code in (ExitCode.USAGE, ExitCode.DATA, ExitCode.PLUGIN), err
     assert len([line for line in err.splitlines() if line.startswith("Error:")]) == 1
     assert not db.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_vote_marks_the_run_interrupted(capsys, tmp_path, monkeypatch, signum):
+    """The last fold is recorded and the vote is being computed when the signal comes: the
+    run is not finished, so it must not stay `running`."""
+    from ichbench.protocol import RunProtocol
+
+    original = RunProtocol.vote
+
+    def vote_then_signal(self, *args, **kwargs):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the signal arrives here, as it would inside a long vote
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunProtocol, "vote", vote_then_signal)
+    db = tmp_path / "runs.duckdb"
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--db", str(db))
+    assert code == ExitCode.INTERRUPTED, err
+    ((status, folds),) = rows(
+        db,
+        "SELECT r.status, count(f.fold) FROM runs r JOIN folds f USING (run_id) GROUP BY r.status",
+    )
+    assert (status, folds) == ("interrupted", 2)

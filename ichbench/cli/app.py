@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:
-            sys.exit(code)  # click turns Ctrl-C (and so SIGTERM) into a returned 130
+            if code == ExitCode.INTERRUPTED:  # click turns Ctrl-C (and so SIGTERM) into 130
+                err.print("[yellow]Interrupted.[/]")
+            sys.exit(code)
     except IchbenchError as exc:
         if os.environ.get("ICHBENCH_DEBUG"):
             raise
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
+        err.print("[yellow]Interrupted.[/]")
         sys.exit(int(ExitCode.INTERRUPTED))
     except Exception as exc:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
