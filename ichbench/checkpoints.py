@@ -12,7 +12,9 @@ model is rebuilt exactly as the run built it.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,10 +86,27 @@ def save_checkpoint(
             tmp,
         )
         os.replace(tmp, final)
-    except BaseException:
+    except RuntimeError as exc:  # torch reports a failed write as its own error
+        failure = _write_failure(folder, final, exc)
         tmp.unlink(missing_ok=True)  # a partial file on a full disk is only in the way
+        raise failure from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     return final.name
+
+
+def _write_failure(folder: Path, final: Path, exc: RuntimeError) -> OSError:
+    """What the system refused, as the OSError it is: torch's serializer raises a
+    RuntimeError ("[enforce fail at inline_container.cc…] unexpected pos") when the disk
+    fills under it, which would otherwise read as a bug."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+    return OSError(errno.EIO, f"Writing the checkpoint failed ({exc})", str(final))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

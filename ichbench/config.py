@@ -9,6 +9,7 @@ settings share a config hash whatever their spelling: `--exclude 79,58,58` is `5
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ichbench.errors import UsageError
-from ichbench.exclusion import DEFAULT_EXCLUDE, parse_exclude
+from ichbench.exclusion import DEFAULT_EXCLUDE, check_patient_numbers, parse_exclude
 from ichbench.spec import Spec, parse_spec
 
 PRESETS: dict[str, dict] = {
@@ -52,6 +53,40 @@ EXECUTION_ONLY = ("device", "compile")
 TUNABLE = ("backbone", "image_size", "epochs", "batch_size", "lr", "patience", "pretrained")
 
 AUTO = "auto"
+
+MAX_SEED = 2**32 - 1  # the split's scikit-learn `random_state` takes no other seed
+MIN_BATCH_SIZE = 2  # training skips one-sample batches: batch norm cannot train on them
+# Adam's first step is lr / (1 - 0.9) = 10 lr, taken in float32 (at most 3.4e38): a larger
+# lr fails inside the optimiser instead of showing as a diverging loss
+MAX_LR = 1e37
+
+
+def check_folds(folds: int) -> None:
+    """Cross-validation needs two folds at least: one to train on while another validates."""
+    if folds < 2:
+        raise UsageError(f"--folds {folds}: at least 2 folds are needed")
+
+
+def check_test_size(test_size: float) -> None:
+    """The test set is a fraction of the patients: neither none nor all of them."""
+    if not 0 < test_size < 1:
+        raise UsageError(f"--test-size {test_size}: expected a fraction between 0 and 1")
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content; read once per process while the file is unchanged (a
+    grid resolves many configurations that share one weights file)."""
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def preset_for_device(preset: str, device: str) -> str:
@@ -93,19 +128,21 @@ def canonical_spec(text: str) -> str:
 
 
 def canonical_exclude(value) -> list[int]:
-    """Excluded patients as sorted unique ints, from a list or from `--exclude` text."""
+    """Excluded patients as sorted unique ints, from a list of ints or from `--exclude`
+    text; a float or a bool is not a patient number, even where Python would convert it."""
     if isinstance(value, str):
         return list(parse_exclude(value))
     try:
-        numbers = sorted({int(v) for v in value})
-    except (TypeError, ValueError):
-        numbers = None
-    if numbers is None or (numbers and numbers[0] < 0):
+        items = list(value)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise UsageError(
             f"exclude {value!r}: expected patient numbers (not negative), e.g. "
             f"{list(DEFAULT_EXCLUDE)}"
         )
-    return numbers
+    check_patient_numbers(items, f"exclude {value!r}")
+    return sorted(set(items))
 
 
 @dataclass
@@ -127,6 +164,10 @@ class RunConfig:
     preset: str = "auto"
     seed: int = 0
     weights_file: str | None = None
+    # sha256 of the weights file's content, set when the configuration is resolved: the
+    # file is identified by what it holds, so a file replaced under the same path is
+    # another configuration (a grid reruns it, a resume refuses it)
+    weights_digest: str | None = None
     pretrained: bool | None = None
     exclude: list[int] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     device: str = "auto"
@@ -158,7 +199,9 @@ class RunConfig:
             raise UsageError(f"Unknown preset {self.preset!r}; expected auto, quick or paper")
         values = PRESETS[preset]
         changes = {k: values[k] for k in TUNABLE if getattr(self, k) is None}
-        cfg = replace(self, preset=preset, device=device, **changes)
+        weights = Path(self.weights_file) if self.weights_file else None
+        digest = file_digest(weights) if weights is not None and weights.is_file() else None
+        cfg = replace(self, preset=preset, device=device, weights_digest=digest, **changes)
         if not self.strategies and not self.weights:
             cfg.strategies = list(values.get("strategies", []))
             cfg.weights = list(values.get("weights", []))
@@ -166,14 +209,22 @@ class RunConfig:
         return cfg
 
     def validate(self) -> None:
+        """Refuse a value no run can use, before any data is loaded or store touched."""
         if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"--image-size {self.image_size}: must be at least 8 pixels")
-        for name in ("epochs", "batch_size", "folds"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-        if self.lr is not None and not self.lr > 0:
-            raise UsageError(f"--lr {self.lr}: must be positive")
+        if self.epochs is not None and self.epochs < 1:
+            raise UsageError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size is not None and self.batch_size < MIN_BATCH_SIZE:
+            raise UsageError(
+                f"--batch-size {self.batch_size}: must be at least {MIN_BATCH_SIZE} "
+                "(a one-sample batch cannot train batch norm, so it is skipped)"
+            )
+        check_folds(self.folds)
+        check_test_size(self.test_size)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed {self.seed}: must be between 0 and {MAX_SEED}")
+        if self.lr is not None and not 0 < self.lr <= MAX_LR:
+            raise UsageError(f"--lr {self.lr}: must be above 0 and at most {MAX_LR:g}")
         if self.patience is not None and self.patience < 1:
             raise UsageError(f"--patience {self.patience}: must be at least 1")
         if self.weights_file and not Path(self.weights_file).is_file():
@@ -193,8 +244,12 @@ class RunConfig:
         return asdict(self)
 
     def identity(self) -> dict:
-        """The settings that determine the result (not where or how fast it is computed)."""
-        return {k: v for k, v in self.as_dict().items() if k not in EXECUTION_ONLY}
+        """The settings that determine the result (not where or how fast it is computed);
+        without a weights file, exactly the settings of versions before the digest."""
+        identity = {k: v for k, v in self.as_dict().items() if k not in EXECUTION_ONLY}
+        if identity["weights_digest"] is None:
+            del identity["weights_digest"]
+        return identity
 
     @property
     def hash(self) -> str:

@@ -50,6 +50,10 @@ class StoreError(IchbenchError):
     exit_code = ExitCode.STORE
 
 
+class StoreBusyError(StoreError):
+    """Another process held the store's lock for longer than the wait allowed."""
+
+
 class LeakageError(IchbenchError):
     """A patient appears in two of train / validation / test: the worst bug this tool can have."""
 

@@ -3,7 +3,10 @@
 Each repeated `--strategy` or `--weight` is one axis; within an option, commas list
 alternatives: `augment:1,2,3.3` is three values of one axis, `none,augment:2,3.3` adds
 "no strategy on this axis". A TOML file gives the same axes plus fixed run options
-(see benchmarks/paper_grid.toml).
+(see benchmarks/paper_grid.toml): its `[run]` table takes `RunConfig`'s field names with
+the types of their annotations, checked here before anything runs. An option given on
+the command line wins over the file, and the file over the options' defaults; a `[run]`
+key that an axis also sets (`strategies` and a strategy axis) is an error, not a merge.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import hashlib
 import itertools
 import json
 import sys
+import types
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ichbench.config import RunConfig, canonical_spec
 from ichbench.errors import UsageError
+from ichbench.exclusion import DEFAULT_EXCLUDE_TEXT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,6 +31,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 AXIS_OPTIONS = ("strategy", "weight", "backbone")
+AXIS_FIELDS = {"strategy": "strategies", "weight": "weights", "backbone": "backbone"}
+
+# `[run]` keys that also take the text of their command-line option
+TEXT_FORMS = {"exclude": f"the text of --exclude ('{DEFAULT_EXCLUDE_TEXT}' or 'none')"}
 
 
 @dataclass(frozen=True)
@@ -39,9 +50,13 @@ class Grid:
     fixed: dict = field(default_factory=dict)
 
     def configs(self) -> list[RunConfig]:
+        """One configuration per combination of axis values; a setting no axis varies
+        keeps the base's value."""
+        varied = {axis.option for axis in self.axes}
         out = []
         for combo in itertools.product(*(axis.values for axis in self.axes)):
-            strategies, weights = [], []
+            strategies = [] if "strategy" in varied else list(self.base.strategies)
+            weights = [] if "weight" in varied else list(self.base.weights)
             backbone = self.base.backbone
             for axis, value in zip(self.axes, combo):
                 if value is None:
@@ -124,8 +139,87 @@ def load_toml(path: Path) -> tuple[list[Axis], dict]:
             raise UsageError(f"Grid file {path}: axis {i + 1} ({option}) has no values")
         axes.append(Axis(option, values))
     fixed = data.get("run", {})
+    if not isinstance(fixed, dict):
+        raise UsageError(f"Grid file {path}: [run] must be a table of run options")
     known = {f.name for f in fields(RunConfig)}
     unknown = sorted(set(fixed) - known)
     if unknown:
         raise UsageError(f"Grid file {path}: unknown run option(s) {', '.join(unknown)}")
+    for key, value in fixed.items():
+        check_run_value(path, key, value)
     return axes, fixed
+
+
+def check_run_value(path: Path, key: str, value) -> None:
+    """Raise unless `value` has the type of `RunConfig`'s field `key` and passes the
+    checks a command-line value passes; the error names the file and the key."""
+    hint = typing.get_type_hints(RunConfig)[key]
+    text_form = TEXT_FORMS.get(key)
+    if not (_is_a(value, hint) or (text_form and isinstance(value, str))):
+        expected = _describe(hint) + (f" or {text_form}" if text_form else "")
+        shown = json.dumps(value, default=str)
+        raise UsageError(f"Grid file {path}: [run] {key} = {shown}: expected {expected}")
+    try:
+        RunConfig(**{key: value}).validate()
+    except UsageError as exc:
+        raise UsageError(f"Grid file {path}: [run] {key}: {exc}") from None
+
+
+def _options(hint) -> tuple:
+    """The types a hint allows, `None` left out (TOML has no null)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(a for a in typing.get_args(hint) if a is not type(None))
+    return (hint,)
+
+
+def _is_a(value, hint) -> bool:
+    for option in _options(hint):
+        if typing.get_origin(option) is list:
+            (item,) = typing.get_args(option)
+            if isinstance(value, list) and all(_is_a(v, item) for v in value):
+                return True
+        elif option is bool:
+            if isinstance(value, bool):
+                return True
+        elif option is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return True
+        elif isinstance(value, option) and not isinstance(value, bool):
+            return True
+    return False
+
+
+def _describe(hint) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+    out = []
+    for option in _options(hint):
+        if typing.get_origin(option) is list:
+            out.append(f"a list of {plural[typing.get_args(option)[0]]}")
+        else:
+            out.append(names[option])
+    return " or ".join(out)
+
+
+def base_config(
+    options: RunConfig,
+    fixed: dict,
+    *,
+    explicit: Iterable[str],
+    axes: list[Axis],
+    source: Path | None,
+) -> RunConfig:
+    """A grid's base configuration: the file's `[run]` values over the options' defaults,
+    an option given on the command line (`explicit`: `RunConfig` field names) over the
+    file. A `[run]` key that an axis also sets would leave one of them silently unused."""
+    for axis in axes:
+        key = AXIS_FIELDS[axis.option]
+        if key in fixed:
+            raise UsageError(
+                f"Grid file {source}: [run] {key} and a {axis.option} axis both set the "
+                f"{key} of every configuration; keep one (a fixed {axis.option} is an "
+                "axis of one value)"
+            )
+    explicit = set(explicit)
+    from_file = {k: v for k, v in fixed.items() if k not in explicit}
+    return RunConfig.from_dict({**options.as_dict(), **from_file})

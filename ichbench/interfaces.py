@@ -37,6 +37,11 @@ class SliceDataset:
     image size. Each image is in radiological display orientation: row 0 is anterior
     (rows run anterior to posterior) and the patient's left is on the image's right.
     Rows are ordered by patient, then slice; slice 1 is the most inferior.
+
+    `not_found_excluded` lists the patients asked to be excluded that the source does not
+    hold at all (a mistyped `--exclude 999`, or the default 58 and 79 on a dataset without
+    them), so the caller can say so instead of ignoring the request; `()` when every
+    excluded patient was there, or when the source cannot tell.
     """
 
     name: str
@@ -50,6 +55,7 @@ class SliceDataset:
     masks: np.ndarray | None = None  # uint8 (N, H, W), 1 = hemorrhage, where the dataset has masks
     windows: tuple[str, ...] = ("brain",)
     source: str = ""  # a path or description of where it came from
+    not_found_excluded: tuple[int, ...] = ()  # excluded patients the source does not hold
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

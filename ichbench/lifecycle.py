@@ -6,6 +6,11 @@ path; the protocol (`ichbench.protocol`) computes, this module records.
 Only the driver process writes the store, so the DuckDB file never has two writers in
 one run or grid: trials run wherever the executor puts them and hand back their fold
 record and weights. An interrupted run or grid resumes: finished folds are kept.
+
+Every result is first written to the run's journal (`ichbench.store.journal`), then
+ingested into the store; while another process holds the store, ingestion is retried in
+the background and at the end, and a run goes on training: a busy store delays results,
+it never fails a run or loses a fold.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from ichbench.errors import (
     LeakageError,
     RunBusyError,
     RunFinishedError,
+    StoreBusyError,
+    StoreError,
     UsageError,
 )
-from ichbench.events import FoldFinished, FoldSkipped, RunFinished, RunStarted
+from ichbench.events import FoldFinished, FoldSkipped, RunFinished, RunStarted, RunWarning
+from ichbench.liveness import this_process
 from ichbench.provenance import git_sha, library_versions, new_run_id
 from ichbench.records import FoldRecord, RunRecord, VoteRecord
+from ichbench.store.ingest import Retrier, ingest, quick_store
+from ichbench.store.journal import RUN_FILE, Journal, Pending
 
 if TYPE_CHECKING:
     from ichbench.interfaces import SliceDataset
@@ -107,14 +117,35 @@ class Lifecycle:
         self._store = store
         self.grid_id = grid_id
         self.device_label = device_label
+        self.journal = Journal(store.path if hasattr(store, "path") else store)
+        self._retrier: Retrier | None = None
+        self._synced = False
 
     @property
     def store(self) -> Store:
+        """The store, opened on first use."""
         from ichbench.store import Store
 
         if not isinstance(self._store, Store):
             self._store = Store(self._store)
         return self._store
+
+    def _sync_others(self, resumed: str | None = None) -> None:
+        """Results earlier processes left on disk (the store was busy then) into the store,
+        when it is free now: once, before this lifecycle's first run. A run being resumed
+        is left to its own finish, which recomputes its vote from the folds it keeps."""
+        if self._synced:
+            return
+        self._synced = True
+        self.store  # noqa: B018 - opened (and checked) before anything is taken in
+        others = [p.run_id for p in self.journal.all_pending() if p.run_id != resumed]
+        quick = quick_store(self.journal.store_path) if others else None
+        if quick is not None:
+            ingest(quick, self.journal, others)
+
+    def pending(self, run_id: str) -> Pending:
+        """What of a run is on disk but not yet in the store."""
+        return self.journal.pending(run_id)
 
     # ----------------------------------------------------------------- opening
     def open(
@@ -133,7 +164,10 @@ class Lifecycle:
         dataset = dataset if dataset is not None else protocol.load_data()
         split = protocol.split_of(dataset)
         if resume:
-            return self._reopen(protocol, dataset, split, self.store.resolve(resume))
+            run_id = self.store.resolve(resume)
+            self._sync_others(resumed=run_id)
+            return self._reopen(protocol, dataset, split, run_id)
+        self._sync_others()
         if not reuse:
             return self._create(protocol, dataset, split, exclusive=False)
         plugins = protocol.plugin_versions()
@@ -159,7 +193,21 @@ class Lifecycle:
         built = protocol.preflight(dataset, split)
         run_id = new_run_id()
         record = self._run_record(protocol, run_id, dataset, split, built)
-        self.store.create_run(record, exclusive=exclusive)
+        store = self.store
+        self.journal.write_run(record)
+        try:
+            store.create_run(record, exclusive=exclusive)
+        except StoreBusyError:
+            message = f"The store {store.path} is busy: run {run_id} is recorded on disk and "
+            message += "goes into the store once it is free"
+            if exclusive:
+                message += " (not checked against a run of the same configuration elsewhere)"
+            protocol.emit(RunWarning(message=message))
+        except BaseException:
+            self.journal.forget_run(run_id)  # refused: the run does not exist
+            raise
+        else:
+            self.journal.mark_ingested(run_id, RUN_FILE)
         job = Job(
             protocol,
             run_id,
@@ -192,13 +240,40 @@ class Lifecycle:
                 f"Run {run_id} was made on another dataset "
                 f"(hash {run.get('dataset_hash')}); cannot resume on this one"
             )
+        stored_digest = (run.get("config") or {}).get("weights_digest")
+        if protocol.cfg.weights_file and stored_digest != protocol.cfg.weights_digest:
+            raise UsageError(
+                f"Run {run_id} started from the weights file {protocol.cfg.weights_file} "
+                f"with sha256 {stored_digest or 'unrecorded'}; it now holds "
+                f"{protocol.cfg.weights_digest}: refusing to resume with other initial "
+                "weights (put the original file back, or start a new run)"
+            )
+        if run.get("config_hash") != protocol.cfg.hash:
+            raise StoreError(
+                f"Run {run_id}: its stored configuration hashes to {protocol.cfg.hash}, not "
+                f"to the recorded {run.get('config_hash')} (edited, or written by another "
+                "version); refusing to resume"
+            )
         if run.get("split_hash") != split.hash:
             raise LeakageError(
                 f"Run {run_id}: the recomputed split differs from the stored "
                 "one; refusing to resume"
             )
-        done = self.store.finished_folds(run_id)
+        done = self.store.finished_folds(run_id) | set(self.journal.folds(run_id))
         self.store.mark_run(run_id, "running")
+        self.journal.forget_status(run_id)
+        for fold in sorted(done):
+            path = checkpoints.checkpoint_path(self.journal.store_path, run_id, fold)
+            if not path.is_file():
+                protocol.emit(
+                    RunWarning(
+                        message=(
+                            f"Run {run_id}: fold {fold} is kept, but its checkpoint {path} "
+                            "is gone; its results stand, and Grad-CAM and t-SNE cannot show "
+                            "that fold"
+                        )
+                    )
+                )
         job = Job(
             protocol,
             run_id,
@@ -246,16 +321,18 @@ class Lifecycle:
             split_hash=split.hash,
             grid_id=self.grid_id,
             plugins=protocol.plugin_versions(),
+            owner=this_process(),
         )
 
     # ----------------------------------------------------------------- recording
     def record_fold(self, job: Job, record: FoldRecord, state: dict) -> FoldRecord:
-        """Save the fold's checkpoint (write, then rename), then its rows (one
-        transaction); the fold counts as done only once both are in."""
+        """Save the fold's checkpoint and its record on disk (each written, then renamed:
+        from then on the fold is done), then its rows into the store (one transaction),
+        now if the store is free, else as soon as it is."""
         t = time.perf_counter()
         cfg = job.protocol.cfg
         record.checkpoint = checkpoints.save_checkpoint(
-            Path(self.store.path),
+            self.journal.store_path,
             job.run_id,
             record.fold,
             state,
@@ -264,7 +341,8 @@ class Lifecycle:
             image_size=cfg.image_size,
             windows=list(cfg.windows),
         )
-        self.store.write_fold(job.run_id, record)
+        self.journal.write_fold(job.run_id, record)
+        self._take(job.run_id)
         job.store_s += time.perf_counter() - t
         test_f1 = next(m.f1 for m in record.metrics if m.split == "test" and m.scope == "slice")
         job.protocol.emit(
@@ -281,13 +359,19 @@ class Lifecycle:
     def finish(self, job: Job, computed: dict[int, FoldRecord]) -> RunResult:
         """The vote over every fold, those kept from earlier and those just computed."""
         folds = {}
+        journaled = set(self.journal.folds(job.run_id))
         for fold in sorted(job.done):
-            folds[fold] = self.store.load_fold(job.run_id, fold)
+            folds[fold] = (
+                self.journal.read_fold(job.run_id, fold)
+                if fold in journaled
+                else self.store.load_fold(job.run_id, fold)
+            )
         folds.update(computed)
         vote = job.protocol.vote(job.dataset, job.split, folds)
         wall = time.perf_counter() - job.started
         t = time.perf_counter()
-        self.store.finish_run(job.run_id, vote, wall)
+        self.journal.write_vote(job.run_id, vote, wall)
+        self._take(job.run_id)
         job.store_s += time.perf_counter() - t
         timings = {**job.protocol.timings, "store": job.store_s}
         job.protocol.emit(
@@ -298,8 +382,55 @@ class Lifecycle:
         return RunResult(job.run_id, vote.threshold, vote, folds, timings)
 
     def mark(self, job: Job, status: str, error: str | None = None) -> None:
-        with contextlib.suppress(IchbenchError):  # the error being raised matters more
-            self.store.mark_run(job.run_id, status, error=error)
+        """Mark a run failed or interrupted, on disk first, then in the store; straight in
+        the store when the disk refuses (it may be the full disk that failed the run)."""
+        try:
+            self.journal.write_status(job.run_id, status, error)
+        except OSError:
+            with contextlib.suppress(IchbenchError):  # the error being raised matters more
+                self.store.mark_run(job.run_id, status, error=error)
+            return
+        with contextlib.suppress(IchbenchError, OSError):
+            self._take(job.run_id)
+
+    def _take(self, run_id: str) -> None:
+        """A run's results on disk into the store now if it is free within a second; else
+        retried in the background while the run goes on. A store that refuses a write
+        for another reason (a full disk) raises."""
+        store = quick_store(self.journal.store_path)
+        if store is not None and not ingest(store, self.journal, [run_id]):
+            return
+        if self._retrier is None:
+            self._retrier = Retrier(self.journal.store_path, self.journal, [])
+        if run_id not in self._retrier.run_ids:
+            self._retrier.run_ids.append(run_id)
+        self._retrier.poke()
+
+    def settle(self, jobs: Sequence[Job], *, wait: bool = True) -> list[Pending]:
+        """The end of a drive: stop retrying in the background and take what is left
+        into the store, waiting for its lock as any write does (`wait`), or trying once.
+        Returns what is still only on disk (said as a warning)."""
+        if self._retrier is not None:
+            self._retrier.stop()
+        run_ids = [job.run_id for job in jobs]
+        try:
+            store = self.store if wait else quick_store(self.journal.store_path)
+            left = ingest(store, self.journal, run_ids) if store is not None else None
+        except StoreBusyError:
+            left = None
+        if left is None:
+            left = [p for p in (self.journal.pending(r) for r in run_ids) if not p.empty]
+        for pending in left:
+            jobs[0].protocol.emit(
+                RunWarning(
+                    message=(
+                        f"Run {pending.run_id}: {pending.describe()} wait on disk for the store "
+                        f"{self.journal.store_path}, which another process holds; they go in with "
+                        "the next command that writes to it, or `ichbench store sync`"
+                    )
+                )
+            )
+        return left
 
     def abandon(self, jobs: Sequence[Job], status: str = "interrupted") -> None:
         """Mark runs opened but never driven, so a later grid resumes them."""
@@ -348,6 +479,7 @@ class Lifecycle:
             for i, job in enumerate(jobs):
                 if i not in finished:
                     self.mark(job, "interrupted")
+            self._settle_quietly(jobs)
             raise
         except BaseException as exc:
             failed = getattr(exc, "job_index", None)
@@ -356,7 +488,14 @@ class Lifecycle:
                     self.mark(job, "failed", f"{type(exc).__name__}: {exc}")
                 elif i not in finished:
                     self.mark(job, "interrupted")
+            self._settle_quietly(jobs)
             raise
+        self.settle(jobs)
+
+    def _settle_quietly(self, jobs: Sequence[Job]) -> None:
+        """On the way out of an error: one quick try, never an error of its own."""
+        with contextlib.suppress(Exception):
+            self.settle(jobs, wait=False)
 
 
 @contextlib.contextmanager
@@ -393,4 +532,5 @@ def run_config(
     lifecycle = Lifecycle(store, grid_id=grid_id)
     job = lifecycle.open(protocol, resume=resume)
     assert isinstance(job, Job)  # without `reuse`, open creates or reopens, or raises
-    return next(iter(lifecycle.drive([job], LocalExecutor())))
+    (result,) = lifecycle.drive([job], LocalExecutor())
+    return result

@@ -9,9 +9,15 @@ DB_ENV = "ICHBENCH_DB"
 CACHE_ENV = "ICHBENCH_CACHE"
 
 
+def store_file(path: Path | str) -> Path:
+    """The store file itself, absolute with every symlink followed: whichever name
+    reaches a store, it has one WAL and one checkpoint folder (`<store>.runs/`)."""
+    return Path(path).resolve()
+
+
 def default_db() -> Path:
     """The run store: `$ICHBENCH_DB`, else `./runs.duckdb`."""
-    return Path(os.environ.get(DB_ENV) or "runs.duckdb")
+    return store_file(os.environ.get(DB_ENV) or "runs.duckdb")
 
 
 def cache_dir() -> Path:
@@ -24,6 +30,7 @@ def cache_dir() -> Path:
     return Path(base) / "ichbench"
 
 
-def run_dir(db_path: Path, run_id: str) -> Path:
-    """Fold checkpoints live beside the store: `<db>.runs/<run_id>/fold<k>.pt`."""
-    return db_path.parent / f"{db_path.name}.runs" / run_id
+def run_dir(db_path: Path | str, run_id: str) -> Path:
+    """Fold checkpoints live beside the store file: `<db>.runs/<run_id>/fold<k>.pt`."""
+    db = store_file(db_path)
+    return db.parent / f"{db.name}.runs" / run_id

@@ -18,18 +18,27 @@ import numpy as np
 import torch
 
 from ichbench import checkpoints
+from ichbench.blame import describe
 from ichbench.config import RunConfig
 from ichbench.data.open import open_dataset
 from ichbench.data.resolve import resolve_dataset
 from ichbench.device import resolve_device
-from ichbench.errors import LeakageError
-from ichbench.events import DataLoaded, DataProgress, Emitter, FoldStarted, Observer
+from ichbench.errors import LeakageError, PluginError
+from ichbench.events import (
+    DataLoaded,
+    DataProgress,
+    Emitter,
+    FoldStarted,
+    Observer,
+    RunWarning,
+)
+from ichbench.exclusion import DEFAULT_EXCLUDE
 from ichbench.interfaces import BuildOptions, BuiltModel, SliceDataset, StrategyContext, TrainPlan
 from ichbench.metrics import patient_metrics, slice_metrics
 from ichbench.paths import cache_dir as default_cache_dir
 from ichbench.plugins import get_registry
 from ichbench.records import FoldRecord, MetricRow, PatientDecisions, Predictions, VoteRecord
-from ichbench.registry import Registry
+from ichbench.registry import Registry, created_by
 from ichbench.split import Split, check_no_leakage, make_split
 from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
 from ichbench.vote import best_threshold, f1_curve, patient_decisions, voting_threshold
@@ -90,6 +99,16 @@ class RunProtocol:
         )
         self.timings["data"] += time.perf_counter() - started
         self.emit(DataLoaded(slices=len(dataset), patients=len(dataset.patients)))
+        absent = sorted(set(getattr(dataset, "not_found_excluded", ())) - set(DEFAULT_EXCLUDE))
+        if absent:  # the default exclusion is for the real release, silent elsewhere
+            self.emit(
+                RunWarning(
+                    message=(
+                        f"--exclude: no patient {', '.join(map(str, absent))} in {self.cfg.data}; "
+                        "nothing was left out for it"
+                    )
+                )
+            )
         return dataset
 
     def split_of(self, dataset: SliceDataset) -> Split:
@@ -139,6 +158,8 @@ class RunProtocol:
         )
         for strategy in self.plugins.strategies:
             plan = strategy.apply(plan, ctx)
+            if not isinstance(plan, TrainPlan):
+                raise _wrong(strategy, "apply", f"returned {type(plan).__name__}, not a TrainPlan")
         stray = np.setdiff1d(np.unique(dataset.patient_ids[plan.indices]), train_patients)
         if len(stray):
             raise LeakageError(
@@ -148,14 +169,36 @@ class RunProtocol:
         return plan
 
     def preflight(self, dataset: SliceDataset, split: Split) -> BuiltModel:
-        """Call every plugin once before a run is recorded, so a plugin that fails does so
-        with no run row left behind: the first fold's plan, the network (whose provenance
-        the run records, returned), and the two rules on a small well-formed input."""
-        self.plan_for(dataset, np.asarray(split.folds[0].train), 0)
+        """Call every plugin before a run is recorded, so a plugin that fails does so with
+        no run row left behind: every fold's plan (cheap: rows, not images), the network
+        (whose provenance the run records, returned), the ensemble rule on a well-formed
+        input of the test set's shape, and the patient rule on every patient's slice
+        count. A plugin that fails only on the trained models' real numbers still fails
+        the run, blamed, later."""
+        for fold in split.folds:
+            self.plan_for(dataset, np.asarray(fold.train), fold.index)
         built = self.build_model(0, dataset.images.shape[1])
-        self.plugins.ensemble.combine(np.full((len(split.folds), 2), 0.5), 0.5)
-        self.plugins.patient_rule.decide(np.array([0.25, 0.75]), np.array([False, True]), 0.5)
+        n_test = int(np.isin(dataset.patient_ids, split.test).sum())
+        self._combine(np.full((len(split.folds), n_test), 0.5), 0.5)
+        for count in sorted(set(np.unique(dataset.patient_ids, return_counts=True)[1].tolist())):
+            scores = np.linspace(0.0, 1.0, count)
+            self.plugins.patient_rule.decide(scores, scores >= 0.5, 0.5)
         return built
+
+    def _combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """The ensemble rule's scores and decisions, checked: one of each per slice."""
+        rule = self.plugins.ensemble
+        scores, decisions = rule.combine(probs, threshold)
+        scores, decisions = np.asarray(scores, dtype=float), np.asarray(decisions, dtype=bool)
+        expected = (probs.shape[1],)
+        for name, value in (("scores", scores), ("decisions", decisions)):
+            if value.shape != expected:
+                raise _wrong(
+                    rule,
+                    "combine",
+                    f"returned {name} of shape {value.shape}, expected {expected} (one per slice)",
+                )
+        return scores, decisions
 
     # ----------------------------------------------------------------- one fold
     def fold_trial(
@@ -297,8 +340,7 @@ class RunProtocol:
             zip(dataset.patient_ids[test_rows].tolist(), dataset.slice_numbers[test_rows].tolist())
         )
         fold_probs = np.stack([_probs_in_order(f.predictions, "test", key) for f in ordered])
-        scores, decisions = self.plugins.ensemble.combine(fold_probs, threshold)
-        scores = np.asarray(scores, dtype=float)
+        scores, decisions = self._combine(fold_probs, threshold)
         metrics, test_patients = self._metrics(
             "vote",
             None,
@@ -351,6 +393,13 @@ class RunProtocol:
             wall_s=time.perf_counter() - started,
             patients=PatientDecisions.concat([val_patients, test_patients]),
         )
+
+
+def _wrong(plugin: object, method: str, problem: str) -> PluginError:
+    """A plugin that returned something the protocol cannot use, named as its fault."""
+    entry = created_by(plugin)
+    who = describe(entry) if entry is not None else type(plugin).__name__
+    return PluginError(f"{who}: {method} {problem}")
 
 
 def _probs_in_order(pred: Predictions, split_name: str, key: list[tuple[int, int]]) -> np.ndarray:

@@ -33,6 +33,8 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "scikit-learn": sklearn.__version__,
         "duckdb": duckdb.__version__,
+        # CPU results depend on it (reduction order): a bit-equal rerun needs the same count
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 

@@ -142,6 +142,7 @@ class RunRecord:
     grid_id: str | None = None
     status: str = "running"
     plugins: dict[str, str] = field(default_factory=dict)  # distribution -> version, those used
+    owner: str | None = None  # HOST:PID:START of the process running it (see ichbench.liveness)
 
 
 @dataclass

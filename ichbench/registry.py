@@ -81,6 +81,16 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
     def add(self, entry: Entry) -> None:
+        if (
+            not entry.name
+            or entry.name != entry.name.strip()
+            or any(c in entry.name for c in ":, \t\n")
+        ):
+            raise PluginError(
+                f"Plugin {entry.plugin!r} ({entry.distribution}) registered {entry.name!r}, "
+                "which cannot be chosen on the command line: a name is not empty and has no "
+                "':', ',' or space"
+            )
         if entry.kind not in self._entries:
             raise PluginError(
                 f"Plugin {entry.plugin!r} registered {entry.name!r} with unknown kind "

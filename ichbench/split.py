@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from ichbench.config import check_folds, check_test_size
 from ichbench.errors import LeakageError, UsageError
 
 
@@ -61,13 +62,11 @@ def make_split(
     patient_label = np.array([labels[patient_ids == p].max() for p in patients])
     n_ich = int(patient_label.sum())
     n_healthy = len(patients) - n_ich
-    if n_folds < 2:
-        raise UsageError(f"--folds {n_folds}: at least 2 folds are needed")
-    if not 0 < test_size < 1:
-        raise UsageError(f"--test-size {test_size}: expected a fraction between 0 and 1")
+    check_folds(n_folds)
+    check_test_size(test_size)
     n_test = int(np.ceil(test_size * len(patients)))
     # each fold's validation set and the test set need an ICH and a healthy patient
-    if min(n_ich, n_healthy) < n_folds + 1 or len(patients) - n_test < 2 * n_folds:
+    if min(n_ich, n_healthy) < n_folds + 1 or n_test < 2 or len(patients) - n_test < 2 * n_folds:
         raise UsageError(
             f"--folds {n_folds} with --test-size {test_size}: the dataset has {len(patients)} "
             f"patients ({n_ich} ICH, {n_healthy} healthy); each of the {n_folds} validation "

@@ -3,11 +3,17 @@
 The whole preprocessed dataset is held as one uint8 tensor on the training device, so
 a batch is an index operation, not a Python loop over files: on a GPU the data never
 leaves it, and no worker processes are needed to keep the model busy.
+
+A fold that learns nothing is never returned as trained: one that takes no optimiser
+step (every batch a skipped single sample) or whose loss becomes NaN or infinite stops
+with a `UsageError` naming the option to change, before anything of the fold is kept.
+Divergence is checked once per epoch, on the summed loss the epoch reads back anyway.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ichbench.augment import augment_batch
+from ichbench.config import MIN_BATCH_SIZE
 from ichbench.data.preprocess import to_network, to_unit
+from ichbench.errors import UsageError
 from ichbench.events import BatchFinished, Emitter, EpochFinished
 from ichbench.interfaces import TrainPlan
 from ichbench.records import EpochRecord
@@ -100,6 +108,10 @@ def make_loss(plan: TrainPlan, device: torch.device) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weights)
 
 
+def _diverged(fold: int, epoch: int, what: str) -> UsageError:
+    return UsageError(f"training diverged at fold {fold} epoch {epoch}: {what}; lower --lr")
+
+
 def train_fold(
     model: nn.Module,
     plan: TrainPlan,
@@ -127,7 +139,7 @@ def train_fold(
     val_labels_np = val_labels.cpu().numpy()
     n_batches = max(1, int(np.ceil(len(rows) / settings.batch_size)))
 
-    best_state, best_f1, best_epoch, stale = None, -1.0, 0, 0
+    best_state, best_f1, best_epoch, stale, steps = None, -1.0, 0, 0, 0
     history: list[EpochRecord] = []
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
@@ -146,7 +158,7 @@ def train_fold(
         total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
         for b, span in enumerate(spans):
             pick = order[span]
-            if len(pick) < 2 and len(rows) >= 2:
+            if len(pick) == 0 or (len(pick) == 1 and len(rows) > 1):
                 continue  # batch norm cannot train on a single sample
             index = index_on_device[span]
             x = data.batch(
@@ -159,9 +171,20 @@ def train_fold(
             loss.backward()
             optimizer.step()
             total_loss += loss.detach().double() * len(pick)
+            steps += 1
             emit(BatchFinished(fold=fold, epoch=epoch, batch=b + 1, batches=n_batches))
+        if not steps:
+            raise UsageError(
+                f"fold {fold} took no optimiser step: {len(rows)} training slice(s) in "
+                f"batches of {settings.batch_size}, and a one-sample batch is skipped (batch "
+                f"norm cannot train on it); use --batch-size {MIN_BATCH_SIZE} or more"
+            )
         total_loss = float(total_loss)
+        if not math.isfinite(total_loss):
+            raise _diverged(fold, epoch, f"loss is {total_loss}")
         probs = predict(step_model, data, val_rows, settings)
+        if not np.isfinite(probs).all():
+            raise _diverged(fold, epoch, "validation probabilities are nan")
         val_f1 = float(f1_curve(val_labels_np, probs).max())
         val_loss = float(
             F.nll_loss(

@@ -120,3 +120,42 @@ def test_auto_preset_follows_the_device():
     assert RunConfig(weights_file=None).resolved("cuda:0").preset == "paper"
     with pytest.raises(UsageError, match="Unknown preset"):
         RunConfig(preset="fast").resolved("cpu")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(lr=float("inf")), "--lr inf: must be above 0 and at most 1e+37"),
+        (dict(lr=float("nan")), "--lr nan: must be above 0 and at most 1e+37"),
+        (dict(lr=1e308), "--lr 1e+308: must be above 0 and at most 1e+37"),
+        (dict(seed=-1), "--seed -1: must be between 0 and 4294967295"),
+        (dict(seed=2**32), "--seed 4294967296: must be between 0 and 4294967295"),
+        (dict(test_size=1.5), "--test-size 1.5: expected a fraction between 0 and 1"),
+        (dict(test_size=0), "--test-size 0.0: expected a fraction between 0 and 1"),
+        (dict(folds=1), "--folds 1: at least 2 folds are needed"),
+        (dict(batch_size=1), "--batch-size 1: must be at least 2"),
+    ],
+)
+def test_values_no_run_can_use_are_refused_on_resolving(changes, message):
+    with pytest.raises(UsageError) as raised:
+        RunConfig(preset="quick", **changes).resolved("cpu")
+    assert str(raised.value).startswith(message)
+
+
+def test_the_extremes_of_each_range_are_accepted():
+    RunConfig(preset="quick", seed=2**32 - 1, lr=1e37, batch_size=2, folds=2).resolved("cpu")
+    assert RunConfig(exclude=[2**63 - 1]).exclude == [2**63 - 1]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([2**63], "patient numbers are at most 9223372036854775807"),
+        ("99999999999999999999999", "patient numbers are at most 9223372036854775807"),
+        ([True], "expected patient numbers"),
+        ([58.5], "expected patient numbers"),
+    ],
+)
+def test_exclude_holds_only_int64_patient_numbers(value, message):
+    with pytest.raises(UsageError, match=message):
+        RunConfig(exclude=value)

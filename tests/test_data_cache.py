@@ -9,9 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
+from ichbench.data import cache as cache_module
 from ichbench.data import physionet
 from ichbench.data.cache import content_hash, entry_dir
 from ichbench.data.physionet import PhysioNetSource, open_folder
+from ichbench.errors import DataError
 from ichbench.interfaces import LoadOptions
 
 OPTIONS = LoadOptions(image_size=32, exclude=())
@@ -73,10 +75,28 @@ def test_options_and_file_changes_change_the_key(dataset_dir, tmp_path, count_bu
     source.load(LoadOptions(image_size=16, exclude=()), cache)
     source.load(LoadOptions(image_size=32, exclude=(49,)), cache)
     assert len(count_builds) == 3
-    path = dataset_dir / "ct_scans/050.nii"
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    labels = dataset_dir / "hemorrhage_diagnosis_raw_ct.csv"
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
+    source.load(OPTIONS, cache)
+    assert len(count_builds) == 3, "the label file enters the key by content, not by its times"
+    (dataset_dir / "masks/051.nii").unlink()
     source.load(OPTIONS, cache)
     assert len(count_builds) == 4 and len(entries(cache)) == 4
+
+
+def test_a_large_file_enters_the_key_by_size_and_times(dataset_dir, tmp_path, count_builds):
+    """Reading every volume on every load would make a warm load as slow as hashing the
+    release; a touch of a large one rebuilds instead."""
+    source = PhysioNetSource(dataset_dir)
+    cache = tmp_path / "cache"
+    path = dataset_dir / "ct_scans/050.nii"
+    assert path.stat().st_size > cache_module.SMALL_FILE
+    source.load(OPTIONS, cache)
+    source.load(OPTIONS, cache)
+    assert len(count_builds) == 1
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    source.load(OPTIONS, cache)
+    assert len(count_builds) == 2 and len(entries(cache)) == 2
 
 
 def test_dataset_hash_is_the_content_hash_independent_of_options(dataset_dir, tmp_path):
@@ -181,3 +201,35 @@ def test_entry_location(dataset_dir, tmp_path):
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["windows"] == ["brain"] and meta["layout"] == "nifti"
     assert sorted(meta["arrays"]) == sorted(ARRAYS)
+
+
+def test_arrays_are_reserved_on_disk_before_they_are_mapped(tmp_path):
+    """A mapped page that the disk cannot back is a SIGBUS; a reserved one never is."""
+    images = cache_module.allocate_array(tmp_path / "images.npy", np.uint8, (40, 1, 64, 64))
+    assert os.stat(tmp_path / "images.npy").st_blocks * 512 >= images.size
+    images[:] = 7
+    images.flush()
+    del images
+    again = np.load(tmp_path / "images.npy", mmap_mode="r")
+    assert again.shape == (40, 1, 64, 64) and again.dtype == np.uint8 and (again == 7).all()
+
+
+def test_files_changed_while_building_leave_no_entry(dataset_dir, tmp_path, monkeypatch):
+    """The entry and its dataset_hash must hold what its key describes, or not exist."""
+    cache = tmp_path / "cache"
+    real = physionet.decode_patient
+    labels = dataset_dir / "hemorrhage_diagnosis_raw_ct.csv"
+
+    def editing(*args, **kwargs):
+        if labels.read_bytes().endswith(b"\r\n"):
+            labels.write_bytes(labels.read_bytes()[:-2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(physionet, "decode_patient", editing)
+    with pytest.raises(DataError, match=r"ds: its files changed while it was being loaded"):
+        PhysioNetSource(dataset_dir).load(OPTIONS, cache)
+    assert entries(cache) == []
+    monkeypatch.setattr(physionet, "decode_patient", real)
+    ds = PhysioNetSource(dataset_dir).load(OPTIONS, cache)
+    folder = open_folder(dataset_dir)
+    assert ds.dataset_hash == content_hash(dataset_dir, folder.data_files())

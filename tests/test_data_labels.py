@@ -150,3 +150,42 @@ def test_warnings_for_inconsistent_flags_and_numbering(tmp_path):
         "healthy slice(s) with a subtype flag (first: patient 009 slice 2)" in w for w in warnings
     )
     assert any("patient 009: slice numbers are not 1..3" in w for w in warnings)
+
+
+def test_a_duplicated_column_is_named_not_silently_won(tmp_path):
+    """With two Subdural columns the csv module keeps the second; the file is ambiguous."""
+    header = HEADER.replace("Subdural", "Subdural,Subdural")
+    path = write_csv(tmp_path / "labels.csv", [header, "49,1,0,0,0,0,1,0,1,0"])
+    with pytest.raises(DataError, match=r"labels\.csv line 1: column Subdural appears twice"):
+        read_labels(path)
+
+
+def test_a_row_with_more_fields_than_the_header_is_named(tmp_path):
+    """An inserted value shifts the row: healthy would read as ICH with a fracture."""
+    lines = [HEADER, "49,1,0,0,0,0,0,1,0", "49,2,0,0,0,0,0,0,1,0"]
+    with pytest.raises(DataError, match=r"labels\.csv line 3: 10 fields but the header has 9"):
+        read_labels(write_csv(tmp_path / "labels.csv", lines))
+
+
+def test_trailing_empty_fields_are_tolerated(tmp_path):
+    lines = [HEADER, "49,1,0,0,0,0,0,1,0,,"]
+    assert read_labels(write_csv(tmp_path / "l.csv", lines)).labels.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "row, column",
+    [
+        (f"{10**30},1,0,0,0,0,0,1,0", "PatientNumber"),
+        ("49,1e30,0,0,0,0,0,1,0", "SliceNumber"),
+    ],
+)
+def test_huge_numbers_are_named(tmp_path, row, column):
+    path = write_csv(tmp_path / "labels.csv", [HEADER, row])
+    with pytest.raises(DataError, match=rf"labels\.csv line 2: {column} .* is out of range"):
+        read_labels(path)
+
+
+def test_a_row_without_its_fracture_field_is_named(tmp_path):
+    path = write_csv(tmp_path / "labels.csv", [HEADER, "49,1,0,0,0,0,0,1"])
+    with pytest.raises(DataError, match=r"line 2: too few fields \(no Fracture_Yes_No\)"):
+        read_labels(path)

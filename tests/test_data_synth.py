@@ -166,6 +166,16 @@ def test_force_replaces_a_generated_dataset(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
+def test_the_mark_lists_every_file_the_generator_wrote(tmp_path):
+    """--force may replace exactly these files, so the list must be complete."""
+    import json
+
+    out = generate(tmp_path / "ds", 2, 0, 16).out
+    params = json.loads((out / PARAMS_FILE).read_text())
+    assert params["generator"] == "ichbench synthetic" and params["patients"] == 2
+    assert sorted(params["files"]) == files_of(out)
+
+
 def test_interrupted_generation_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):
     calls = []
     real = synth_module.synth_patient

@@ -16,7 +16,7 @@ import typer
 
 from ichbench.cli.app import create_app, main
 from ichbench.config import RunConfig
-from ichbench.errors import ExitCode
+from ichbench.errors import ExitCode, PluginError
 from ichbench.hookspecs import hookimpl
 from ichbench.plugins import registered
 
@@ -136,6 +136,43 @@ class _NotABackbone:
     name = "notabackbone"
 
 
+class _ReturnsNothing:
+    """A strategy that forgets to return the plan."""
+
+    def apply(self, plan, ctx):
+        plan.notes["seen"] = True
+
+
+class _FailsFromTheSecondFold:
+    """A strategy that works on fold 0 and raises on fold 1."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def apply(self, plan, ctx):
+        self.calls += 1
+        if self.calls > 1:
+            raise ValueError("a bug that only fold 1 meets")
+        return plan
+
+
+class _OneScore:
+    """An ensemble rule that returns one score instead of one per slice."""
+
+    def combine(self, probs, threshold):
+        mean = probs.mean(axis=0)
+        return mean[:1], mean[:1] >= threshold
+
+
+class _ShortScansOnly:
+    """A patient rule that breaks on a real scan's many slices."""
+
+    def decide(self, scores, decisions, threshold):
+        if len(scores) > 2:
+            raise IndexError("more than two slices")
+        return float(scores.max()), bool(decisions.any())
+
+
 def _plugin(**factories) -> types.SimpleNamespace:
     def register_strategies(register):
         if "strategy" in factories:
@@ -145,9 +182,16 @@ def _plugin(**factories) -> types.SimpleNamespace:
         if "backbone" in factories:
             register("notabackbone", factories["backbone"], help="returns the wrong kind")
 
+    def register_aggregators(register):
+        if "ensemble" in factories:
+            register("onescore", factories["ensemble"], kind="ensemble", help="misshapen")
+        if "patient" in factories:
+            register("shortonly", factories["patient"], kind="patient", help="short scans")
+
     return types.SimpleNamespace(
         register_strategies=hookimpl(register_strategies),
         register_backbones=hookimpl(register_backbones),
+        register_aggregators=hookimpl(register_aggregators),
     )
 
 
@@ -160,6 +204,25 @@ def _plugin(**factories) -> types.SimpleNamespace:
             "notabackbone",
             _plugin(backbone=lambda spec: _NotABackbone()),
             "notabackbone",
+        ),
+        (
+            "--strategy",
+            "explodes",
+            _plugin(strategy=lambda spec: _ReturnsNothing()),
+            "not a TrainPlan",
+        ),
+        (
+            "--strategy",
+            "explodes",
+            _plugin(strategy=lambda spec: _FailsFromTheSecondFold()),
+            "only fold 1 meets",
+        ),
+        ("--ensemble", "onescore", _plugin(ensemble=lambda spec: _OneScore()), "one per slice"),
+        (
+            "--patient-rule",
+            "shortonly",
+            _plugin(patient=lambda spec: _ShortScansOnly()),
+            "more than two slices",
         ),
     ],
 )
@@ -179,6 +242,17 @@ def test_a_failing_plugin_is_blamed_and_leaves_no_run(
     lines = [line for line in err.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
     assert not db.exists() or rows(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "two words", "x,y"])
+def test_a_name_that_cannot_be_chosen_is_refused(name):
+    def register_strategies(register):
+        register(name, lambda spec: _Raising(), help="unselectable")
+
+    plugin = types.SimpleNamespace(register_strategies=hookimpl(register_strategies))
+    with pytest.raises(PluginError, match="badly-named-plugin.*cannot be chosen"):
+        with registered(plugin, "badly-named-plugin"):
+            pass
 
 
 def _options(command) -> set[str]:

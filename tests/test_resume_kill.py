@@ -578,7 +578,11 @@ def test_finished_folds_are_never_recomputed(scenario):
 def test_checkpoint_saved_before_the_kill_is_whole_and_replaced(scenario):
     folder = scenario.db.parent / f"{scenario.db.name}.runs" / scenario.run_id
     names = sorted(p.name for p in folder.iterdir())
-    assert [n for n in names if not n.startswith(".")] == ["fold0.pt", "fold1.pt", "fold2.pt"]
+    assert [n for n in names if n.endswith(".pt") and not n.startswith(".")] == [
+        "fold0.pt",
+        "fold1.pt",
+        "fold2.pt",
+    ]
     assert scenario.steps["final"].problems == []
 
 

@@ -84,3 +84,15 @@ def test_too_many_folds_is_a_clear_error():
     pids, labels = slices_of([1] * 4 + [0] * 4, rng)
     with pytest.raises(UsageError, match="--folds 5"):
         make_split(pids, labels, n_folds=5)
+
+
+def test_a_test_set_too_small_for_both_classes_is_refused_like_other_impossible_splits():
+    rng = np.random.default_rng(0)
+    pids, labels = slices_of([1] * 10 + [0] * 10, rng)
+    with pytest.raises(UsageError) as raised:
+        make_split(pids, labels, n_folds=2, test_size=0.01)
+    assert str(raised.value) == (
+        "--folds 2 with --test-size 0.01: the dataset has 20 patients (10 ICH, 10 healthy); "
+        "each of the 2 validation folds and the test set needs at least one ICH and one "
+        "healthy patient"
+    )

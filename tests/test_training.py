@@ -10,6 +10,7 @@ import torch
 from ichbench import training
 from ichbench.cli.app import main
 from ichbench.config import RunConfig
+from ichbench.errors import UsageError
 from ichbench.events import Emitter
 from ichbench.interfaces import TrainPlan
 from ichbench.lifecycle import Lifecycle
@@ -62,6 +63,29 @@ def _fold(tiny_dataset, compile: bool) -> tuple[dict, np.ndarray]:
     fresh.dropout = torch.nn.Identity()
     fresh.load_state_dict(state)  # strict: the keys are the module's own
     return state, predict(fresh, data, val_rows, settings())
+
+
+def _plain_fold(tiny_dataset, **changes):
+    patients = np.unique(tiny_dataset.patient_ids)
+    train_rows = np.flatnonzero(np.isin(tiny_dataset.patient_ids, patients[:6]))
+    val_rows = np.flatnonzero(np.isin(tiny_dataset.patient_ids, patients[6:]))
+    plan = TrainPlan(indices=train_rows, augment=np.zeros(len(train_rows), dtype=bool))
+    data = DeviceImages(tiny_dataset.images, tiny_dataset.labels, CPU)
+    torch.manual_seed(0)
+    train_fold(_tiny_cnn(1, 2), plan, data, val_rows, settings(**changes), Emitter([]), 3)
+
+
+def test_a_fold_that_takes_no_optimiser_step_is_an_error(tiny_dataset):
+    with pytest.raises(UsageError, match=r"fold 3 took no optimiser step.*--batch-size 2"):
+        _plain_fold(tiny_dataset, batch_size=1)
+
+
+def test_a_diverging_loss_stops_the_fold(tiny_dataset):
+    with pytest.raises(
+        UsageError,
+        match=r"^training diverged at fold 3 epoch \d+: .* (is|are) (nan|inf); lower --lr$",
+    ):
+        _plain_fold(tiny_dataset, lr=1e30, epochs=3)
 
 
 @pytest.mark.slow

@@ -40,7 +40,15 @@ def create_app() -> typer.Typer:
         if debug:
             os.environ["ICHBENCH_DEBUG"] = "1"
 
-    from ichbench.cli import data_cmd, grid_cmd, plugins_cmd, report_cmd, run_cmd, store_cmd
+    from ichbench.cli import (
+        data_cmd,
+        grid_cmd,
+        plugins_cmd,
+        report_cmd,
+        run_cmd,
+        store_cmd,
+        sync_cmd,
+    )
 
     plugins_cmd.register(app)
     data_cmd.register(app)
@@ -48,6 +56,7 @@ def create_app() -> typer.Typer:
     report_cmd.register(app)
     grid_cmd.register(app)
     store_cmd.register(app)
+    sync_cmd.register(app)
     return app
 
 

@@ -25,7 +25,17 @@ def _width(stream) -> int | None:
         return 200
 
 
-out = Console(width=_width(sys.stdout))  # data
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A reader that stopped reading (`ichbench runs | head -1`) is not an error: the
+        rest of the output goes nowhere and the command ends with 0 (rich's own default
+        is 1, which scripts would read as a bug)."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+out = _Console(width=_width(sys.stdout))  # data
 err = Console(stderr=True, width=_width(sys.stderr))  # progress, messages, errors
 
 

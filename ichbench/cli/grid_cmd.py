@@ -73,16 +73,36 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="A grid TOML file, e.g. benchmarks/paper_grid.toml (its axes add to the "
-        "options'; its [run] table sets any run option).",
+        help="A grid TOML file, e.g. benchmarks/paper_grid.toml. Its axes add to the "
+        "options'; its [run] table sets run options by configuration name (exclude, "
+        "batch_size, ...), typed as the options are. An option given on the command line "
+        "wins over [run]; [run] wins over the options' defaults. [run] strategies, weights "
+        "or backbone together with an axis of the same option is an error.",
     ),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the configurations only.")]
 
 
+# the options whose configuration field has another name (see `experiment_config`)
+OPTION_FIELDS = {"window": "windows", "weights": "weights_file"}
+
+
+def _given(ctx: typer.Context) -> set[str]:
+    """The configuration fields of the options typed on the command line, which win over
+    a grid file's [run] table (a default does not)."""
+    # compared by name: typer ships its own copy of click's `ParameterSource` enum
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    return {
+        OPTION_FIELDS.get(name, name)
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", None) in typed
+    }
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def grid(
+        ctx: typer.Context,
         strategy: StrategyAxisOpt = [],  # noqa: B006 - typer reads, never mutates, the default
         weight: WeightAxisOpt = [],  # noqa: B006
         backbone: BackboneAxisOpt = [],  # noqa: B006
@@ -115,7 +135,7 @@ def register(app: typer.Typer) -> None:
         from ichbench.cli.plugins_cmd import print_plugin_warnings
         from ichbench.errors import UsageError
         from ichbench.executors import import_ray, make_executor
-        from ichbench.grid import Grid, axes_from_options, load_toml
+        from ichbench.grid import Grid, axes_from_options, base_config, load_toml
         from ichbench.paths import default_db
         from ichbench.store import Store
 
@@ -152,7 +172,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             compile=compile,
         )
-        base = RunConfig.from_dict({**base.as_dict(), **fixed})
+        base = base_config(base, fixed, explicit=_given(ctx), axes=axes, source=config)
         plan = Grid(axes=axes, base=base)
         configs = plan.configs()
         err.print(f"Grid [bold]{plan.grid_id}[/]: {len(configs)} configuration(s)")

@@ -49,6 +49,7 @@ ResumeOpt = Annotated[
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
+        ctx: typer.Context,
         data: DataOpt = D.data,
         backbone: BackboneOpt = None,
         strategy: StrategyOpt = [],  # noqa: B006 - typer reads, never mutates, the default
@@ -80,7 +81,8 @@ def register(app: typer.Typer) -> None:
 
         db_path = db or default_db()
         store = db_path  # opened once the inputs are known to be good
-        if resume:
+        if resume is not None:
+            _check_resume(ctx, resume)
             store = Store(db_path, create=False)
             run = store.get_run(resume)
             config, resume = RunConfig.from_dict(run["config"]), run["run_id"]
@@ -110,13 +112,43 @@ def register(app: typer.Typer) -> None:
                 strategies=strategy,
                 weight_specs=weight,
             )
-        result, store = execute(config, store, resume=resume)
-        print_run_tables(out, store, result.run_id)
-        err.print(f"Stored as run [bold]{result.run_id}[/] in {store.path}")
+        result, lifecycle = execute(config, store, resume=resume)
+        if not lifecycle.pending(result.run_id).empty:
+            err.print(
+                f"Run [bold]{result.run_id}[/] finished; its results are on disk in "
+                f"{lifecycle.journal.folder(result.run_id)}"
+            )
+            return
+        print_run_tables(out, lifecycle.store, result.run_id)
+        err.print(f"Stored as run [bold]{result.run_id}[/] in {lifecycle.store.path}")
+
+
+RESUME_OPTIONS = ("db", "compile", "resume")  # what a resumed run may still be given
+
+
+def _check_resume(ctx: typer.Context, resume: str) -> None:
+    """A resumed run trains with its stored configuration: an empty id (an unset shell
+    variable) or an option that would change the configuration is an error, never
+    silently ignored."""
+    from ichbench.errors import UsageError
+
+    if not resume.strip():
+        raise UsageError("--resume '': expected a run id (or a unique prefix of one)")
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name not in RESUME_OPTIONS
+        and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"
+    ]
+    if given:
+        raise UsageError(
+            f"--resume {resume} continues the run with its stored configuration; "
+            f"{', '.join(given)} cannot change it (start a new run instead)"
+        )
 
 
 def execute(config: RunConfig, store, *, resume: str | None = None):
-    """Run one configuration with progress bars; returns the result and the store.
+    """Run one configuration with progress bars; returns the result and its lifecycle.
 
     `store` may be a path: the store is then opened only after the configuration, the
     plugins, the dataset and the split have been checked, so bad input never creates or
@@ -133,5 +165,5 @@ def execute(config: RunConfig, store, *, resume: str | None = None):
         protocol = RunProtocol(config, observers=[progress])
         lifecycle = Lifecycle(store)
         job = lifecycle.open(protocol, resume=resume)
-        result = next(iter(lifecycle.drive([job], LocalExecutor())))
-        return result, lifecycle.store
+        (result,) = lifecycle.drive([job], LocalExecutor())
+        return result, lifecycle

@@ -1,7 +1,8 @@
 """`ichbench runs | show | compare | sql`: reading the run store.
 
-Every command here only reads: a missing store is an error and is never created, and
-`sql` runs on a read-only, sandboxed connection.
+Every command here only reads: a missing store is an error and is never created, an
+older store is read as it is and never upgraded, and `sql` runs on a read-only,
+sandboxed connection.
 """
 
 from __future__ import annotations
@@ -26,6 +27,22 @@ def _open(db: Path | None) -> Store:
     return Store(db or paths.default_db(), create=False)
 
 
+def _say_waiting(store: Store, run_id: str | None = None) -> None:
+    """Results runs wrote to disk while the store was busy, not in it yet: said on
+    stderr, so what a reader sees is never taken for the whole story."""
+    from ichbench.store.journal import Journal
+
+    journal = Journal(store.path)
+    waiting = [journal.pending(run_id)] if run_id else journal.all_pending()
+    for pending in (p for p in waiting if not p.empty):
+        err.print(
+            f"[yellow]Note:[/] run {pending.run_id}: {pending.describe()} waiting on disk to "
+            "go into the store (`ichbench store sync`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def runs(
     status: Annotated[
         str | None,
@@ -44,7 +61,9 @@ def runs(
     db: DbOpt = None,
 ) -> None:
     """List runs, newest first, with their vote's test F1."""
-    rows = _open(db).list_runs(status=status, backbone=backbone, grid_id=grid, limit=limit)
+    store = _open(db)
+    rows = store.list_runs(status=status, backbone=backbone, grid_id=grid, limit=limit)
+    _say_waiting(store)
     if as_json:
         emit_json(rows)
         return
@@ -63,6 +82,7 @@ def show(
     patient level, beside the paper's numbers."""
     store = _open(db)
     run = store.get_run(run_id)
+    _say_waiting(store, run["run_id"])
     if as_json:
         emit_json(
             {

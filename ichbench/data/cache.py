@@ -1,22 +1,31 @@
 """The preprocessing cache: decoded, windowed, resized slices stored once, memory-mapped after.
 
 An entry is a folder `<cache_dir>/slices/<key>/` of `.npy` arrays plus `meta.json`. The key
-is a cheap fingerprint (relative paths, sizes and mtimes of the dataset's files, the load
-options and the cache format), so a warm load only stats files and maps arrays. The
-expensive content hash (`dataset_hash`) is computed while building and kept in meta.json.
+(`fingerprint`) covers the load options, the cache format and every file of the dataset: the
+label file and every small file by content, each large image by size, mtime and ctime. An
+edit that keeps a file's size and puts its mtime back still moves its ctime, which no user
+call can set, so a warm load reads the labels and stats the images, never the image bytes.
+The full content hash (`dataset_hash`) is computed while building and kept in meta.json; the
+builder checks that the files still match the key afterwards, so the hash describes the
+bytes that were decoded.
 
 Entries are built in a sibling temp folder and renamed into place, so a killed process never
 leaves a folder that reads as valid; an entry that fails any check is rebuilt, not trusted.
+Arrays are preallocated before they are mapped, so a full disk is an OSError naming the
+file (not a SIGBUS when a mapped page cannot be backed), and the temp folder is removed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,7 @@ ROW_ARRAYS: dict[str, np.dtype] = {
     "masks": np.dtype(np.uint8),
 }
 _TMP = ".tmp-"
+SMALL_FILE = 1 << 13  # bytes: read as cheaply as stat-ed, so such files enter the key by content
 
 
 class CorruptEntry(Exception):
@@ -52,15 +62,31 @@ def _relative(root: Path, path: Path) -> str:
 
 
 def fingerprint(
-    root: Path, files: Iterable[Path], options: LoadOptions, extra: Mapping[str, Any] | None = None
+    root: Path,
+    files: Iterable[Path],
+    options: LoadOptions,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    content: Iterable[Path] = (),
 ) -> str:
-    """A cache key from file metadata only: any edit, addition or removal changes it."""
+    """A cache key that any edit, addition or removal changes.
+
+    The files of `content` (the label file) and every file up to SMALL_FILE bytes are read
+    and hashed; larger files enter by size, mtime and ctime, so a warm load of a dataset of
+    large volumes costs a stat per volume plus reading its labels.
+    """
+    by_content = {Path(p) for p in content}
     h = hashlib.blake2b(digest_size=16)
     head = {"format": CACHE_FORMAT, "options": asdict(options), "extra": dict(extra or {})}
     h.update(json.dumps(head, sort_keys=True, default=list).encode())
     for path in sorted(files, key=lambda p: _relative(root, p)):
         st = path.stat()
-        h.update(f"{_relative(root, path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        if path in by_content or st.st_size <= SMALL_FILE:
+            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            h.update(f"{_relative(root, path)}\0{digest}\n".encode())
+        else:
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+            h.update(f"{_relative(root, path)}\0{stamp}\n".encode())
     return h.hexdigest()
 
 
@@ -80,10 +106,61 @@ def entry_dir(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "slices" / key
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError while writing `path` names it (a failed write() or close() names no file),
+    and says that the preprocessing cache was being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        strerror = exc.strerror or os.strerror(exc.errno)
+        raise OSError(exc.errno, f"{strerror}, writing the preprocessing cache", str(path)) from exc
+
+
+def allocate_array(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A writable memory-mapped `.npy` whose every byte is reserved on disk first.
+
+    Writing through a map into a sparse file that the disk cannot back kills the process
+    with SIGBUS; reserving the space turns a full disk into ENOSPC, here, naming `path`.
+    """
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+    with writing(path), open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {**header, "shape": tuple(shape)})
+        offset = handle.tell()
+        handle.flush()
+        _reserve(handle, offset, math.prod(shape) * dtype.itemsize)
+    return np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=tuple(shape))
+
+
+def _reserve(handle: Any, offset: int, length: int) -> None:
+    if length <= 0:
+        return
+    try:
+        os.posix_fallocate(handle.fileno(), offset, length)
+        return
+    except AttributeError:  # no posix_fallocate on this platform
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    handle.seek(offset)
+    zeros = bytes(min(length, 1 << 20))
+    left = length
+    while left:
+        left -= handle.write(zeros[: min(left, len(zeros))])
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
 def save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write row arrays with their canonical dtypes (images/masks may already be on disk)."""
     for name, array in arrays.items():
-        np.save(folder / f"{name}.npy", np.ascontiguousarray(array, dtype=ROW_ARRAYS[name]))
+        path = folder / f"{name}.npy"
+        with writing(path):
+            np.save(path, np.ascontiguousarray(array, dtype=ROW_ARRAYS[name]))
 
 
 def open_entry(folder: Path, *, name: str, source: str) -> SliceDataset:
@@ -153,14 +230,17 @@ def load_cached(
             return open_entry(entry, name=name, source=source)
         except CorruptEntry:
             shutil.rmtree(entry, ignore_errors=True)
-    entry.parent.mkdir(parents=True, exist_ok=True)
+    with writing(entry.parent):
+        entry.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temps(entry)
     tmp = entry.parent / f"{key}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    with writing(tmp):
+        tmp.mkdir()
     try:
         meta = dict(build(tmp))
         meta.update(format=CACHE_FORMAT, key=key)
-        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        with writing(tmp / META):
+            (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         try:
             tmp.rename(entry)
         except OSError:

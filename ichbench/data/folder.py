@@ -2,6 +2,9 @@
 
 Every inconsistency between the label file and the images is a `DataError` naming the
 file and patient: a reader that guesses would make every later number meaningless.
+A file in an image folder that no reader reads (a README, a spreadsheet's lock file) is
+not part of the data: it changes neither the dataset hash nor the cache key, so it never
+blocks a load or a resume, and `data check` names it in a warning.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from pathlib import Path
 from ichbench.data.jpg import jpg_slices
 from ichbench.data.labels import LabelTable, read_labels
 from ichbench.data.layout import (
+    JPG,
     MASKS,
     NIFTI,
     PATIENTS_CT,
     SCANS,
     PatientFiles,
     detect_layout,
+    is_image_file,
     nifti_masks,
     scan_patients,
 )
@@ -43,16 +48,33 @@ class PhysioNetFolder:
         """The label rows of the patients that are not excluded."""
         return self.labels.without(self.exclude)
 
-    def data_files(self) -> list[Path]:
-        """The label file and every file of the image folders (what identifies the data)."""
+    @property
+    def not_found_excluded(self) -> tuple[int, ...]:
+        """Excluded patients with neither label rows nor images here: likely a typo."""
+        present = set(self.labels.patients()) | set(self.patients)
+        return tuple(sorted(p for p in set(self.exclude) if p not in present))
+
+    def _image_folder_files(self) -> list[Path]:
         folders = (SCANS, MASKS) if self.layout == NIFTI else (PATIENTS_CT,)
-        files = [self.label_path]
+        files = []
         for name in folders:
             base = self.root / name
             for dirpath, dirnames, filenames in os.walk(base):
                 dirnames.sort()
                 files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
         return files
+
+    def data_files(self) -> list[Path]:
+        """The label file and every image file a reader reads (what identifies the data)."""
+        return [self.label_path] + [
+            p for p in self._image_folder_files() if is_image_file(self.root, self.layout, p)
+        ]
+
+    def stray_files(self) -> list[Path]:
+        """Files in the image folders that no reader reads; ignored, but worth naming."""
+        return [
+            p for p in self._image_folder_files() if not is_image_file(self.root, self.layout, p)
+        ]
 
     def slice_count(self, patient: int) -> int:
         """Slices of a patient's images, from headers or file names only (no decoding)."""
@@ -113,10 +135,20 @@ def open_folder(root: Path, exclude: tuple[int, ...] = ()) -> PhysioNetFolder:
 
 
 def check_slices(folder: PhysioNetFolder, patient: int) -> None:
-    """The CSV rows of a patient must number exactly the slices of its images."""
+    """The CSV rows of a patient must number exactly the slices of its images; for the JPG
+    release every row must have its brain JPG (from file names: nothing is decoded)."""
     rows = folder.labels.slice_numbers[folder.labels.patient_ids == patient]
-    count = folder.slice_count(patient)
     image = folder.patients[patient].image
+    if folder.layout == JPG:
+        present = jpg_slices(image / "brain", patient)
+        missing = sorted(k for k in set(rows.tolist()) if k not in present)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(
+                f"Patient {patient:03d}: missing brain slice {missing[0]}: "
+                f"{image / 'brain' / f'{missing[0]}.jpg'}{more}"
+            )
+    count = folder.slice_count(patient)
     if rows.max() > count:
         raise DataError(
             f"Patient {patient:03d}: SliceNumber {int(rows.max())} in "

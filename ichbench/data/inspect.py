@@ -35,6 +35,7 @@ from ichbench.exclusion import DEFAULT_EXCLUDE
 from ichbench.interfaces import SliceDataset
 
 DEEP_SIZE = 32
+STRAY_LISTED = 5
 
 
 @dataclass
@@ -109,6 +110,16 @@ def _jpg_window_warnings(folder: PhysioNetFolder, patient: int) -> list[str]:
     return out
 
 
+def _stray_warnings(folder: PhysioNetFolder) -> list[str]:
+    """Files no reader reads: ignored (they are not in the dataset hash), but named, since one
+    may be a slice saved under the wrong name."""
+    stray = folder.stray_files()
+    out = [f"{path}: not an image file of the release; ignored" for path in stray[:STRAY_LISTED]]
+    if len(stray) > STRAY_LISTED:
+        out.append(f"{len(stray) - STRAY_LISTED} more file(s) in the image folders ignored")
+    return out
+
+
 def check_folder(
     root: Path,
     exclude: tuple[int, ...] = DEFAULT_EXCLUDE,
@@ -133,7 +144,7 @@ def check_folder(
     folder = PhysioNetFolder(root, layout, label_path, labels, patients, tuple(exclude))
     used = folder.used
     present = [p for p in used.patients() if p in patients]
-    warnings = label_warnings(labels)
+    warnings = label_warnings(labels) + _stray_warnings(folder)
     for pid in present:
         try:
             check_slices(folder, pid)

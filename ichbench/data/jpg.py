@@ -1,12 +1,17 @@
 """The v1.0/1.2 reader: one JPG per slice and window, with optional hemorrhage masks.
 
 The release is already windowed, so only its brain and bone windows exist. A missing slice,
-an unreadable file or a slice of another size is a DataError naming the file.
+an unreadable file or a slice of another size is a DataError naming the file. So is an image
+of more than 8 bits per channel (a 16-bit PNG or a 32-bit TIFF saved under a .jpg name):
+the release's slices are 8-bit greyscale or RGB JPEGs, and converting such an image to 8
+bits would clip every value above 255 to white without a sign. An image too large to be a
+slice (Pillow's decompression-bomb limit) is refused before it is decoded.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,13 +36,40 @@ def jpg_slices(folder: Path, patient: int) -> dict[int, Path]:
     return numbered_files(folder, _JPG_SLICE, f"{folder.name} slice")
 
 
+def _bits(mode: str) -> int:
+    """Bits per channel of a Pillow mode: 8 for every mode the release could hold."""
+    if mode == "F" or mode == "I" or mode.startswith("I;"):
+        return 16 if "16" in mode else 32
+    return 8
+
+
+def _too_large(path: Path, exc: Exception) -> DataError:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return DataError(
+        f"{path}: {size}, far more than a CT slice (the release's are 650x650); "
+        "refused before decoding"
+    )
+
+
 def _read_jpg(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("L"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                bits = _bits(im.mode)
+                if bits != 8:
+                    raise DataError(
+                        f"{path}: a {bits}-bit {im.format or 'unknown'} image (mode {im.mode}), "
+                        "not an 8-bit JPEG slice; converting it would clip every value "
+                        "above 255"
+                    )
+                im.load()
+                return np.asarray(im.convert("L"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(path, exc) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 

@@ -26,6 +26,7 @@ COLUMNS = (PATIENT, SLICE, *SUBTYPES, HEALTHY, FRACTURE)
 REQUIRED = (PATIENT, SLICE, *SUBTYPES, HEALTHY)
 FLAGS = (*SUBTYPES, HEALTHY, FRACTURE)
 POSITION_BINS = 10
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -74,18 +75,23 @@ class LabelTable:
 
 
 def _integer(text: str, *, path: Path, line: int, column: str) -> int:
+    """An integer cell; one beyond int64 is named here rather than overflowing the arrays."""
     value = text.strip()
     try:
-        return int(value)
+        number: int | None = int(value)
     except ValueError:
-        pass
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if number == number and number.is_integer():
-        return int(number)
-    raise DataError(f"{path} line {line}: {column} {text!r} is not an integer")
+        number = None
+    if number is None:
+        try:
+            real = float(value)
+        except ValueError:
+            real = float("nan")
+        if not (real == real and real.is_integer()):
+            raise DataError(f"{path} line {line}: {column} {text!r} is not an integer")
+        number = int(real)
+    if abs(number) > _INT64_MAX:
+        raise DataError(f"{path} line {line}: {column} {text!r} is out of range")
+    return number
 
 
 def read_labels(path: Path) -> LabelTable:
@@ -138,6 +144,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str], bool]]:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in (reader.fieldnames or [])]
+            _check_header(path, header, reader.line_num)
             missing = [c for c in REQUIRED if c not in header]
             if missing:
                 found = ", ".join(header) if header else "nothing"
@@ -150,9 +157,15 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str], bool]]:
                 if not any((v or "").strip() for k, v in row.items() if k is not None):
                     continue
                 line = reader.line_num
-                absent = [c for c in REQUIRED if row.get(c) is None]
+                absent = [c for c in COLUMNS if c in header and row.get(c) is None]
                 if absent:
                     raise DataError(f"{path} line {line}: too few fields (no {absent[0]})")
+                extra = row.pop(None, None) or []
+                if any(v.strip() for v in extra):
+                    raise DataError(
+                        f"{path} line {line}: {len(header) + len(extra)} fields but the "
+                        f"header has {len(header)}; a shifted row would be misread"
+                    )
                 rows.append((line, row, FRACTURE in header))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -161,6 +174,15 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str], bool]]:
     if not rows:
         raise DataError(f"{path}: no label rows")
     return rows
+
+
+def _check_header(path: Path, header: list[str], line: int) -> None:
+    """A name twice would let the csv module keep the second column and drop the first."""
+    seen: set[str] = set()
+    for name in header:
+        if name and name in seen:
+            raise DataError(f"{path} line {line}: column {name} appears twice")
+        seen.add(name)
 
 
 def label_warnings(table: LabelTable) -> list[str]:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ichbench.data.windows import JPG_WINDOWS
 from ichbench.errors import DataError
 
 NIFTI = "nifti"
@@ -24,6 +25,8 @@ NIFTI_LABELS = "hemorrhage_diagnosis_raw_ct.csv"
 JPG_LABELS = "hemorrhage_diagnosis.csv"
 SCANS, MASKS, PATIENTS_CT = "ct_scans", "masks", "Patients_CT"
 _NIFTI_NAME = re.compile(r"^(\d+)\.nii(\.gz)?$")
+_JPG_NAME = re.compile(r"^\d+(_HGE_Seg)?\.jpg$", re.IGNORECASE)
+_JPG_MASK_NAME = re.compile(r"^\d+_HGE_Seg\.jpg$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,22 @@ def detect_layout(root: Path) -> tuple[str, Path]:
         f"{root} is not a PhysioNet CT-ICH folder: expected {SCANS}/ and {NIFTI_LABELS} "
         f"(v1.3.x) or {PATIENTS_CT}/ and {JPG_LABELS} (v1.0/1.2)"
     )
+
+
+def is_image_file(root: Path, layout: str, path: Path) -> bool:
+    """Whether a file under the image folders is one the readers read (by its place and name):
+    a volume or mask `NNN.nii[.gz]`, or a slice or mask JPG of a patient's window folder."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    if layout == NIFTI:
+        return len(parts) == 2 and parts[0] in (SCANS, MASKS) and bool(_NIFTI_NAME.match(parts[1]))
+    if len(parts) < 3 or parts[0] != PATIENTS_CT or not parts[1].isdigit():
+        return False
+    if len(parts) == 3:
+        return bool(_JPG_MASK_NAME.match(parts[2]))
+    return len(parts) == 4 and parts[2] in JPG_WINDOWS and bool(_JPG_NAME.match(parts[3]))
 
 
 def numbered_files(folder: Path, pattern: re.Pattern[str], what: str) -> dict[int, Path]:

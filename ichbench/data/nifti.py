@@ -3,11 +3,23 @@
 The header's scl_slope/scl_inter are applied (nibabel does). Volumes are reoriented to the
 closest canonical (RAS+) orientation, so slice k along the third axis, counted from the
 feet, is the CSV's SliceNumber k whatever the stored orientation. Every unreadable,
-truncated or non-finite file is a DataError naming it.
+truncated or non-finite file is a DataError naming it, and so is a header whose values
+would silently give wrong numbers:
+
+- a scl_slope of 0, NaN or infinity with a non-zero scl_inter: nibabel then ignores the
+  scaling, the intercept is dropped and every voxel is off by it (1024 HU in the release);
+- no orientation at all (qform_code and sform_code both 0): nibabel falls back to a guess
+  that mirrors left and right, and nothing says which end of the stack is inferior, so
+  SliceNumber k could be matched to the wrong slice. An error rather than a warning,
+  because the labels of a run would hang on that guess;
+- a CT volume whose values cannot be Hounsfield units of a head: constant, or with no
+  voxel at or below 0 HU where air (-1000 HU) surrounds every head. It is checked when the
+  volume is decoded, so it also catches scaling the header cannot reveal.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +53,7 @@ def _nifti_header(path: Path):
         raise DataError(
             f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})"
         ) from None
+    _check_raw_header(path, img)
     shape = tuple(int(v) for v in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -52,6 +65,46 @@ def _nifti_header(path: Path):
         if size < expected:
             raise DataError(f"{path}: truncated ({size} bytes, the header needs {expected})")
     return img, shape
+
+
+def _check_raw_header(path: Path, img) -> None:
+    """Scaling and orientation as stored: nibabel resets the scaling fields of the header it
+    hands back, so the file's own header is read again (a few hundred bytes)."""
+    nib = _nib()
+    try:
+        with nib.openers.ImageOpener(str(path)) as handle:
+            raw = img.header_class.from_fileobj(handle)
+        slope, inter = float(raw["scl_slope"]), float(raw["scl_inter"])
+        codes = int(raw["qform_code"]), int(raw["sform_code"])
+    except Exception as exc:
+        raise DataError(
+            f"{path}: not a readable NIfTI header ({type(exc).__name__}: {exc})"
+        ) from None
+    ignored = slope == 0 or math.isnan(slope)
+    if math.isinf(slope) or (ignored and math.isfinite(inter) and inter != 0):
+        raise DataError(
+            f"{path}: scl_slope is {slope:g}, so the scaling (scl_inter {inter:g}) would be "
+            "ignored and the voxels would not be in Hounsfield units; set scl_slope to the "
+            "scanner's slope (1 in the release)"
+        )
+    if codes == (0, 0):
+        raise DataError(
+            f"{path}: no orientation (qform_code and sform_code are both 0), so neither the "
+            "inferior end of the stack nor the patient's left is known; set the qform or "
+            "sform of the volume"
+        )
+
+
+def check_hounsfield(path: Path, hu: np.ndarray) -> None:
+    """A head CT in Hounsfield units holds air near -1000 HU and is never uniform."""
+    low, high = float(hu.min()), float(hu.max())
+    if low == high:
+        raise DataError(f"{path}: every voxel is {low:g} HU; a head CT holds air, tissue and bone")
+    if low > 0:
+        raise DataError(
+            f"{path}: lowest value is {low:g} HU, but air around a head is near -1000 HU; "
+            "the volume is not in Hounsfield units (check scl_slope and scl_inter)"
+        )
 
 
 def nifti_slice_count(path: Path) -> int:
@@ -94,6 +147,7 @@ def decode_nifti(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One patient's volume windowed and resized, and its mask volume when asked and present."""
     hu = read_nifti(files.image)
+    check_hounsfield(files.image, hu)
     images = np.empty((hu.shape[0], len(windows), size, size), dtype=np.uint8)
     for c, window in enumerate(windows):
         images[:, c] = to_uint8(resize_stack(window.apply(hu)[:, None], size)[:, 0])

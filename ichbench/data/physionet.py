@@ -13,13 +13,19 @@ of those modules are importable from here too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ichbench.data.cache import content_hash, fingerprint, load_cached, save_arrays
+from ichbench.data.cache import (
+    allocate_array,
+    content_hash,
+    fingerprint,
+    load_cached,
+    save_arrays,
+)
 from ichbench.data.folder import PhysioNetFolder, check_slices, match_problems, open_folder
 from ichbench.data.jpg import decode_jpg, jpg_masks, jpg_slices
 from ichbench.data.labels import relative_positions
@@ -99,8 +105,6 @@ def build_arrays(
     folder: PhysioNetFolder, options: LoadOptions, out: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Decode every used patient into `out` (the cache's temp folder); returns the metadata."""
-    from numpy.lib.format import open_memmap
-
     windows = check_windows(tuple(options.windows), layout=folder.layout)
     size = int(options.image_size)
     if size < 8:
@@ -118,14 +122,8 @@ def build_arrays(
         counts[pid] = folder.slice_count(pid)
     with_masks = has_masks(folder, patients)
     n = len(table)
-    images = open_memmap(
-        out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, len(windows), size, size)
-    )
-    masks = (
-        open_memmap(out / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
-        if with_masks
-        else None
-    )
+    images = allocate_array(out / "images.npy", np.uint8, (n, len(windows), size, size))
+    masks = allocate_array(out / "masks.npy", np.uint8, (n, size, size)) if with_masks else None
     for i, pid in enumerate(patients):
         rows = table.rows_of(pid)
         index = table.slice_numbers[rows] - 1
@@ -163,6 +161,18 @@ def build_arrays(
     }
 
 
+def folder_key(folder: PhysioNetFolder, options: LoadOptions) -> str:
+    """The cache key of a folder loaded with `options`: its labels read in full, its images
+    by size and times (see `ichbench.data.cache.fingerprint`)."""
+    return fingerprint(
+        folder.root,
+        folder.data_files(),
+        options,
+        {"layout": folder.layout},
+        content=[folder.label_path],
+    )
+
+
 def load_folder(
     root: Path,
     options: LoadOptions,
@@ -172,16 +182,24 @@ def load_folder(
     progress: Progress | None = None,
 ) -> SliceDataset:
     """Load a PhysioNet folder through the preprocessing cache."""
-    folder = open_folder(root, tuple(options.exclude))
+    exclude = tuple(options.exclude)
+    folder = open_folder(root, exclude)
     check_windows(tuple(options.windows), layout=folder.layout)
-    key = fingerprint(folder.root, folder.data_files(), options, {"layout": folder.layout})
-    return load_cached(
-        Path(cache_dir),
-        key,
-        lambda tmp: build_arrays(folder, options, tmp, progress),
-        name=name,
-        source=str(folder.root),
-    )
+    key = folder_key(folder, options)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        # Read again after the key, and checked against it after decoding and hashing: an
+        # entry (and its dataset_hash) only ever holds what its key describes.
+        fresh = open_folder(root, exclude)
+        meta = build_arrays(fresh, options, tmp, progress)
+        if folder_key(fresh, options) != key:
+            raise DataError(
+                f"{fresh.root}: its files changed while it was being loaded; load it again"
+            )
+        return meta
+
+    dataset = load_cached(Path(cache_dir), key, build, name=name, source=str(folder.root))
+    return replace(dataset, not_found_excluded=folder.not_found_excluded)
 
 
 @dataclass

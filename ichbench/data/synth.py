@@ -12,7 +12,9 @@ patient draws from its own child of one seed sequence, in a fixed order.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ from ichbench.data.phantom import Head
 from ichbench.data.physionet import MASKS, NIFTI_LABELS, SCANS, PhysioNetSource, Progress
 from ichbench.data.synth_files import (
     DEMOGRAPHICS,
+    FIRST_PATIENT,
     FOV_MM,
+    GENERATOR_NAME,
     HU_OFFSET,
     PARAMS_FILE,
     SLICE_MM,
@@ -64,7 +68,6 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = 1
-FIRST_PATIENT = 49
 ICH_FRACTION = 0.45
 LIMITS = {"patients": (1, 10_000), "size": (16, 1024)}
 
@@ -110,6 +113,12 @@ def generate(
     try:
         summary = _write_dataset(tmp, patients, seed, size, progress)
         replace(tmp, out)
+    except OSError as exc:
+        if exc.filename or exc.errno is None:
+            raise
+        # A failed write() names no file; the temp folder is gone, so name the target.
+        strerror = exc.strerror or os.strerror(exc.errno)
+        raise OSError(exc.errno, f"{strerror}, writing the synthetic dataset", str(out)) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary.out = out
@@ -144,12 +153,14 @@ def _write_dataset(
             progress(i + 1, patients)
     (folder / NIFTI_LABELS).write_bytes(csv_bytes(labels))
     (folder / DEMOGRAPHICS).write_bytes(csv_bytes(demographics_rows(people)))
+    written = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     params = {
-        "generator": "ichbench synthetic",
+        "generator": GENERATOR_NAME,
         "version": GENERATOR_VERSION,
         "patients": patients,
         "seed": seed,
         "size": size,
+        "files": [*written, PARAMS_FILE],
     }
     (folder / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
     ich_slices = sum(int(p.flags.any(axis=1).sum()) for p in people)
@@ -181,8 +192,18 @@ class SyntheticSource:
         """The generated folder, generating it first when absent."""
         base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         target = base / "synthetic" / f"p{self.patients}-s{self.seed}-px{self.size}"
-        if not (target / NIFTI_LABELS).is_file():
-            generate(target, self.patients, self.seed, self.size, force=True)
+        if (target / NIFTI_LABELS).is_file():
+            return target
+        # one process generates, the others wait and use its folder: a second generation
+        # would replace the folder under a process already reading it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / f".{target.name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                if not (target / NIFTI_LABELS).is_file():
+                    generate(target, self.patients, self.seed, self.size, force=True)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
         return target
 
     def load(

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 FOV_MM = 240.0
 SLICE_MM = 5.0
 HU_OFFSET = 1024  # stored int16 = HU + 1024; scl_slope 1, scl_inter -1024
-PARAMS_FILE = "ichbench-synth.json"
+PARAMS_FILE = "ichbench-synth.json"  # the generator's mark: parameters and the files written
 DEMOGRAPHICS = "Patient_demographics.csv"
+FIRST_PATIENT = 49
+GENERATOR_NAME = "ichbench synthetic"
 
 
 def to_ras(display: np.ndarray) -> np.ndarray:

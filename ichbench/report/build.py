@@ -190,6 +190,12 @@ def _write(out: Path, reports: list[RunReport], compare: Section | None, db: Pat
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
+    """The whole file or none: a full disk leaves neither a partial file nor a hidden
+    temporary one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,4 +1,4 @@
-"""Named, append-only schema migrations, applied when a store is opened.
+"""Named, append-only schema migrations, applied before a store is first written.
 
 Each migration is a (name, function) pair run in its own transaction and recorded in
 `_migrations(name, applied_at)`. Existing stores only ever move forward: never edit or
@@ -282,6 +282,12 @@ def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
 def pending(con: duckdb.DuckDBPyConnection) -> list[str]:
     done = applied(con)
     return [name for name, _ in MIGRATIONS if name not in done]
+
+
+def unknown(done: set[str]) -> list[str]:
+    """Recorded names this version does not have: a newer ichbench upgraded the store."""
+    known = {name for name, _ in MIGRATIONS}
+    return sorted(done - known)
 
 
 def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

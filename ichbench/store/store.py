@@ -23,13 +23,13 @@ from pathlib import Path
 import duckdb
 
 from ichbench import paths
-from ichbench.errors import RunBusyError, RunFinishedError, StoreError
+from ichbench.errors import RunBusyError, RunFinishedError, StoreBusyError, StoreError
 from ichbench.records import (
     FoldRecord,
     RunRecord,
     VoteRecord,
 )
-from ichbench.store import migrations, owner, writes
+from ichbench.store import health, migrations, owner, writes
 from ichbench.store.reads import StoreReads, exists, first_line
 from ichbench.store.rows import num, optional_json, to_json
 from ichbench.store.writes import now
@@ -46,6 +46,23 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
     return any(marker in text for marker in _LOCK_MARKERS)
 
 
+_verified: dict[Path, tuple] = {}  # store file -> its stamp when last found writable here
+
+
+def _stamp(path: Path) -> tuple:
+    """What changes whenever anyone writes a store: its file's and its WAL's identity,
+    size and modification time."""
+    stamp = []
+    for file in (path, path.with_name(path.name + ".wal")):
+        try:
+            st = file.stat()
+        except OSError:
+            stamp.append(None)
+        else:
+            stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
 def _lock_timeout_default() -> float:
     raw = os.environ.get(LOCK_TIMEOUT_ENV)
     if not raw:
@@ -59,9 +76,15 @@ def _lock_timeout_default() -> float:
 class Store(StoreReads):
     """A run store in one DuckDB file (the reads are in `StoreReads`).
 
-    `create=False` is for commands that only read: a missing file is an error and is
-    never created. `lock_timeout` bounds how long an open waits for another process's
-    lock (default 60 s, or `$ICHBENCH_DB_TIMEOUT`).
+    The path is resolved (symlinks followed) so that one store has one name. Opened with
+    `create=True` (to write), the store is checked whole and brought up to this version's
+    schema at once (`ichbench.store.health`), so a damaged, incomplete or newer store is
+    refused before anything is trained or written. `create=False` is for commands that
+    start by reading: a missing file is an error and is never created, and the store is
+    never migrated by a read (an older one reads with what it lacks as empty or NULL);
+    its first write, if any, checks and upgrades it first. `lock_timeout` bounds how
+    long an open waits for another process's lock (default 60 s, or
+    `$ICHBENCH_DB_TIMEOUT`).
     """
 
     def __init__(
@@ -71,13 +94,18 @@ class Store(StoreReads):
         create: bool = True,
         lock_timeout: float | None = None,
     ) -> None:
-        self.path = Path(path) if path is not None else paths.default_db()
+        self.path = paths.store_file(path) if path is not None else paths.default_db()
         self.lock_timeout = _lock_timeout_default() if lock_timeout is None else lock_timeout
+        self._writable = False
         if not self.path.exists():
             if not create:
                 raise StoreError(f"No store at {self.path}; run `ichbench run` first")
             self._make_parent()
-        self._migrate()
+        if create:
+            self._prepare_to_write()
+        else:
+            with self._reader():
+                pass  # a file that is no DuckDB store is reported now, not at the first read
 
     # ------------------------------------------------------------------ connections
 
@@ -100,7 +128,7 @@ class Store(StoreReads):
                         f"Cannot open the store {self.path}: {first_line(exc)}"
                     ) from exc
                 if time.monotonic() + delay > deadline:
-                    raise StoreError(
+                    raise StoreBusyError(
                         f"The store {self.path} stayed locked by another process for "
                         f"{self.lock_timeout:g} s: {first_line(exc)}"
                     ) from exc
@@ -111,6 +139,8 @@ class Store(StoreReads):
     def _reader(self, sandbox: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         con = self._open(read_only=True, sandbox=sandbox)
         try:
+            for statement in health.compat_views(con):
+                con.execute(statement)
             yield con
         except duckdb.Error as exc:
             raise StoreError(f"Reading the store {self.path} failed: {first_line(exc)}") from exc
@@ -120,6 +150,7 @@ class Store(StoreReads):
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One write: everything inside commits together or not at all."""
+        self._prepare_to_write()
         con = self._open(read_only=False)
         try:
             con.begin()
@@ -133,12 +164,28 @@ class Store(StoreReads):
             raise StoreError(f"Writing to the store {self.path} failed: {first_line(exc)}") from exc
         finally:
             con.close()
+        _verified[self.path] = _stamp(self.path)  # what this process wrote needs no re-check
 
-    def _migrate(self) -> None:
-        if self.path.exists():
-            with self._reader() as con:
-                if not migrations.pending(con):
-                    return
+    def _prepare_to_write(self) -> None:
+        """Check the whole store on a read-only connection (a damaged file is never
+        written), then apply the migrations it lacks; once per store, and again only
+        when the file has changed since this process last found it writable."""
+        if self._writable:
+            return
+        if not self.path.exists():
+            self._upgrade()  # a new file: created with the whole schema
+        elif _verified.get(self.path) != _stamp(self.path):
+            con = self._open(read_only=True)
+            try:
+                todo = health.check_for_writing(con, self.path)
+            finally:
+                con.close()
+            if todo:
+                self._upgrade()
+        self._writable = True
+        _verified[self.path] = _stamp(self.path)
+
+    def _upgrade(self) -> None:
         con = self._open(read_only=False)
         try:
             migrations.apply_migrations(con)
@@ -184,7 +231,7 @@ class Store(StoreReads):
                     run.git_sha,
                     run.split_hash,
                     run.grid_id,
-                    owner.this_process(),
+                    run.owner or owner.this_process(),
                     optional_json(getattr(run, "plugins", None)),
                 ],
             )
