@@ -50,6 +50,8 @@ PRESETS: dict[str, dict] = {
 # value is the same configuration (the same config hash, skipped by a grid when finished).
 EXECUTION_ONLY = ("device", "compile")
 
+MAX_IMAGE_SIZE = 2048  # beyond it the cached dataset alone outgrows any machine's memory
+
 TUNABLE = ("backbone", "image_size", "epochs", "batch_size", "lr", "patience", "pretrained")
 
 AUTO = "auto"
@@ -183,6 +185,8 @@ class RunConfig:
         self.strategies = [canonical_spec(s) for s in self.strategies]
         self.weights = [canonical_spec(w) for w in self.weights]
         self.windows = [w.strip().lower() for w in self.windows]
+        self.preset = self.preset.strip().lower()
+        self.device = self.device.strip().lower()
         self.ensemble = canonical_spec(self.ensemble)
         self.patient_rule = canonical_spec(self.patient_rule)
         if self.backbone is not None:
@@ -210,8 +214,11 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse a value no run can use, before any data is loaded or store touched."""
-        if self.image_size is not None and self.image_size < 8:
-            raise UsageError(f"--image-size {self.image_size}: must be at least 8 pixels")
+        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UsageError(
+                f"--image-size {self.image_size}: must be 8 to {MAX_IMAGE_SIZE} pixels (CT "
+                "slices are 512)"
+            )
         if self.epochs is not None and self.epochs < 1:
             raise UsageError(f"--epochs {self.epochs}: must be at least 1")
         if self.batch_size is not None and self.batch_size < MIN_BATCH_SIZE:

@@ -335,3 +335,46 @@ def test_a_signal_during_the_vote_marks_the_run_interrupted(capsys, tmp_path, mo
         "SELECT r.status, count(f.fold) FROM runs r JOIN folds f USING (run_id) GROUP BY r.status",
     )
     assert (status, folds) == ("interrupted", 2)
+
+
+def test_a_dry_run_checks_every_configuration(capsys, tmp_path):
+    code, out, err = run_main(
+        capsys,
+        "grid",
+        "--weight",
+        "ich:1,4",
+        "--batch-size",
+        "-5",
+        "--dry-run",
+        "--db",
+        str(tmp_path / "g.duckdb"),
+    )
+    assert code == ExitCode.USAGE and "--batch-size" in err, err
+    assert out == ""
+
+
+def test_sql_json_has_no_nan(capsys, tmp_path):
+    from ichbench.store import Store
+
+    db = tmp_path / "runs.duckdb"
+    Store(db)
+    code, out, err = run_main(
+        capsys, "sql", "select 1/0 as x, 'nan'::double as y, 2.5::double as z", "--json", "--db", str(db)
+    )
+    assert code == 0, err
+    assert __import__("json").loads(out) == [{"x": None, "y": None, "z": 2.5}]
+
+
+@pytest.mark.parametrize("spelling", [["--preset", "QUICK"], ["--device", "CPU"]])
+def test_presets_and_devices_in_any_case(capsys, tmp_path, spelling):
+    code, _, err = run_main(
+        capsys,
+        "grid",
+        "--weight",
+        "ich:1",
+        *spelling,
+        "--dry-run",
+        "--db",
+        str(tmp_path / "g.duckdb"),
+    )
+    assert code == 0, err

@@ -8,6 +8,7 @@ columns and truncate wide tables; `$COLUMNS`, else 200, is used instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from datetime import datetime
@@ -50,7 +51,19 @@ def to_json(value: Any) -> str:
             return obj.tolist()
         return str(obj)
 
-    return json.dumps(value, indent=2, default=default)
+    return json.dumps(_finite(value), indent=2, default=default, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: strict JSON has no spelling for them (`jq`, browsers
+    and most parsers reject Python's `NaN`), and a metric that is undefined is absent."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def emit_json(value: Any) -> None:

@@ -176,6 +176,7 @@ def register(app: typer.Typer) -> None:
         plan = Grid(axes=axes, base=base)
         configs = plan.configs()
         err.print(f"Grid [bold]{plan.grid_id}[/]: {len(configs)} configuration(s)")
+        _check_all(configs)  # a dry run says what would fail, too
         if dry_run:
             for cfg in configs:
                 out.print(" ".join(_describe(cfg)))
@@ -185,7 +186,6 @@ def register(app: typer.Typer) -> None:
         trials = make_executor(executor, address, device=device, cpus_per_trial=cpus_per_trial)
         try:
             if executor == "local":
-                _check_all(configs)
                 _run_local(trials, configs, store, plan.grid_id)
             else:
                 configs = _for_cluster(configs, trials.device)
