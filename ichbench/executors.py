@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ichbench.errors import DataError, IchbenchError, LeakageError, UsageError
-from ichbench.lifecycle import Job, TrialResult, tag
+from ichbench.jobs import Job, TrialResult, tag
 
 if TYPE_CHECKING:
     from ichbench.records import FoldRecord

@@ -18,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ichbench import checkpoints
 from ichbench.device import device_label
@@ -34,10 +33,10 @@ from ichbench.errors import (
     UsageError,
 )
 from ichbench.events import FoldFinished, FoldSkipped, RunFinished, RunStarted, RunWarning
-from ichbench.liveness import this_process
-from ichbench.provenance import git_sha, library_versions, new_run_id
-from ichbench.records import FoldRecord, RunRecord, VoteRecord
-from ichbench.store.ingest import Retrier, ingest, quick_store
+from ichbench.jobs import Busy, Executor, Job, RunResult, tagged
+from ichbench.provenance import new_run_id, run_record
+from ichbench.records import FoldRecord
+from ichbench.store.ingest import Ingestion
 from ichbench.store.journal import RUN_FILE, Journal, Pending
 
 if TYPE_CHECKING:
@@ -45,61 +44,6 @@ if TYPE_CHECKING:
     from ichbench.protocol import RunProtocol
     from ichbench.split import Split
     from ichbench.store import Store
-
-
-@dataclass
-class Job:
-    """One configuration's run, created (or reopened) in the store, and its folds still
-    to train."""
-
-    protocol: RunProtocol
-    run_id: str
-    dataset: SliceDataset
-    split: Split
-    done: set[int]
-    folds: list[int]
-    pretrained: bool
-    pretrained_source: str | None
-    started: float = field(default_factory=time.perf_counter)
-    store_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Busy:
-    """A configuration whose unfinished run another live process is running."""
-
-    run_id: str
-    error: RunBusyError
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    threshold: float
-    vote: VoteRecord
-    folds: dict[int, FoldRecord]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class TrialResult:
-    """A finished trial as it comes back to the driver; `job` indexes the jobs given."""
-
-    job: int
-    fold: int
-    record: FoldRecord
-    state: dict
-
-
-class Executor(Protocol):
-    """Runs the trials of the given jobs and yields their results as they complete. An
-    exception raised for a trial carries `job_index`, the job it belongs to."""
-
-    device_label: str | None  # what runs record as their device; None: the driver's own
-
-    def trials(self, jobs: Sequence[Job]) -> Iterator[TrialResult]: ...
-
-    def close(self) -> None: ...
 
 
 class Lifecycle:
@@ -118,7 +62,7 @@ class Lifecycle:
         self.grid_id = grid_id
         self.device_label = device_label
         self.journal = Journal(store.path if hasattr(store, "path") else store)
-        self._retrier: Retrier | None = None
+        self.ingestion = Ingestion(self.journal)
         self._synced = False
 
     @property
@@ -134,14 +78,10 @@ class Lifecycle:
         """Results earlier processes left on disk (the store was busy then) into the store,
         when it is free now: once, before this lifecycle's first run. A run being resumed
         is left to its own finish, which recomputes its vote from the folds it keeps."""
-        if self._synced:
-            return
-        self._synced = True
-        self.store  # noqa: B018 - opened (and checked) before anything is taken in
-        others = [p.run_id for p in self.journal.all_pending() if p.run_id != resumed]
-        quick = quick_store(self.journal.store_path) if others else None
-        if quick is not None:
-            ingest(quick, self.journal, others)
+        if not self._synced:
+            self._synced = True
+            self.store  # noqa: B018 - opened (and checked) before anything is taken in
+            self.ingestion.others(resumed)
 
     def pending(self, run_id: str) -> Pending:
         """What of a run is on disk but not yet in the store."""
@@ -192,7 +132,15 @@ class Lifecycle:
     ) -> Job:
         built = protocol.preflight(dataset, split)
         run_id = new_run_id()
-        record = self._run_record(protocol, run_id, dataset, split, built)
+        record = run_record(
+            protocol,
+            run_id,
+            dataset,
+            split,
+            built,
+            device=self.device_label or device_label(protocol.device),
+            grid_id=self.grid_id,
+        )
         store = self.store
         self.journal.write_run(record)
         try:
@@ -297,33 +245,6 @@ class Lifecycle:
             protocol.emit(FoldSkipped(fold=fold))
         return job
 
-    def _run_record(
-        self, protocol: RunProtocol, run_id: str, dataset: SliceDataset, split: Split, built
-    ) -> RunRecord:
-        cfg = protocol.cfg
-        return RunRecord(
-            run_id=run_id,
-            dataset=protocol.plugins.dataset.name,
-            dataset_hash=dataset.dataset_hash,
-            config=cfg.as_dict(),
-            config_hash=cfg.hash,
-            backbone=cfg.backbone,
-            strategies=cfg.strategy_specs(),
-            seed=cfg.seed,
-            preset=cfg.preset,
-            device=self.device_label or device_label(protocol.device),
-            pretrained=built.pretrained,
-            pretrained_source=built.pretrained_source,
-            versions=library_versions(),
-            git_sha=git_sha(),
-            test_patients=list(split.test),
-            folds={f.index: {"train": list(f.train), "val": list(f.val)} for f in split.folds},
-            split_hash=split.hash,
-            grid_id=self.grid_id,
-            plugins=protocol.plugin_versions(),
-            owner=this_process(),
-        )
-
     # ----------------------------------------------------------------- recording
     def record_fold(self, job: Job, record: FoldRecord, state: dict) -> FoldRecord:
         """Save the fold's checkpoint and its record on disk (each written, then renamed:
@@ -342,7 +263,7 @@ class Lifecycle:
             windows=list(cfg.windows),
         )
         self.journal.write_fold(job.run_id, record)
-        self._take(job.run_id)
+        self.ingestion.take(job.run_id)
         job.store_s += time.perf_counter() - t
         test_f1 = next(m.f1 for m in record.metrics if m.split == "test" and m.scope == "slice")
         job.protocol.emit(
@@ -371,7 +292,7 @@ class Lifecycle:
         wall = time.perf_counter() - job.started
         t = time.perf_counter()
         self.journal.write_vote(job.run_id, vote, wall)
-        self._take(job.run_id)
+        self.ingestion.take(job.run_id)
         job.store_s += time.perf_counter() - t
         timings = {**job.protocol.timings, "store": job.store_s}
         job.protocol.emit(
@@ -391,35 +312,13 @@ class Lifecycle:
                 self.store.mark_run(job.run_id, status, error=error)
             return
         with contextlib.suppress(IchbenchError, OSError):
-            self._take(job.run_id)
-
-    def _take(self, run_id: str) -> None:
-        """A run's results on disk into the store now if it is free within a second; else
-        retried in the background while the run goes on. A store that refuses a write
-        for another reason (a full disk) raises."""
-        store = quick_store(self.journal.store_path)
-        if store is not None and not ingest(store, self.journal, [run_id]):
-            return
-        if self._retrier is None:
-            self._retrier = Retrier(self.journal.store_path, self.journal, [])
-        if run_id not in self._retrier.run_ids:
-            self._retrier.run_ids.append(run_id)
-        self._retrier.poke()
+            self.ingestion.take(job.run_id)
 
     def settle(self, jobs: Sequence[Job], *, wait: bool = True) -> list[Pending]:
         """The end of a drive: stop retrying in the background and take what is left
         into the store, waiting for its lock as any write does (`wait`), or trying once.
         Returns what is still only on disk (said as a warning)."""
-        if self._retrier is not None:
-            self._retrier.stop()
-        run_ids = [job.run_id for job in jobs]
-        try:
-            store = self.store if wait else quick_store(self.journal.store_path)
-            left = ingest(store, self.journal, run_ids) if store is not None else None
-        except StoreBusyError:
-            left = None
-        if left is None:
-            left = [p for p in (self.journal.pending(r) for r in run_ids) if not p.empty]
+        left = self.ingestion.settle([job.run_id for job in jobs], self.store if wait else None)
         for pending in left:
             jobs[0].protocol.emit(
                 RunWarning(
@@ -496,21 +395,6 @@ class Lifecycle:
         """On the way out of an error: one quick try, never an error of its own."""
         with contextlib.suppress(Exception):
             self.settle(jobs, wait=False)
-
-
-@contextlib.contextmanager
-def tagged(job: int) -> Iterator[None]:
-    """Remember which job an exception belongs to, so the driver marks that run failed."""
-    try:
-        yield
-    except BaseException as exc:
-        tag(exc, job)
-        raise
-
-
-def tag(exc: BaseException, job: int) -> None:
-    with contextlib.suppress(AttributeError):
-        exc.job_index = job  # type: ignore[attr-defined]
 
 
 def run_config(

@@ -1,5 +1,6 @@
-"""Where a run's numbers came from: its id, the code (git commit, library versions) and
-the plugins it used, recorded with every run so a result can be traced and repeated."""
+"""Where a run's numbers came from: its id, the code (git commit, library versions), the
+plugins it used and the process running it, recorded with every run so a result can be
+traced and repeated."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ import secrets
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ichbench import __version__
+from ichbench.liveness import this_process
+from ichbench.records import RunRecord
+
+if TYPE_CHECKING:
+    from ichbench.interfaces import BuiltModel, SliceDataset
+    from ichbench.protocol import RunProtocol
+    from ichbench.split import Split
 
 
 def new_run_id() -> str:
@@ -51,3 +60,40 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_record(
+    protocol: RunProtocol,
+    run_id: str,
+    dataset: SliceDataset,
+    split: Split,
+    built: BuiltModel,
+    *,
+    device: str,
+    grid_id: str | None,
+) -> RunRecord:
+    """Everything a run row records about where its numbers come from: configuration and
+    its hash, data and split hashes, initial weights, code, plugins, and its process."""
+    cfg = protocol.cfg
+    return RunRecord(
+        run_id=run_id,
+        dataset=protocol.plugins.dataset.name,
+        dataset_hash=dataset.dataset_hash,
+        config=cfg.as_dict(),
+        config_hash=cfg.hash,
+        backbone=cfg.backbone,
+        strategies=cfg.strategy_specs(),
+        seed=cfg.seed,
+        preset=cfg.preset,
+        device=device,
+        pretrained=built.pretrained,
+        pretrained_source=built.pretrained_source,
+        versions=library_versions(),
+        git_sha=git_sha(),
+        test_patients=list(split.test),
+        folds={f.index: {"train": list(f.train), "val": list(f.val)} for f in split.folds},
+        split_hash=split.hash,
+        grid_id=grid_id,
+        plugins=protocol.plugin_versions(),
+        owner=this_process(),
+    )

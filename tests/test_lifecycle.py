@@ -359,7 +359,12 @@ def test_sql_json_has_no_nan(capsys, tmp_path):
     db = tmp_path / "runs.duckdb"
     Store(db)
     code, out, err = run_main(
-        capsys, "sql", "select 1/0 as x, 'nan'::double as y, 2.5::double as z", "--json", "--db", str(db)
+        capsys,
+        "sql",
+        "select 1/0 as x, 'nan'::double as y, 2.5::double as z",
+        "--json",
+        "--db",
+        str(db),
     )
     assert code == 0, err
     assert __import__("json").loads(out) == [{"x": None, "y": None, "z": 2.5}]

@@ -15,7 +15,8 @@ import pytest
 from ichbench.cli.app import main
 from ichbench.config import RunConfig
 from ichbench.errors import ExitCode, RunBusyError, RunFinishedError
-from ichbench.lifecycle import Busy, Job, Lifecycle
+from ichbench.jobs import Busy, Job
+from ichbench.lifecycle import Lifecycle
 from ichbench.liveness import pid_alive, start_of
 from ichbench.protocol import RunProtocol
 from ichbench.store import Store, migrations

@@ -235,7 +235,7 @@ def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
 def _plan(lifecycle, cfg: RunConfig, progress, label: str):
     """The configuration's job, or None, said on stderr, when it has nothing to run here:
     finished already, or being run by another live process."""
-    from ichbench.lifecycle import Job
+    from ichbench.jobs import Job
     from ichbench.protocol import RunProtocol
 
     job = lifecycle.open(RunProtocol(cfg, observers=[progress]), reuse=True)

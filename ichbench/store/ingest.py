@@ -137,3 +137,46 @@ class Retrier:
             except Exception as exc:  # reported by the driver; the run goes on
                 self.errors.append(exc)
                 return
+
+
+class Ingestion:
+    """One process's side of taking its journaled results in: now when the store is free
+    within a second, else retried in the background while the work goes on, and a last
+    attempt at the end."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._retrier: Retrier | None = None
+
+    def take(self, run_id: str) -> None:
+        """A run's results into the store now if it is free, else soon. A store that
+        refuses a write for another reason (a full disk) raises."""
+        store = quick_store(self.journal.store_path)
+        if store is not None and not ingest(store, self.journal, [run_id]):
+            return
+        if self._retrier is None:
+            self._retrier = Retrier(self.journal.store_path, self.journal, [])
+        if run_id not in self._retrier.run_ids:
+            self._retrier.run_ids.append(run_id)
+        self._retrier.poke()
+
+    def others(self, resumed: str | None = None) -> None:
+        """Every run's leftovers but `resumed`'s, in one quick try."""
+        runs = [p.run_id for p in self.journal.all_pending() if p.run_id != resumed]
+        store = quick_store(self.journal.store_path) if runs else None
+        if store is not None:
+            ingest(store, self.journal, runs)
+
+    def settle(self, run_ids: list[str], store=None) -> list[Pending]:
+        """Stop retrying in the background and take what is left of `run_ids`: into
+        `store` (waiting for its lock as any write does), or in one quick try without
+        it. Returns what is still only on disk."""
+        if self._retrier is not None:
+            self._retrier.stop()
+        try:
+            store = store if store is not None else quick_store(self.journal.store_path)
+            if store is not None:
+                return ingest(store, self.journal, run_ids)
+        except StoreBusyError:
+            pass
+        return [p for p in (self.journal.pending(r) for r in run_ids) if not p.empty]
