@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from cli_run import run_main
 
 from ichbench import __version__
-from ichbench.cli.app import main
 from ichbench.errors import ExitCode
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0  # success returns normally
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_version(capsys):

@@ -6,8 +6,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from cli_run import run_main
 
-from ichbench.cli.app import main
 from ichbench.config import RunConfig
 from ichbench.errors import ExitCode, UsageError
 from ichbench.grid import Grid, axes_from_options, expand_values, load_toml
@@ -121,16 +121,6 @@ def test_run_table_exclude_takes_a_list_or_the_option_text(tmp_path):
     ):
         _, fixed = load_toml(grid_file(tmp_path, line))
         assert RunConfig(**fixed).exclude == expected, line
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_run_strategies_and_a_strategy_axis_is_an_error(capsys, tmp_path):

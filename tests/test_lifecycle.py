@@ -13,8 +13,9 @@ import types
 import duckdb
 import pytest
 import typer
+from cli_run import run_main
 
-from ichbench.cli.app import create_app, main
+from ichbench.cli.app import create_app
 from ichbench.config import RunConfig
 from ichbench.errors import ExitCode, PluginError
 from ichbench.hookspecs import hookimpl
@@ -40,16 +41,6 @@ TINY_ARGS = [
 ]
 
 
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def rows(db, sql: str, *params) -> list[tuple]:
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(sql, list(params)).fetchall()
@@ -60,7 +51,6 @@ def test_the_protocol_runs_without_duckdb(tmp_path):
     be imported: the protocol holds no store."""
     script = f"""
 import sys
-import time
 sys.modules["duckdb"] = None
 from ichbench.config import RunConfig
 from ichbench.protocol import RunProtocol

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from cli_run import error_lines, run_main
 
 from ichbench.cli.app import main
 from ichbench.errors import ExitCode
@@ -34,20 +35,6 @@ TINY = [
     "--device",
     "cpu",
 ]
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("Error:")]
 
 
 def one(db: Path, sql: str, *params):

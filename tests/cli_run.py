@@ -1,0 +1,38 @@
+"""The CLI run in-process, as a test drives it: exit code and output, and the tiny settings
+that keep a real run to seconds on the CPU."""
+
+from __future__ import annotations
+
+from ichbench.cli.app import main
+
+TINY_ARGS = [
+    "--data",
+    "synthetic:10,1,32",
+    "--backbone",
+    "tinycnn",
+    "--folds",
+    "2",
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--preset",
+    "quick",
+    "--device",
+    "cpu",
+]
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`ichbench ARGS` in this process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("Error:")]
