@@ -146,3 +146,52 @@ def test_the_next_run_takes_in_what_an_earlier_one_left(env, tmp_path):
     with duckdb.connect(str(db), read_only=True) as con:
         statuses = con.execute("SELECT status FROM runs").fetchall()
     assert sorted(s for (s,) in statuses) == ["finished", "finished"]
+
+
+def test_a_fold_on_disk_is_finished_even_if_the_store_never_saw_it(tmp_path, monkeypatch, capsys):
+    """The store is held while fold 0 finishes and the run is interrupted at fold 1: fold
+    0 lives only on disk. Resumed once the store is free, the run keeps fold 0 (it is not
+    trained again) and finishes."""
+    import os
+    import signal
+
+    from cli_run import TINY_ARGS, run_main
+
+    from ichbench.protocol import RunProtocol
+
+    monkeypatch.setenv("ICHBENCH_DB_TIMEOUT", "2")
+    db = tmp_path / "busy.duckdb"
+    Store(db)
+    original = RunProtocol.fold_trial
+
+    def trial(self, dataset, split, fold):
+        if fold == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, dataset, split, fold)
+
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "holding"
+        monkeypatch.setattr(RunProtocol, "fold_trial", trial)
+        code, _, err = run_main(capsys, "run", *TINY_ARGS, "--db", str(db))
+        monkeypatch.undo()
+        monkeypatch.setenv("ICHBENCH_DB_TIMEOUT", "2")
+        assert code == 130, err
+    finally:
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        reader.wait(timeout=30)
+    (run_dir,) = (db.parent / f"{db.name}.runs").iterdir()
+    assert (run_dir / "fold0.result.npz").is_file()
+    code, _, err = run_main(capsys, "run", "--resume", run_dir.name, "--db", str(db))
+    assert code == 0, err
+    assert "fold 0: already finished, kept" in err
+    assert "fold 0: threshold" not in err  # not trained again
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT status FROM runs").fetchall() == [("finished",)]
+        assert con.execute("SELECT count(*) FROM folds").fetchall() == [(2,)]

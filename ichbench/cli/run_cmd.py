@@ -78,12 +78,15 @@ def register(app: typer.Typer) -> None:
         from ichbench.cli.render import print_run_tables
         from ichbench.paths import default_db
         from ichbench.store import Store
+        from ichbench.store.ingest import ingest_run_records
+        from ichbench.store.journal import Journal
 
         db_path = db or default_db()
         store = db_path  # opened once the inputs are known to be good
         if resume is not None:
             _check_resume(ctx, resume)
             store = Store(db_path, create=False)
+            ingest_run_records(store, Journal(db_path))  # a run made while the store was busy
             run = store.get_run(resume)
             config, resume = RunConfig.from_dict(run["config"]), run["run_id"]
             if compile is not None:  # a setting of the machine: a resumed run may change it

@@ -38,6 +38,17 @@ def ingest(store, journal: Journal, run_ids: Iterable[str] | None = None) -> lis
     return [p for p in left if not p.empty]
 
 
+def ingest_run_records(store, journal: Journal) -> None:
+    """Only the records of runs the store has not seen (their folds and votes wait): so a
+    run created while the store was busy can be named, resumed or shown."""
+    with _LOCK:
+        for pending in journal.all_pending():
+            if pending.run:
+                if not _has_run(store, pending.run_id):
+                    store.create_run(journal.read_run(pending.run_id))
+                journal.mark_ingested(pending.run_id, RUN_FILE)
+
+
 def _ingest_run(store, journal: Journal, pending: Pending) -> None:
     """One run's pending results, in order. A result the store refuses (a full disk) is
     left pending and the rest still tried, so a failed mark lands even when a fold could
