@@ -57,7 +57,7 @@ def wilson(successes: int, trials: int) -> tuple[float | None, float | None]:
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def _weighted_auc(weights_pos: np.ndarray, weights_neg: np.ndarray) -> np.ndarray:
+def weighted_auc(weights_pos: np.ndarray, weights_neg: np.ndarray) -> np.ndarray:
     """AUC for many resamples at once: weights (B, U) per unique score, ascending."""
     below = np.cumsum(weights_neg, axis=1) - weights_neg
     num = (weights_pos * (below + 0.5 * weights_neg)).sum(axis=1)
@@ -66,7 +66,8 @@ def _weighted_auc(weights_pos: np.ndarray, weights_neg: np.ndarray) -> np.ndarra
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def _rates(tp, fp, tn, fn) -> dict[str, np.ndarray]:
+def rates_of(tp, fp, tn, fn) -> dict[str, np.ndarray]:
+    """The five rate metrics from confusion counts (scalars or arrays of resamples)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "sensitivity": tp / (tp + fn),
@@ -110,14 +111,14 @@ def bootstrap_ci(
     fn = mult @ per_group(pos & (decisions == 0))
     fp = mult @ per_group(neg & (decisions == 1))
     tn = mult @ per_group(neg & (decisions == 0))
-    samples = _rates(tp, fp, tn, fn)
+    samples = rates_of(tp, fp, tn, fn)
 
     uniq, value_index = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
     pos_table = np.zeros((n_groups, len(uniq)))
     neg_table = np.zeros((n_groups, len(uniq)))
     np.add.at(pos_table, (group_index[pos], value_index[pos]), 1)
     np.add.at(neg_table, (group_index[neg], value_index[neg]), 1)
-    samples["auc"] = _weighted_auc(mult @ pos_table, mult @ neg_table)
+    samples["auc"] = weighted_auc(mult @ pos_table, mult @ neg_table)
 
     out: dict[str, tuple[float | None, float | None]] = {}
     for name in METRIC_NAMES:

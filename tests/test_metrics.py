@@ -52,7 +52,7 @@ def test_wilson_interval_known_value():
 
 def test_bootstrap_auc_matches_sklearn_on_identity_resample():
     # with one draw per group and every group drawn once, the weighted AUC is the AUC
-    from ichbench.metrics import _weighted_auc
+    from ichbench.metrics import weighted_auc
 
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 50)
@@ -60,7 +60,7 @@ def test_bootstrap_auc_matches_sklearn_on_identity_resample():
     uniq, vi = np.unique(scores, return_inverse=True)
     pos = np.bincount(vi[labels == 1], minlength=len(uniq))[None, :].astype(float)
     neg = np.bincount(vi[labels == 0], minlength=len(uniq))[None, :].astype(float)
-    assert _weighted_auc(pos, neg)[0] == pytest.approx(roc_auc_score(labels, scores))
+    assert weighted_auc(pos, neg)[0] == pytest.approx(roc_auc_score(labels, scores))
 
 
 def test_bootstrap_interval_contains_estimate_and_is_seeded():

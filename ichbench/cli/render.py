@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ichbench.views import RunData, TableData, load_run_data
 from ichbench.views.metrics import run_tables
+from ichbench.views.paired import paired_table
 from ichbench.views.provenance import provenance_table
 
 if TYPE_CHECKING:
@@ -76,6 +77,16 @@ def _print_tables(console: Console, data: RunData, baselines: list[dict[str, Any
         ours, reported = run_tables(data, baselines, scope)
         console.print(Columns([rich_table(ours), rich_table(reported)], padding=(0, 3)))
         console.print()
+
+
+def print_paired(console: Console, paired: dict[str, Any]) -> None:
+    """`ichbench compare A B`: the paired table of B - A, or the one line saying why the
+    two runs cannot be paired."""
+    console.print()
+    if paired["note"]:
+        console.print(paired["note"], highlight=False, soft_wrap=True)
+    else:
+        console.print(rich_table(paired_table(paired)))
 
 
 def sql_table(

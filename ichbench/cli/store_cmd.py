@@ -21,6 +21,7 @@ from ichbench.cli.options import DbOpt, JsonOpt
 from ichbench.errors import UsageError
 from ichbench.store import Store
 from ichbench.views.metrics import compare_table, literature_table, runs_table
+from ichbench.views.paired import paired_result
 
 
 def _open(db: Path | None) -> Store:
@@ -107,10 +108,20 @@ def compare(
     db: DbOpt = None,
 ) -> None:
     """Runs side by side (the vote's test metrics, slice and patient level, mean
-    validation F1) with the literature's reported results."""
+    validation F1) with the literature's reported results. Two runs tested on the same
+    patients also get B - A for every metric with a paired 95% CI, DeLong's test on the
+    slice AUCs and McNemar's on the patient decisions."""
     if not run_ids and not grid:
         raise UsageError("compare needs at least one RUN or --grid GRID")
     store = _open(db)
+    if run_ids and len(run_ids) > 1:
+        resolved = [store.resolve(r) for r in run_ids]
+        for i, full in enumerate(resolved):
+            if full in resolved[:i]:
+                raise UsageError(
+                    f"Run {full} is named twice: compare needs different runs "
+                    f"('{run_ids[resolved.index(full)]}' and '{run_ids[i]}')"
+                )
     rows = store.summaries(list(run_ids or []))
     if grid:
         seen = {r["run_id"] for r in rows}
@@ -120,10 +131,16 @@ def compare(
         rows += [r for r in reversed(in_grid) if r["run_id"] not in seen]
     baselines = store.baselines()
     reported = [b for b in baselines if b["model"] != "fold"]
+    paired = paired_result(store, rows[0], rows[1]) if len(rows) == 2 else None
     if as_json:
-        emit_json({"runs": rows, "baselines": reported})
+        emit_json(
+            {"runs": rows, "baselines": reported}
+            | ({"paired": paired} if paired is not None else {})
+        )
         return
     out.print(render.rich_table(compare_table(rows, baselines, "compare", brief=True)))
+    if paired is not None:
+        render.print_paired(out, paired)
     out.print()
     out.print(render.rich_table(literature_table(reported)))
 
