@@ -41,6 +41,7 @@ from ichbench.cli.options import (
     WeightsFileOpt,
     WindowOpt,
     experiment_config,
+    given_options,
 )
 from ichbench.config import RunConfig, preset_for_device
 
@@ -90,13 +91,7 @@ OPTION_FIELDS = {"window": "windows", "weights": "weights_file"}
 def _given(ctx: typer.Context) -> set[str]:
     """The configuration fields of the options typed on the command line, which win over
     a grid file's [run] table (a default does not)."""
-    # compared by name: typer ships its own copy of click's `ParameterSource` enum
-    typed = ("COMMANDLINE", "ENVIRONMENT")
-    return {
-        OPTION_FIELDS.get(name, name)
-        for name in ctx.params
-        if getattr(ctx.get_parameter_source(name), "name", None) in typed
-    }
+    return {OPTION_FIELDS.get(name, name) for name in given_options(ctx)}
 
 
 def register(app: typer.Typer) -> None:
@@ -152,26 +147,7 @@ def register(app: typer.Typer) -> None:
             axes += file_axes
         if not axes:
             raise UsageError("No grid axes: give --strategy/--weight/--backbone lists or --config")
-        base = experiment_config(
-            data=data,
-            ensemble=ensemble,
-            patient_rule=patient_rule,
-            folds=folds,
-            test_size=test_size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            patience=patience,
-            image_size=image_size,
-            window=window,
-            preset=preset,
-            seed=seed,
-            weights=weights,
-            pretrained=pretrained,
-            exclude=exclude,
-            device=device,
-            compile=compile,
-        )
+        base = experiment_config(ctx.params)
         base = base_config(base, fixed, explicit=_given(ctx), axes=axes, source=config)
         plan = Grid(axes=axes, base=base)
         configs = plan.configs()

@@ -9,6 +9,7 @@ a `RunConfig` in one place, so no command copies option values by hand.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,49 +150,42 @@ class D:
     device = "auto"
 
 
-def experiment_config(
-    *,
-    data: str,
-    ensemble: str,
-    patient_rule: str,
-    folds: int,
-    test_size: float,
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    patience: int | None,
-    image_size: int | None,
-    window: list[str],
-    preset: str,
-    seed: int,
-    weights: Path | None,
-    pretrained: bool | None,
-    exclude: str,
-    device: str,
-    compile: bool | None,
-    **axes: Any,
-) -> RunConfig:
-    """The `RunConfig` of the shared options; `axes` are the per-command ones
-    (`backbone`, `strategies`, `weights_specs` for a run; left unset by a grid)."""
+def given_options(ctx: typer.Context) -> list[str]:
+    """The parameters a user typed (or set through the environment), in declaration
+    order; a default is not given. Compared by name: typer ships its own copy of click's
+    `ParameterSource` enum."""
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    return [
+        p.name
+        for p in ctx.command.params
+        if getattr(ctx.get_parameter_source(p.name), "name", None) in typed
+    ]
+
+
+def experiment_config(options: Mapping[str, Any], **axes: Any) -> RunConfig:
+    """The `RunConfig` of the shared options as a command received them (its
+    `ctx.params`); `axes` are the per-command ones (`backbone`, `strategies`,
+    `weight_specs` for a run; left unset by a grid)."""
+    weights = options["weights"]
     return RunConfig(
-        data=data,
-        ensemble=ensemble,
-        patient_rule=patient_rule,
-        folds=folds,
-        test_size=test_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        patience=patience,
-        image_size=image_size,
-        windows=list(window),
-        preset=preset,
-        seed=seed,
+        data=options["data"],
+        ensemble=options["ensemble"],
+        patient_rule=options["patient_rule"],
+        folds=options["folds"],
+        test_size=options["test_size"],
+        epochs=options["epochs"],
+        batch_size=options["batch_size"],
+        lr=options["lr"],
+        patience=options["patience"],
+        image_size=options["image_size"],
+        windows=list(options["window"]),
+        preset=options["preset"],
+        seed=options["seed"],
         weights_file=str(weights) if weights else None,
-        pretrained=pretrained,
-        exclude=list(parse_exclude(exclude, option="--exclude")),
-        device=device,
-        compile=bool(compile),
+        pretrained=options["pretrained"],
+        exclude=list(parse_exclude(options["exclude"], option="--exclude")),
+        device=options["device"],
+        compile=bool(options["compile"]),
         backbone=axes.get("backbone"),
         strategies=list(axes.get("strategies") or []),
         weights=list(axes.get("weight_specs") or []),

@@ -33,6 +33,7 @@ from ichbench.cli.options import (
     WeightsFileOpt,
     WindowOpt,
     experiment_config,
+    given_options,
 )
 from ichbench.config import RunConfig
 
@@ -93,27 +94,7 @@ def register(app: typer.Typer) -> None:
                 config = replace(config, compile=compile)
         else:
             config = experiment_config(
-                data=data,
-                ensemble=ensemble,
-                patient_rule=patient_rule,
-                folds=folds,
-                test_size=test_size,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                patience=patience,
-                image_size=image_size,
-                window=window,
-                preset=preset,
-                seed=seed,
-                weights=weights,
-                pretrained=pretrained,
-                exclude=exclude,
-                device=device,
-                compile=compile,
-                backbone=backbone,
-                strategies=strategy,
-                weight_specs=weight,
+                ctx.params, backbone=backbone, strategies=strategy, weight_specs=weight
             )
         result, lifecycle = execute(config, store, resume=resume)
         if not lifecycle.pending(result.run_id).empty:
@@ -137,12 +118,8 @@ def _check_resume(ctx: typer.Context, resume: str) -> None:
 
     if not resume.strip():
         raise UsageError("--resume '': expected a run id (or a unique prefix of one)")
-    given = [
-        p.opts[0]
-        for p in ctx.command.params
-        if p.name not in RESUME_OPTIONS
-        and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"
-    ]
+    typed = set(given_options(ctx)) - set(RESUME_OPTIONS)
+    given = [p.opts[0] for p in ctx.command.params if p.name in typed]
     if given:
         raise UsageError(
             f"--resume {resume} continues the run with its stored configuration; "
