@@ -7,40 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_run import TINY_ARGS, error_lines, run_main
 
-from ichbench.cli.app import main
 from ichbench.errors import ExitCode
 from ichbench.store import Store
-
-TINY = [
-    "--data",
-    "synthetic:10,1,32",
-    "--backbone",
-    "tinycnn",
-    "--folds",
-    "2",
-    "--epochs",
-    "1",
-    "--image-size",
-    "32",
-    "--preset",
-    "quick",
-    "--device",
-    "cpu",
-]
-
-
-def run_main(capsys, *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    return code, capsys.readouterr().err
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("Error:")]
 
 
 def cache_is_empty() -> bool:
@@ -73,7 +43,7 @@ def cache_is_empty() -> bool:
 )
 def test_absurd_value_is_refused_before_data_and_store(capsys, tmp_path, option, value, message):
     db = tmp_path / "runs.duckdb"
-    code, err = run_main(capsys, "run", *TINY, option, value, "--db", str(db))
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, option, value, "--db", str(db))
     assert code == ExitCode.USAGE, err
     assert error_lines(err) == [f"Error: {message}"]
     assert "Dataset:" not in err
@@ -83,7 +53,7 @@ def test_absurd_value_is_refused_before_data_and_store(capsys, tmp_path, option,
 
 def test_test_set_too_small_for_both_classes_is_the_split_error(capsys, tmp_path):
     db = tmp_path / "runs.duckdb"
-    code, err = run_main(capsys, "run", *TINY, "--test-size", "0.01", "--db", str(db))
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--test-size", "0.01", "--db", str(db))
     assert code == ExitCode.USAGE, err
     [line] = error_lines(err)
     assert line.startswith("Error: --folds 2 with --test-size 0.01: the dataset has 9 patients")
@@ -93,7 +63,9 @@ def test_test_set_too_small_for_both_classes_is_the_split_error(capsys, tmp_path
 
 def test_a_loss_that_diverges_stops_the_fold_with_one_line(capsys, tmp_path):
     db = tmp_path / "runs.duckdb"
-    code, err = run_main(capsys, "run", *TINY, "--epochs", "2", "--lr", "1e30", "--db", str(db))
+    code, _, err = run_main(
+        capsys, "run", *TINY_ARGS, "--epochs", "2", "--lr", "1e30", "--db", str(db)
+    )
     assert code == ExitCode.USAGE, err
     [line] = error_lines(err)
     assert line.startswith("Error: training diverged at fold 0 epoch ")

@@ -6,7 +6,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from cli_run import run_main
+from cli_run import TINY_ARGS, run_main
 
 from ichbench.config import RunConfig
 from ichbench.errors import ExitCode, UsageError
@@ -155,20 +155,7 @@ def test_an_option_on_the_command_line_wins_over_the_file(capsys, tmp_path):
         "grid",
         "--config",
         str(path),
-        "--data",
-        "synthetic:10,1,32",
-        "--backbone",
-        "tinycnn",
-        "--folds",
-        "2",
-        "--epochs",
-        "1",
-        "--image-size",
-        "32",
-        "--preset",
-        "quick",
-        "--device",
-        "cpu",
+        *TINY_ARGS,
         "--db",
         str(db),
     )

@@ -13,6 +13,7 @@ import types
 import duckdb
 import pytest
 import typer
+from cli_run import TINY_ARGS as CLI_TINY
 from cli_run import run_main
 
 from ichbench.cli.app import create_app
@@ -21,24 +22,7 @@ from ichbench.errors import ExitCode, PluginError
 from ichbench.hookspecs import hookimpl
 from ichbench.plugins import registered
 
-TINY_ARGS = [
-    "--data",
-    "synthetic:10,1,32",
-    "--backbone",
-    "tinycnn",
-    "--folds",
-    "2",
-    "--epochs",
-    "1",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--preset",
-    "quick",
-    "--device",
-    "cpu",
-]
+TINY_ARGS = [*CLI_TINY, "--batch-size", "16"]
 
 
 def rows(db, sql: str, *params) -> list[tuple]:

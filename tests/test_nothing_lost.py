@@ -12,29 +12,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from cli_run import error_lines, run_main
+from cli_run import TINY_ARGS, error_lines, run_main
 
 from ichbench.cli.app import main
 from ichbench.errors import ExitCode
 
-TINY = [
-    "--data",
-    "synthetic:10,1,32",
-    "--backbone",
-    "tinycnn",
-    "--folds",
-    "2",
-    "--epochs",
-    "1",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--preset",
-    "quick",
-    "--device",
-    "cpu",
-]
+TINY = [*TINY_ARGS, "--batch-size", "16"]
 
 
 def one(db: Path, sql: str, *params):

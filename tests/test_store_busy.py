@@ -10,29 +10,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from cli_run import TINY_ARGS
 
 from ichbench.store import Store
 
-TINY = [
-    "--data",
-    "synthetic:10,1,32",
-    "--backbone",
-    "tinycnn",
-    "--folds",
-    "2",
-    "--epochs",
-    "1",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--preset",
-    "quick",
-    "--device",
-    "cpu",
-    "--weight",
-    "ich:4",
-]
+TINY = [*TINY_ARGS, "--batch-size", "16", "--weight", "ich:4"]
 
 HOLD = """
 import sys, time, duckdb

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_run import TINY_ARGS
 
 from ichbench import training
 from ichbench.cli.app import main
@@ -104,24 +105,6 @@ def test_compiled_training_matches_eager_training(tiny_dataset):
 def test_compile_is_an_execution_setting_not_part_of_the_config():
     assert RunConfig(compile=True).hash == RunConfig(compile=False).hash
     assert RunConfig(compile=True).as_dict()["compile"] is True
-
-
-TINY_ARGS = [
-    "--data",
-    "synthetic:10,1,32",
-    "--backbone",
-    "tinycnn",
-    "--folds",
-    "2",
-    "--epochs",
-    "1",
-    "--image-size",
-    "32",
-    "--preset",
-    "quick",
-    "--device",
-    "cpu",
-]
 
 
 def _main(capsys, *args: str) -> None:
