@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from small_fs import tmpfs
 
 from ichbench.data.physionet import PhysioNetSource
 from ichbench.data.synth import PARAMS_FILE, generate
@@ -163,22 +164,8 @@ def test_a_same_size_image_edit_with_its_mtime_restored_is_seen(tmp_path):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 64 KiB filesystem of its own, so that only what is written into it fills it."""
-    mount_point = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
-    mount_point.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command: a small filesystem cannot be made here")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs needs root: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / f"full-{uuid.uuid4().hex[:6]}", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_a_full_disk_while_preprocessing_is_one_error_and_no_entry(small_tmpfs, tmp_path):

@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pytest
 from cli_run import TINY_ARGS, error_lines, run_main
+from small_fs import tmpfs
 
 from ichbench.cli.app import main
 from ichbench.errors import ExitCode
@@ -23,24 +23,6 @@ TINY = [*TINY_ARGS, "--batch-size", "16"]
 def one(db: Path, sql: str, *params):
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(sql, list(params)).fetchone()
-
-
-@contextmanager
-def tmpfs(path: Path, size: str):
-    """A real small filesystem at `path`, to fill for real (skipped where none can be
-    mounted: not root, or no tmpfs)."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def interrupted_run(capsys, monkeypatch, db: Path, *extra: str) -> str:

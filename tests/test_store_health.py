@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import typer
+from small_fs import tmpfs
 from typer.testing import CliRunner
 
 from ichbench import paths
@@ -324,14 +325,6 @@ def read_only_media(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]
     """A tmpfs folder and a function that remounts it read-only (tests run as root, for
     whom a folder's permissions do not stop a write)."""
     folder = tmp_path / "media"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode:
-        pytest.skip(f"read-only media need a tmpfs mount, refused here: {mounted.stderr.strip()}")
 
     def seal() -> None:
         sealed = subprocess.run(
@@ -343,10 +336,8 @@ def read_only_media(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]
         with pytest.raises(OSError):
             probe.write_text("x")
 
-    try:
+    with tmpfs(folder, "64m"):
         yield folder, seal
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def test_an_older_store_is_readable_on_read_only_media(
