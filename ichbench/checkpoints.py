@@ -34,11 +34,14 @@ if TYPE_CHECKING:
 FORMAT_KEYS = ("state_dict", "backbone", "in_chans", "image_size", "windows", "fold")
 
 
-def checkpoint_name(fold: int) -> str:
-    return f"fold{fold}.pt"
+def checkpoint_name(fold: int | tuple[int, int]) -> str:
+    """`fold<k>.pt` for fold k of outer fold 0 (given as k or (0, k)), as always;
+    `outer<o>.fold<k>.pt` for the folds of the other outer folds."""
+    outer, fold = fold if isinstance(fold, tuple) else (0, fold)
+    return f"fold{fold}.pt" if outer == 0 else f"outer{outer}.fold{fold}.pt"
 
 
-def checkpoint_path(store_path: Path, run_id: str, fold: int) -> Path:
+def checkpoint_path(store_path: Path, run_id: str, fold: int | tuple[int, int]) -> Path:
     return run_dir(Path(store_path), run_id) / checkpoint_name(fold)
 
 
@@ -57,7 +60,7 @@ def seed_init(seed: int, fold: int) -> None:
 def save_checkpoint(
     store_path: Path,
     run_id: str,
-    fold: int,
+    fold: int | tuple[int, int],
     state: dict,
     *,
     backbone: str,
@@ -81,7 +84,8 @@ def save_checkpoint(
                 "in_chans": in_chans,
                 "image_size": image_size,
                 "windows": list(windows),
-                "fold": fold,
+                "fold": fold[1] if isinstance(fold, tuple) else fold,
+                "outer": fold[0] if isinstance(fold, tuple) else 0,
             },
             tmp,
         )

@@ -69,6 +69,15 @@ def check_folds(folds: int) -> None:
         raise UsageError(f"--folds {folds}: at least 2 folds are needed")
 
 
+def check_outer_count(outer: int) -> None:
+    """Nested cross-validation needs one outer fold at least (one: the single held-out
+    split of the study)."""
+    if isinstance(outer, bool) or not isinstance(outer, int) or outer < 1:
+        raise UsageError(
+            f"--outer {outer}: must be at least 1 (1 is the study's single held-out split)"
+        )
+
+
 def check_test_size(test_size: float) -> None:
     """The test set is a fraction of the patients: neither none nor all of them."""
     if not 0 < test_size < 1:
@@ -156,7 +165,9 @@ class RunConfig:
     ensemble: str = "mean"
     patient_rule: str = "any"
     folds: int = 5
-    test_size: float = 0.2
+    test_size: float = 0.2  # the held-out fraction with one outer fold; unused with more
+    # outer folds of patients (nested cross-validation): each is the test set once
+    outer: int = 1
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -228,6 +239,13 @@ class RunConfig:
             )
         check_folds(self.folds)
         check_test_size(self.test_size)
+        check_outer_count(self.outer)
+        if self.outer > 1 and self.test_size != RunConfig.test_size:
+            raise UsageError(
+                f"--test-size {self.test_size} with --outer {self.outer}: the test-set "
+                "fraction applies to the single held-out split (--outer 1); with outer "
+                "folds each one is the test set once"
+            )
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed {self.seed}: must be between 0 and {MAX_SEED}")
         if self.lr is not None and not 0 < self.lr <= MAX_LR:
@@ -252,10 +270,13 @@ class RunConfig:
 
     def identity(self) -> dict:
         """The settings that determine the result (not where or how fast it is computed);
-        without a weights file, exactly the settings of versions before the digest."""
+        without a weights file and with one outer fold, exactly the settings of versions
+        before the digest and outer folds (so their runs keep their hashes)."""
         identity = {k: v for k, v in self.as_dict().items() if k not in EXECUTION_ONLY}
         if identity["weights_digest"] is None:
             del identity["weights_digest"]
+        if identity["outer"] == 1:
+            del identity["outer"]
         return identity
 
     @property

@@ -48,10 +48,11 @@ class RunStarted(Event):
 
     kind: ClassVar[str] = "run_started"
     run_id: str
-    folds: int
+    folds: int  # every fold model to train, over all outer folds
     epochs: int
     resumed: bool
     finished: list[int] = field(default_factory=list)
+    outer: int = 1  # outer folds (1: the study's single held-out split)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class FoldStarted(Event):
     fold: int
     epochs: int
     train_samples: int
+    outer: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class FoldFinished(Event):
     val_f1: float
     test_f1: float | None
     wall_s: float
+    outer: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,12 +112,14 @@ class FoldSkipped(Event):
 
     kind: ClassVar[str] = "fold_skipped"
     fold: int
+    outer: int = 0
 
 
 @dataclass(frozen=True)
 class RunFinished(Event):
-    """The vote is stored: the voting threshold, the run's wall time and the seconds
-    spent per phase (`data`, `train`, `eval`, `store`)."""
+    """The vote is stored: the voting threshold (NaN with several outer folds, each cut
+    at its own), the run's wall time and the seconds spent per phase (`data`, `train`,
+    `eval`, `store`)."""
 
     kind: ClassVar[str] = "run_finished"
     run_id: str

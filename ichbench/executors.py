@@ -63,7 +63,7 @@ class TrialSpec:
     """What a worker needs to redo the driver's data, split and model, and train one fold."""
 
     config: dict[str, Any]
-    fold: int
+    fold: tuple[int, int]  # (outer fold, fold)
     config_hash: str
     dataset_hash: str
     split_hash: str
@@ -105,7 +105,7 @@ def run_trial(spec: TrialSpec) -> tuple[FoldRecord, dict]:
         raise LeakageError(
             f"The split recomputed on node {node} differs from the driver's; refusing to train"
         )
-    probe = protocol.build_model(spec.fold, dataset.images.shape[1])
+    probe = protocol.build_model(spec.fold[1], dataset.images.shape[1])
     if (probe.pretrained, probe.pretrained_source) != (spec.pretrained, spec.pretrained_source):
         raise UsageError(
             f"Node {node} starts {protocol.cfg.backbone} from "

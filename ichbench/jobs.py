@@ -16,7 +16,7 @@ from ichbench.records import FoldRecord, VoteRecord
 if TYPE_CHECKING:
     from ichbench.interfaces import SliceDataset
     from ichbench.protocol import RunProtocol
-    from ichbench.split import Split
+    from ichbench.split import NestedSplit, TrialKey
 
 
 @dataclass
@@ -27,9 +27,9 @@ class Job:
     protocol: RunProtocol
     run_id: str
     dataset: SliceDataset
-    split: Split
-    done: set[int]
-    folds: list[int]
+    split: NestedSplit
+    done: set[TrialKey]  # (outer fold, fold) of the folds kept from an earlier attempt
+    folds: list[TrialKey]  # those still to train
     pretrained: bool
     pretrained_source: str | None
     started: float = field(default_factory=time.perf_counter)
@@ -47,10 +47,11 @@ class Busy:
 @dataclass
 class RunResult:
     run_id: str
-    threshold: float
-    vote: VoteRecord
-    folds: dict[int, FoldRecord]
+    threshold: float  # NaN with several outer folds: each cut at its own
+    vote: VoteRecord  # the headline: the vote, or the outer folds' votes pooled
+    folds: dict[TrialKey, FoldRecord]
     timings: dict[str, float] = field(default_factory=dict)
+    outer_votes: list[VoteRecord] = field(default_factory=list)  # one per outer fold, if several
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TrialResult:
     """A finished trial as it comes back to the driver; `job` indexes the jobs given."""
 
     job: int
-    fold: int
+    fold: TrialKey
     record: FoldRecord
     state: dict
 

@@ -37,12 +37,12 @@ from ichbench.jobs import Busy, Executor, Job, RunResult, tagged
 from ichbench.provenance import new_run_id, run_record
 from ichbench.records import FoldRecord
 from ichbench.store.ingest import Ingestion
-from ichbench.store.journal import RUN_FILE, Journal, Pending
+from ichbench.store.journal import RUN_FILE, Journal, Pending, fold_label
 
 if TYPE_CHECKING:
     from ichbench.interfaces import SliceDataset
     from ichbench.protocol import RunProtocol
-    from ichbench.split import Split
+    from ichbench.split import NestedSplit, TrialKey
     from ichbench.store import Store
 
 
@@ -128,7 +128,7 @@ class Lifecycle:
             return exc.run_id
 
     def _create(
-        self, protocol: RunProtocol, dataset: SliceDataset, split: Split, exclusive: bool
+        self, protocol: RunProtocol, dataset: SliceDataset, split: NestedSplit, exclusive: bool
     ) -> Job:
         built = protocol.preflight(dataset, split)
         run_id = new_run_id()
@@ -162,23 +162,24 @@ class Lifecycle:
             dataset,
             split,
             set(),
-            [f.index for f in split.folds],
+            split.trials(),
             built.pretrained,
             built.pretrained_source,
         )
         protocol.emit(
             RunStarted(
                 run_id=run_id,
-                folds=protocol.cfg.folds,
+                folds=len(split.trials()),
                 epochs=protocol.cfg.epochs,
                 resumed=False,
                 finished=[],
+                outer=len(split),
             )
         )
         return job
 
     def _reopen(
-        self, protocol: RunProtocol, dataset: SliceDataset, split: Split, run_id: str
+        self, protocol: RunProtocol, dataset: SliceDataset, split: NestedSplit, run_id: str
     ) -> Job:
         run = self.store.get_run(run_id)
         if run["status"] == "finished":
@@ -210,15 +211,15 @@ class Lifecycle:
         done = self.store.finished_folds(run_id) | set(self.journal.folds(run_id))
         self.store.mark_run(run_id, "running")
         self.journal.forget_status(run_id)
-        for fold in sorted(done):
-            path = checkpoints.checkpoint_path(self.journal.store_path, run_id, fold)
+        for key in sorted(done):
+            path = checkpoints.checkpoint_path(self.journal.store_path, run_id, key)
             if not path.is_file():
                 protocol.emit(
                     RunWarning(
                         message=(
-                            f"Run {run_id}: fold {fold} is kept, but its checkpoint {path} "
-                            "is gone; its results stand, and Grad-CAM and t-SNE cannot show "
-                            "that fold"
+                            f"Run {run_id}: {fold_label(key)} is kept, but its checkpoint "
+                            f"{path} is gone; its results stand, and Grad-CAM and t-SNE "
+                            "cannot show that fold"
                         )
                     )
                 )
@@ -228,21 +229,22 @@ class Lifecycle:
             dataset,
             split,
             set(done),
-            [f.index for f in split.folds if f.index not in done],
+            [key for key in split.trials() if key not in done],
             bool(run.get("pretrained")),
             run.get("pretrained_source"),
         )
         protocol.emit(
             RunStarted(
                 run_id=run_id,
-                folds=protocol.cfg.folds,
+                folds=len(split.trials()),
                 epochs=protocol.cfg.epochs,
                 resumed=True,
                 finished=sorted(done),
+                outer=len(split),
             )
         )
-        for fold in sorted(done):
-            protocol.emit(FoldSkipped(fold=fold))
+        for outer, fold in sorted(done):
+            protocol.emit(FoldSkipped(fold=fold, outer=outer))
         return job
 
     # ----------------------------------------------------------------- recording
@@ -255,7 +257,7 @@ class Lifecycle:
         record.checkpoint = checkpoints.save_checkpoint(
             self.journal.store_path,
             job.run_id,
-            record.fold,
+            record.key,
             state,
             backbone=cfg.backbone,
             in_chans=len(cfg.windows),
@@ -273,25 +275,27 @@ class Lifecycle:
                 val_f1=float(record.curve.max()),
                 test_f1=test_f1,
                 wall_s=record.wall_s,
+                outer=record.outer,
             )
         )
         return record
 
-    def finish(self, job: Job, computed: dict[int, FoldRecord]) -> RunResult:
-        """The vote over every fold, those kept from earlier and those just computed."""
+    def finish(self, job: Job, computed: dict[TrialKey, FoldRecord]) -> RunResult:
+        """The votes over every fold, those kept from earlier and those just computed."""
         folds = {}
         journaled = set(self.journal.folds(job.run_id))
-        for fold in sorted(job.done):
-            folds[fold] = (
-                self.journal.read_fold(job.run_id, fold)
-                if fold in journaled
-                else self.store.load_fold(job.run_id, fold)
+        for key in sorted(job.done):
+            folds[key] = (
+                self.journal.read_fold(job.run_id, key)
+                if key in journaled
+                else self.store.load_fold(job.run_id, key)
             )
         folds.update(computed)
-        vote = job.protocol.vote(job.dataset, job.split, folds)
+        votes = job.protocol.vote(job.dataset, job.split, folds)
+        vote = votes[-1]  # the headline
         wall = time.perf_counter() - job.started
         t = time.perf_counter()
-        self.journal.write_vote(job.run_id, vote, wall)
+        self.journal.write_vote(job.run_id, votes, wall)
         self.ingestion.take(job.run_id)
         job.store_s += time.perf_counter() - t
         timings = {**job.protocol.timings, "store": job.store_s}
@@ -300,7 +304,7 @@ class Lifecycle:
                 run_id=job.run_id, threshold=vote.threshold, wall_s=wall, timings=dict(timings)
             )
         )
-        return RunResult(job.run_id, vote.threshold, vote, folds, timings)
+        return RunResult(job.run_id, vote.threshold, vote, folds, timings, votes[:-1])
 
     def mark(self, job: Job, status: str, error: str | None = None) -> None:
         """Mark a run failed or interrupted, on disk first, then in the store; straight in
@@ -351,7 +355,7 @@ class Lifecycle:
         interrupted (all resumable); on Ctrl-C every unfinished run is marked interrupted.
         """
         waiting = {i: set(job.folds) for i, job in enumerate(jobs)}
-        computed: dict[int, dict[int, FoldRecord]] = {i: {} for i in range(len(jobs))}
+        computed: dict[int, dict[TrialKey, FoldRecord]] = {i: {} for i in range(len(jobs))}
         finished: set[int] = set()  # runs whose vote is stored: nothing left to mark
 
         def finish(i: int) -> RunResult:

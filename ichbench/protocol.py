@@ -39,7 +39,7 @@ from ichbench.paths import cache_dir as default_cache_dir
 from ichbench.plugins import get_registry
 from ichbench.records import FoldRecord, MetricRow, PatientDecisions, Predictions, VoteRecord
 from ichbench.registry import Registry, created_by
-from ichbench.split import Split, check_no_leakage, make_split
+from ichbench.split import NestedSplit, Split, TrialKey, check_no_leakage, make_nested_split
 from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
 from ichbench.vote import best_threshold, f1_curve, patient_decisions, voting_threshold
 
@@ -86,7 +86,7 @@ class RunProtocol:
         self.plugins = Plugins.create(self.cfg, self.registry)
         self.timings: dict[str, float] = {"data": 0.0, "train": 0.0, "eval": 0.0}
         self._data: DeviceImages | None = None
-        self._split: tuple[SliceDataset, Split] | None = None
+        self._split: tuple[SliceDataset, NestedSplit] | None = None
 
     # ----------------------------------------------------------------- inputs
     def load_data(self) -> SliceDataset:
@@ -111,14 +111,16 @@ class RunProtocol:
             )
         return dataset
 
-    def split_of(self, dataset: SliceDataset) -> Split:
-        """The run's split of `dataset` (computed once per dataset)."""
+    def split_of(self, dataset: SliceDataset) -> NestedSplit:
+        """The run's split of `dataset`, every outer fold of it (computed once per
+        dataset)."""
         if self._split is None or self._split[0] is not dataset:
             self._split = (
                 dataset,
-                make_split(
+                make_nested_split(
                     dataset.patient_ids,
                     dataset.labels,
+                    outer=self.cfg.outer,
                     n_folds=self.cfg.folds,
                     test_size=self.cfg.test_size,
                     seed=self.cfg.seed,
@@ -168,18 +170,20 @@ class RunProtocol:
             )
         return plan
 
-    def preflight(self, dataset: SliceDataset, split: Split) -> BuiltModel:
+    def preflight(self, dataset: SliceDataset, split: NestedSplit) -> BuiltModel:
         """Call every plugin before a run is recorded, so a plugin that fails does so with
         no run row left behind: every fold's plan (cheap: rows, not images), the network
         (whose provenance the run records, returned), the ensemble rule on a well-formed
         input of the test set's shape, and the patient rule on every patient's slice
         count. A plugin that fails only on the trained models' real numbers still fails
         the run, blamed, later."""
-        for fold in split.folds:
-            self.plan_for(dataset, np.asarray(fold.train), fold.index)
+        for outer in split.outers:
+            for fold in outer.folds:
+                self.plan_for(dataset, np.asarray(fold.train), fold.index)
         built = self.build_model(0, dataset.images.shape[1])
-        n_test = int(np.isin(dataset.patient_ids, split.test).sum())
-        self._combine(np.full((len(split.folds), n_test), 0.5), 0.5)
+        for outer in split.outers:
+            n_test = int(np.isin(dataset.patient_ids, outer.test).sum())
+            self._combine(np.full((len(outer.folds), n_test), 0.5), 0.5)
         for count in sorted(set(np.unique(dataset.patient_ids, return_counts=True)[1].tolist())):
             scores = np.linspace(0.0, 1.0, count)
             self.plugins.patient_rule.decide(scores, scores >= 0.5, 0.5)
@@ -202,23 +206,29 @@ class RunProtocol:
 
     # ----------------------------------------------------------------- one fold
     def fold_trial(
-        self, dataset: SliceDataset, split: Split, fold_index: int
+        self, dataset: SliceDataset, nested: NestedSplit, key: TrialKey | int
     ) -> tuple[FoldRecord, dict]:
-        """Train and evaluate one fold: what an executor runs anywhere. Returns the record
-        and the kept state dict (on the CPU)."""
+        """Train and evaluate one fold, `key` = (outer fold, fold): what an executor runs
+        anywhere. Returns the record and the kept state dict (on the CPU)."""
         if self._data is None:
             self._data = DeviceImages(dataset.images, dataset.labels, self.device)
         started = time.perf_counter()
+        split, fold = nested.fold(key)
+        key = key if isinstance(key, tuple) else (0, key)
         check_no_leakage(split)
-        fold = split.folds[fold_index]
-        built = self.build_model(fold_index, dataset.images.shape[1])
+        built = self.build_model(fold.index, dataset.images.shape[1])
         train_p = np.asarray(fold.train)
         plan = self.plan_for(dataset, train_p, fold.index)
         base = np.flatnonzero(np.isin(dataset.patient_ids, train_p))
         before_ich = int(dataset.labels[base].sum())
         removed = int(len(np.setdiff1d(base, plan.indices)))
         self.emit(
-            FoldStarted(fold=fold.index, epochs=self.cfg.epochs, train_samples=len(plan.indices))
+            FoldStarted(
+                fold=fold.index,
+                epochs=self.cfg.epochs,
+                train_samples=len(plan.indices),
+                outer=key[0],
+            )
         )
         val_rows = np.flatnonzero(np.isin(dataset.patient_ids, fold.val))
         test_rows = np.flatnonzero(np.isin(dataset.patient_ids, split.test))
@@ -280,6 +290,7 @@ class RunProtocol:
             compiled=self.cfg.compile,
             patients=PatientDecisions.concat(patients),
             notes=dict(plan.notes),
+            outer=key[0],
         )
         return record, state
 
@@ -328,12 +339,77 @@ class RunProtocol:
         return out, decided
 
     # ----------------------------------------------------------------- the vote
-    def vote(self, dataset: SliceDataset, split: Split, folds: dict[int, FoldRecord]) -> VoteRecord:
-        """The voting threshold (argmax of the mean validation curve), the fold models
-        combined on the test set by the ensemble rule and cut there, and each slice's
-        out-of-fold validation prediction cut at the same threshold."""
+    def vote(
+        self, dataset: SliceDataset, nested: NestedSplit, folds: dict[TrialKey, FoldRecord]
+    ) -> list[VoteRecord]:
+        """Every outer fold's vote, then the run's headline result (`outer` None): with
+        one outer fold its vote; with several, their test decisions pooled."""
+        if len(nested) == 1:
+            vote, _, _ = self._vote_one(dataset, nested[0], [folds[k] for k in sorted(folds)])
+            return [vote]
         started = time.perf_counter()
-        ordered = [folds[k] for k in sorted(folds)]
+        votes, parts = [], []
+        for outer, split in enumerate(nested.outers):
+            ordered = [folds[k] for k in sorted(folds) if k[0] == outer]
+            vote, rows, decisions = self._vote_one(dataset, split, ordered, outer=outer)
+            votes.append(vote)
+            parts.append((rows, vote.predictions.prob, decisions, vote.patients))
+        return [*votes, self._pooled(dataset, parts, time.perf_counter() - started)]
+
+    def _pooled(self, dataset: SliceDataset, parts: list, wall_s: float) -> VoteRecord:
+        """The outer folds' test results as one: every patient tested once, by the fold
+        models that never saw it, each slice cut at its own outer fold's threshold; the
+        confidence intervals resample patients."""
+        rows = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        decisions = np.concatenate([p[2] for p in parts])
+        decided = PatientDecisions.concat([p[3] for p in parts])
+        test = decided.split == "test"
+        patients = PatientDecisions(*(getattr(decided, n)[test] for n in _PATIENT_FIELDS))
+        labels, pids = dataset.labels[rows], dataset.patient_ids[rows]
+        seed, nan = self.cfg.seed, float("nan")
+        metrics = [
+            slice_metrics("vote", None, "test", nan, labels, scores, decisions, pids, seed=seed),
+            patient_metrics(
+                "vote",
+                None,
+                "test",
+                nan,
+                patients.label,
+                patients.score,
+                patients.decision,
+                seed=seed,
+            ),
+        ]
+        predictions = Predictions(
+            split=np.array(["test"] * len(rows)),
+            patient_id=pids,
+            slice=dataset.slice_numbers[rows],
+            label=labels,
+            prob=scores,
+        )
+        return VoteRecord(
+            threshold=nan,
+            mean_curve=np.zeros(0),
+            metrics=metrics,
+            predictions=predictions,
+            wall_s=wall_s,
+            patients=patients,
+            outer=None,
+        )
+
+    def _vote_one(
+        self,
+        dataset: SliceDataset,
+        split: Split,
+        ordered: list[FoldRecord],
+        outer: int | None = None,
+    ) -> tuple[VoteRecord, np.ndarray, np.ndarray]:
+        """One outer fold's vote: the voting threshold (argmax of the mean validation
+        curve), the fold models combined on the test set by the ensemble rule and cut
+        there, and each slice's out-of-fold validation prediction cut at the same
+        threshold. Returns it with its test rows and the rule's slice decisions."""
+        started = time.perf_counter()
         threshold, mean_curve = voting_threshold([f.curve for f in ordered])
         test_rows = np.flatnonzero(np.isin(dataset.patient_ids, split.test))
         key = list(
@@ -385,14 +461,19 @@ class RunProtocol:
             prob=scores,
         )
         self.timings["eval"] += time.perf_counter() - started
-        return VoteRecord(
+        vote = VoteRecord(
             threshold=threshold,
             mean_curve=mean_curve,
             metrics=metrics + val_metrics,
             predictions=predictions,
             wall_s=time.perf_counter() - started,
             patients=PatientDecisions.concat([val_patients, test_patients]),
+            outer=outer,
         )
+        return vote, test_rows, np.asarray(decisions, dtype=bool)
+
+
+_PATIENT_FIELDS = ("split", "patient_id", "label", "score", "decision")
 
 
 def _wrong(plugin: object, method: str, problem: str) -> PluginError:

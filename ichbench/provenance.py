@@ -18,7 +18,7 @@ from ichbench.records import RunRecord
 if TYPE_CHECKING:
     from ichbench.interfaces import BuiltModel, SliceDataset
     from ichbench.protocol import RunProtocol
-    from ichbench.split import Split
+    from ichbench.split import NestedSplit, Split
 
 
 def new_run_id() -> str:
@@ -66,7 +66,7 @@ def run_record(
     protocol: RunProtocol,
     run_id: str,
     dataset: SliceDataset,
-    split: Split,
+    split: NestedSplit,
     built: BuiltModel,
     *,
     device: str,
@@ -90,10 +90,15 @@ def run_record(
         pretrained_source=built.pretrained_source,
         versions=library_versions(),
         git_sha=git_sha(),
-        test_patients=list(split.test),
-        folds={f.index: {"train": list(f.train), "val": list(f.val)} for f in split.folds},
+        test_patients=list(split[0].test),
+        folds=_folds(split[0]),
         split_hash=split.hash,
         grid_id=grid_id,
         plugins=protocol.plugin_versions(),
         owner=this_process(),
+        more_outers=[{"test": list(s.test), "folds": _folds(s)} for s in split.outers[1:]],
     )
+
+
+def _folds(split: Split) -> dict[int, dict[str, list[int]]]:
+    return {f.index: {"train": list(f.train), "val": list(f.val)} for f in split.folds}

@@ -118,6 +118,12 @@ class FoldRecord:
     compiled: bool = False  # trained through torch.compile: same protocol, other numerics
     patients: PatientDecisions | None = None  # the fold model's patient decisions (val, test)
     notes: dict[str, Any] = field(default_factory=dict)  # the strategies' TrainPlan.notes
+    outer: int = 0  # the outer fold whose development patients this fold splits
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(outer fold, fold): the fold's identity within its run."""
+        return (self.outer, self.fold)
 
 
 @dataclass
@@ -136,20 +142,35 @@ class RunRecord:
     pretrained_source: str | None
     versions: dict[str, str]
     git_sha: str | None
-    test_patients: list[int]
-    folds: dict[int, dict[str, list[int]]]  # fold -> {'train': [...], 'val': [...]}
+    test_patients: list[int]  # outer fold 0's test patients
+    folds: dict[int, dict[str, list[int]]]  # outer fold 0's: fold -> {'train', 'val'}
     split_hash: str
     grid_id: str | None = None
     status: str = "running"
     plugins: dict[str, str] = field(default_factory=dict)  # distribution -> version, those used
     owner: str | None = None  # HOST:PID:START of the process running it (see ichbench.liveness)
+    # the outer folds after the first, each {'test': [...], 'folds': {...}} as above
+    more_outers: list[dict[str, Any]] = field(default_factory=list)
+
+    def outer_splits(self) -> list[tuple[list[int], dict[int, dict[str, list[int]]]]]:
+        """(test patients, folds) of every outer fold, the first one first."""
+        rest = [
+            (list(o["test"]), {int(k): v for k, v in o["folds"].items()}) for o in self.more_outers
+        ]
+        return [(list(self.test_patients), self.folds), *rest]
 
 
 @dataclass
 class VoteRecord:
-    threshold: float  # argmax of the mean validation curve
+    """The vote of one outer fold's fold models (`outer` its index), or the run's headline
+    result (`outer` None): with one outer fold, that fold's vote itself; with several,
+    every outer fold's test decisions pooled, each patient tested once (no threshold or
+    curve of its own: each outer fold cut at its own)."""
+
+    threshold: float  # argmax of the mean validation curve (NaN when pooled)
     mean_curve: np.ndarray
     metrics: list[MetricRow]
     predictions: Predictions  # the ensemble's test probabilities (fold NULL in the store)
     wall_s: float = 0.0
     patients: PatientDecisions | None = None  # the vote's patient decisions (val, test)
+    outer: int | None = None

@@ -494,10 +494,10 @@ def test_disk_full_while_writing_a_fold_rolls_the_fold_back(
 
     original = writes.insert_predictions
 
-    def full_disk(con, run_id, fold, preds):
+    def full_disk(con, run_id, fold, preds, outer=0):
         if fold == 1:
             raise duckdb.IOException("IO Error: Could not write file: No space left on device")
-        return original(con, run_id, fold, preds)
+        return original(con, run_id, fold, preds, outer)
 
     monkeypatch.setattr(writes, "insert_predictions", full_disk)
     before = _out_of_space(db, tiny_synth_dir, capsys, ExitCode.STORE)

@@ -159,3 +159,11 @@ def test_the_extremes_of_each_range_are_accepted():
 def test_exclude_holds_only_int64_patient_numbers(value, message):
     with pytest.raises(UsageError, match=message):
         RunConfig(exclude=value)
+
+
+def test_one_outer_fold_keeps_the_hashes_runs_were_recorded_under():
+    """Outer folds came later: a configuration without them (`--outer 1`) must hash as it
+    always did, or every stored run would look like another configuration to a grid."""
+    assert RunConfig().hash == "52eb3123ab17acf6"
+    assert RunConfig(strategies=["augment:3.3"], weights=["ich:4"]).hash == "a5ee5e2f23f04a84"
+    assert RunConfig(outer=1).hash == RunConfig().hash != RunConfig(outer=5).hash

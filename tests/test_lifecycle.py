@@ -44,7 +44,7 @@ protocol = RunProtocol(RunConfig(data="synthetic:10,1,32", backbone="tinycnn", f
 dataset = protocol.load_data()
 split = protocol.split_of(dataset)
 folds = {{k: protocol.fold_trial(dataset, split, k)[0] for k in range(2)}}
-vote = protocol.vote(dataset, split, folds)
+(vote,) = protocol.vote(dataset, split, folds)
 assert "duckdb" not in {{m for m in sys.modules if sys.modules[m] is not None}}
 print(vote.threshold, len(vote.patients), sorted(folds[0].notes))
 """

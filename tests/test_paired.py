@@ -255,3 +255,44 @@ def test_runs_with_other_test_patients_get_one_line(runs, capsys) -> None:
     code, out, _ = run_main(capsys, "compare", a, c, "--json", "--db", str(db))
     paired = json.loads(out)["paired"]
     assert paired["rows"] == [] and "different patients" in paired["note"]
+
+
+def test_compare_refuses_runs_on_other_data_or_without_a_result(
+    runs, capsys, tmp_path, monkeypatch
+) -> None:
+    import os
+    import shutil
+    import signal
+
+    from ichbench.protocol import RunProtocol
+
+    db, _, a, _, _ = runs
+    own = tmp_path / "runs.duckdb"
+    shutil.copy(db, own)  # the module's store stays as the other tests expect it
+    code, _, err = run_main(
+        capsys, "run", *TINY_ARGS, "--data", "synthetic:10,2,32", "--db", str(own)
+    )
+    assert code == 0, err
+    other = Store(own, create=False).list_runs()[0]["run_id"]
+    original = RunProtocol.fold_trial
+
+    def trial(self, dataset, split, key):
+        if key == (0, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, dataset, split, key)
+
+    monkeypatch.setattr(RunProtocol, "fold_trial", trial)
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--seed", "5", "--db", str(own))
+    monkeypatch.undo()
+    assert code == 130, err
+    unfinished = Store(own, create=False).list_runs(status="interrupted")[0]["run_id"]
+    before = own.read_bytes()
+    for pair, message in (
+        ((a, other), "were made on different datasets"),
+        ((a, unfinished), f"Run {unfinished} is interrupted: it has no result to compare"),
+        ((unfinished, a), f"Run {unfinished} is interrupted"),
+    ):
+        code, out, err = run_main(capsys, "compare", *pair, "--db", str(own))
+        assert code == 2, err
+        assert len(error_lines(err)) == 1 and message in error_lines(err)[0] and out == ""
+    assert own.read_bytes() == before

@@ -195,7 +195,7 @@ def test_ray_grid_finishes_every_configuration(both_grids):
         run = ray_store.get_run(run_id)
         assert run["status"] == "finished"
         assert run["device"].startswith("ray:cpu")
-        assert ray_store.finished_folds(run_id) == {0, 1, 2}
+        assert ray_store.finished_folds(run_id) == {(0, 0), (0, 1), (0, 2)}
 
 
 @needs_ray

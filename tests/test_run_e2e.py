@@ -51,7 +51,7 @@ def test_run_is_finished_with_every_fold(finished_run):
     store, result, events = finished_run
     run = store.get_run(result.run_id)
     assert run["status"] == "finished"
-    assert sorted(store.finished_folds(result.run_id)) == [0, 1, 2]
+    assert sorted(store.finished_folds(result.run_id)) == [(0, 0), (0, 1), (0, 2)]
     kinds = [e.kind for e in events]
     assert kinds.count("fold_finished") == 3 and kinds[-1] == "run_finished"
     assert "weight:ich,4" in run["strategies"]

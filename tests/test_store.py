@@ -213,6 +213,7 @@ EXPECTED_SCHEMA = {
         ("fold", "INTEGER"),
         ("threshold", "DOUBLE"),
         ("f1", "DOUBLE"),
+        ("outer_fold", "INTEGER"),
     ],
     "epochs": [
         ("run_id", "VARCHAR"),
@@ -222,6 +223,7 @@ EXPECTED_SCHEMA = {
         ("val_loss", "DOUBLE"),
         ("val_f1", "DOUBLE"),
         ("wall_s", "DOUBLE"),
+        ("outer_fold", "INTEGER"),
     ],
     "folds": [
         ("run_id", "VARCHAR"),
@@ -242,6 +244,7 @@ EXPECTED_SCHEMA = {
         ("written_at", "TIMESTAMP"),
         ("compiled", "BOOLEAN"),
         ("notes", "JSON"),
+        ("outer_fold", "INTEGER"),
     ],
     "metrics": [
         ("run_id", "VARCHAR"),
@@ -274,6 +277,7 @@ EXPECTED_SCHEMA = {
         ("auc_lo", "DOUBLE"),
         ("auc_hi", "DOUBLE"),
         ("ci_method", "VARCHAR"),
+        ("outer_fold", "INTEGER"),
     ],
     "patient_decisions": [
         ("run_id", "VARCHAR"),
@@ -283,6 +287,7 @@ EXPECTED_SCHEMA = {
         ("label", "INTEGER"),
         ("score", "DOUBLE"),
         ("decision", "BOOLEAN"),
+        ("outer_fold", "INTEGER"),
     ],
     "predictions": [
         ("run_id", "VARCHAR"),
@@ -292,6 +297,7 @@ EXPECTED_SCHEMA = {
         ("slice", "INTEGER"),
         ("label", "INTEGER"),
         ("prob", "DOUBLE"),
+        ("outer_fold", "INTEGER"),
     ],
     "run_summary": [
         ("run_id", "VARCHAR"),
@@ -326,6 +332,14 @@ EXPECTED_SCHEMA = {
         ("mean_val_f1", "DOUBLE"),
         ("wall_s", "DOUBLE"),
         ("error", "VARCHAR"),
+        ("outer_folds", "INTEGER"),
+        ("sd_val_f1", "DOUBLE"),
+        ("slice_f1_lo", "DOUBLE"),
+        ("slice_f1_hi", "DOUBLE"),
+        ("slice_auc_lo", "DOUBLE"),
+        ("slice_auc_hi", "DOUBLE"),
+        ("patient_f1_lo", "DOUBLE"),
+        ("patient_f1_hi", "DOUBLE"),
     ],
     "runs": [
         ("run_id", "VARCHAR"),
@@ -360,6 +374,7 @@ EXPECTED_SCHEMA = {
         ("fold", "INTEGER"),
         ("patient_id", "INTEGER"),
         ("role", "VARCHAR"),
+        ("outer_fold", "INTEGER"),
     ],
     "vote_vs_baselines": [
         ("run_id", "VARCHAR"),
@@ -392,6 +407,11 @@ EXPECTED_SCHEMA = {
         ("beats_f1", "BOOLEAN"),
         ("f1_rank", "BIGINT"),
         ("f1_ranked_of", "BIGINT"),
+        ("dataset", "VARCHAR"),
+        ("comparable", "BOOLEAN"),
+        ("baseline_f1_in_ci", "BOOLEAN"),
+        ("baseline_sensitivity_in_ci", "BOOLEAN"),
+        ("baseline_specificity_in_ci", "BOOLEAN"),
     ],
 }
 
@@ -462,7 +482,7 @@ def test_run_and_folds_round_trip(store: Store) -> None:
     folds = {k: make_fold(k) for k in FOLD_PATIENTS}
     for fold in folds.values():
         store.write_fold("run-1", fold)
-    assert store.finished_folds("run-1") == {0, 1}
+    assert store.finished_folds("run-1") == {(0, 0), (0, 1)}
 
     loaded = store.load_fold("run-1", 1)
     original = folds[1]
@@ -721,7 +741,7 @@ def test_a_failed_write_fold_leaves_no_rows(store: Store, monkeypatch: pytest.Mo
     for table in FOLD_TABLES:
         assert count(store, table, "fold = 1") == 0, table
     assert count(store, "predictions", "fold = 0") == 100  # the old fold 0 is intact
-    assert store.finished_folds("run-1") == {0}
+    assert store.finished_folds("run-1") == {(0, 0)}
 
 
 def test_write_fold_for_an_unknown_run_is_refused(store: Store) -> None:
@@ -981,3 +1001,28 @@ def test_a_locked_store_is_waited_for_then_reported(tmp_path: Path) -> None:
         release.set()
         holder.join(60)
     assert holder.exitcode == 0
+
+
+def test_only_the_papers_data_and_setup_compare_like_for_like(store: Store) -> None:
+    from dataclasses import replace
+
+    fill(store, "phantoms", f1=0.70)  # a resnet50 on synthetic data
+    paper_like = replace(
+        make_run("real"), dataset="physionet:/data/ct-ich", preset="paper", pretrained=True
+    )
+    store.create_run(paper_like)
+    for fold in FOLD_PATIENTS:
+        store.write_fold("real", make_fold(fold))
+    vote = make_vote(0.64)
+    slice_row = next(m for m in vote.metrics if m.scope == "slice")
+    slice_row.ci = {"f1": (0.60, 0.68)}
+    store.finish_run("real", vote, wall_s=1.0)
+    assert (store.comparable("phantoms"), store.comparable("real")) == (False, True)
+    _, rows = store.query(
+        "SELECT run_id, baseline_f1, baseline_f1_in_ci FROM vote_vs_baselines "
+        "WHERE run_id = 'real' AND scope = 'slice' AND baseline_f1 IS NOT NULL"
+    )
+    assert rows and all(inside == (0.60 <= reported <= 0.68) for _, reported, inside in rows)
+    assert any(inside for *_, inside in rows) and not all(inside for *_, inside in rows)
+    fill(store, "half", finish=False)
+    assert store.comparable("half") is None

@@ -182,9 +182,9 @@ def test_a_store_missing_a_table_is_refused(healthy: Path, copy_of) -> None:
 def test_a_store_missing_a_column_is_refused(healthy: Path, copy_of) -> None:
     path = copy_of(healthy)
     con = duckdb.connect(str(path))
-    con.execute("ALTER TABLE folds DROP COLUMN notes")
+    con.execute("ALTER TABLE predictions DROP COLUMN prob")
     con.close()
-    assert_refused_untouched(path, "is damaged", "folds.notes")
+    assert_refused_untouched(path, "is damaged", "predictions.prob")
 
 
 def test_a_damaged_store_opened_for_reading_is_refused_at_its_first_write(
@@ -260,7 +260,7 @@ def test_a_store_from_a_newer_ichbench_is_still_readable(app: typer.Typer, newer
     }
     code, out, exc = invoke(app, "show", "done-1", "--json", "--db", str(newer))
     assert (code, exc) == (0, None) and json.loads(out)["run"]["status"] == "finished"
-    code, _, exc = invoke(app, "compare", "done-1", "half-2", "--db", str(newer))
+    code, _, exc = invoke(app, "compare", "done-1", "--db", str(newer))
     assert (code, exc) == (0, None)
     code, out, exc = invoke(
         app, "sql", "SELECT count(*) AS n FROM annotations", "--json", "--db", str(newer)
@@ -293,7 +293,7 @@ def read_everything(app: typer.Typer, db: Path) -> None:
     assert {m["model"] for m in shown["metrics"]} == {"fold", "vote"}
     code, _, exc = invoke(app, "show", "done-1", "--db", str(db))
     assert (code, exc) == (0, None)
-    code, _, exc = invoke(app, "compare", "done-1", "half-2", "--db", str(db))
+    code, _, exc = invoke(app, "compare", "done-1", "--db", str(db))
     assert (code, exc) == (0, None)
     code, out, exc = invoke(
         app,

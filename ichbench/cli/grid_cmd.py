@@ -30,6 +30,7 @@ from ichbench.cli.options import (
     FoldsOpt,
     ImageSizeOpt,
     LrOpt,
+    OuterOpt,
     PatienceOpt,
     PatientRuleOpt,
     PresetOpt,
@@ -107,6 +108,7 @@ def register(app: typer.Typer) -> None:
         patient_rule: PatientRuleOpt = D.patient_rule,
         folds: FoldsOpt = D.folds,
         test_size: TestSizeOpt = D.test_size,
+        outer: OuterOpt = D.outer,
         epochs: EpochsOpt = None,
         batch_size: BatchSizeOpt = None,
         lr: LrOpt = None,
@@ -225,7 +227,7 @@ def _plan(lifecycle, cfg: RunConfig, progress, label: str):
 def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
     once; a line per fold and per run as results come back."""
-    from ichbench.cli.progress import GridProgress, fold_line
+    from ichbench.cli.progress import GridProgress, fold_line, fold_name
     from ichbench.events import FoldFinished
     from ichbench.lifecycle import Lifecycle
 
@@ -255,11 +257,20 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) ->
                 val_f1=float(record.curve.max()),
                 test_f1=test_f1,
                 wall_s=record.wall_s,
+                outer=record.outer,
             )
-            progress.trial_done(f"{job_labels[index]} fold {record.fold}: {fold_line(event)}")
+            name = fold_name(event, len(jobs[index].split))
+            progress.trial_done(f"{job_labels[index]} {name}: {fold_line(event)}")
 
         for result in lifecycle.drive(jobs, executor, on_trial=on_trial):
-            err.print(f"Finished [bold]{result.run_id}[/]: voting threshold {result.threshold:.2f}")
+            err.print(f"Finished [bold]{result.run_id}[/]: {threshold_text(result.threshold)}")
+
+
+def threshold_text(threshold: float) -> str:
+    """The run's voting threshold, or that each outer fold has its own."""
+    if threshold != threshold:  # NaN: pooled over outer folds
+        return "each outer fold at its own voting threshold"
+    return f"voting threshold {threshold:.2f}"
 
 
 def _describe(cfg: RunConfig) -> list[str]:

@@ -35,7 +35,19 @@ EnsembleOpt = Annotated[str, typer.Option("--ensemble", help="Fold ensemble rule
 PatientRuleOpt = Annotated[str, typer.Option("--patient-rule", help="Patient rule.")]
 FoldsOpt = Annotated[int, typer.Option("--folds", help="Cross-validation folds.")]
 TestSizeOpt = Annotated[
-    float, typer.Option("--test-size", help="Fraction of patients held out for the test set.")
+    float,
+    typer.Option(
+        "--test-size", help="Fraction of patients held out for the test set (with --outer 1)."
+    ),
+]
+OuterOpt = Annotated[
+    int,
+    typer.Option(
+        "--outer",
+        help="Outer folds of patients (nested cross-validation): each is the test set "
+        "once, the folds and the vote made on the other patients; results pooled. "
+        "1: the study's single held-out split.",
+    ),
 ]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Maximum epochs per fold.")]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")]
@@ -143,6 +155,7 @@ class D:
     patient_rule = "any"
     folds = 5
     test_size = 0.2
+    outer = 1
     window: list[str] = ["brain"]  # noqa: RUF012 - typer copies list defaults
     preset = "auto"
     seed = 0
@@ -173,6 +186,7 @@ def experiment_config(options: Mapping[str, Any], **axes: Any) -> RunConfig:
         patient_rule=options["patient_rule"],
         folds=options["folds"],
         test_size=options["test_size"],
+        outer=options["outer"],
         epochs=options["epochs"],
         batch_size=options["batch_size"],
         lr=options["lr"],

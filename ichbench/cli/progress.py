@@ -105,6 +105,7 @@ class RunProgress(Bars):
         )
         self.fold_task = None
         self.epoch_task = None
+        self.outer = 1
 
     def __call__(self, event: Event) -> None:
         p = self.progress
@@ -114,7 +115,9 @@ class RunProgress(Bars):
             err.print(f"Dataset: {event.patients} patients, {event.slices} slices")
         elif isinstance(event, RunStarted):
             verb = "Resuming" if event.resumed else "Run"
-            err.print(f"{verb} [bold]{event.run_id}[/]")
+            self.outer = event.outer
+            nested = f" ({event.outer} outer folds)" if event.outer > 1 else ""
+            err.print(f"{verb} [bold]{event.run_id}[/]{nested}")
             if self.fold_task is not None:
                 p.remove_task(self.fold_task)
             self.fold_task = p.add_task(
@@ -124,7 +127,7 @@ class RunProgress(Bars):
             if self.epoch_task is not None:
                 p.remove_task(self.epoch_task)
             self.epoch_task = p.add_task(
-                f"  fold {event.fold} epochs",
+                f"  {fold_name(event, self.outer)} epochs",
                 total=event.epochs,
                 info=f"{event.train_samples} samples/epoch",
             )
@@ -142,9 +145,9 @@ class RunProgress(Bars):
                 self.epoch_task = None
             if self.fold_task is not None:
                 p.advance(self.fold_task)
-            err.print(f"  fold {event.fold}: {fold_line(event)}")
+            err.print(f"  {fold_name(event, self.outer)}: {fold_line(event)}")
         elif isinstance(event, FoldSkipped):
-            err.print(f"  fold {event.fold}: already finished, kept")
+            err.print(f"  {fold_name(event, self.outer)}: already finished, kept")
 
 
 class GridProgress(Bars):
@@ -161,7 +164,8 @@ class GridProgress(Bars):
         if self.shared(event):
             return
         if isinstance(event, RunStarted) and event.resumed:
-            err.print(f"Resuming [bold]{event.run_id}[/] (folds {event.finished} kept)")
+            kept = ", ".join(fold_name(key, event.outer, short=True) for key in event.finished)
+            err.print(f"Resuming [bold]{event.run_id}[/] (folds {kept or 'none'} kept)")
 
     def start_trials(self, total: int) -> None:
         self.trial_task = self.progress.add_task("Trials", total=total)
@@ -169,6 +173,16 @@ class GridProgress(Bars):
     def trial_done(self, line: str) -> None:
         err.print(f"  {line}")
         self.progress.advance(self.trial_task)
+
+
+def fold_name(item, outer_folds: int, short: bool = False) -> str:
+    """`fold 3`, or `outer 1 fold 3` in a run with several outer folds; `item` is an event
+    with `outer` and `fold`, or an (outer, fold) key. `short`: without the word fold."""
+    outer, fold = item if isinstance(item, tuple) else (item.outer, item.fold)
+    name = str(fold) if short else f"fold {fold}"
+    if outer_folds > 1:
+        name = f"{outer}.{fold}" if short else f"outer {outer} {name}"
+    return name
 
 
 def fold_line(event: FoldFinished) -> str:

@@ -20,7 +20,12 @@ from ichbench.cli.common import emit_json, err, out
 from ichbench.cli.options import DbOpt, JsonOpt
 from ichbench.errors import UsageError
 from ichbench.store import Store
-from ichbench.views.metrics import compare_table, literature_table, runs_table
+from ichbench.views.metrics import (
+    compare_table,
+    literature_caveat,
+    literature_table,
+    runs_table,
+)
 from ichbench.views.paired import paired_result
 
 
@@ -88,8 +93,9 @@ def show(
         emit_json(
             {
                 "run": run,
-                "folds": store.folds(run["run_id"]),
+                "folds": store.folds(run["run_id"], outer=None),
                 "metrics": store.run_metrics(run["run_id"]),
+                "outer_votes": store.outer_votes(run["run_id"]),
                 "baselines": store.baselines(),
             }
         )
@@ -123,6 +129,8 @@ def compare(
                     f"('{run_ids[resolved.index(full)]}' and '{run_ids[i]}')"
                 )
     rows = store.summaries(list(run_ids or []))
+    if run_ids and len(run_ids) == 2 and not grid:
+        _check_comparable(rows[0], rows[1])
     if grid:
         seen = {r["run_id"] for r in rows}
         in_grid = store.list_runs(grid_id=grid)
@@ -132,6 +140,8 @@ def compare(
     baselines = store.baselines()
     reported = [b for b in baselines if b["model"] != "fold"]
     paired = paired_result(store, rows[0], rows[1]) if len(rows) == 2 else None
+    for row in rows:
+        row["comparable"] = store.comparable(row["run_id"])
     if as_json:
         emit_json(
             {"runs": rows, "baselines": reported}
@@ -143,6 +153,25 @@ def compare(
         render.print_paired(out, paired)
     out.print()
     out.print(render.rich_table(literature_table(reported)))
+    for row in rows:
+        caveat = literature_caveat(row, row["comparable"])
+        if caveat:
+            out.print(caveat, highlight=False)
+
+
+def _check_comparable(a: dict, b: dict) -> None:
+    """`compare A B` is a paired comparison: both runs need a result, on the same data."""
+    for run in (a, b):
+        if run["status"] != "finished":
+            raise UsageError(
+                f"Run {run['run_id']} is {run['status']}: it has no result to compare "
+                f"(finish it with `ichbench run --resume {run['run_id']}`)"
+            )
+    if a.get("dataset_hash") != b.get("dataset_hash"):
+        raise UsageError(
+            f"Runs {a['run_id']} ({a.get('dataset')}) and {b['run_id']} ({b.get('dataset')}) "
+            "were made on different datasets: their results are not comparable"
+        )
 
 
 def sql(

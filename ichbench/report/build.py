@@ -31,7 +31,7 @@ from ichbench.report.page import (
 )
 from ichbench.store import Store
 from ichbench.views import RunData, load_run_data
-from ichbench.views.metrics import compare_table, metrics_table, status_note
+from ichbench.views.metrics import compare_table, literature_caveat, metrics_table, status_note
 from ichbench.views.provenance import provenance_table
 
 __all__ = ["COMPARE_ID", "SECTION_IDS", "ReportOptions", "ReportResult", "build_report"]
@@ -131,6 +131,9 @@ def _run_sections(
     add("table-patient", "Patient level (Table III)").table = metrics_table(
         data, baselines, "patient", "table-patient" + suffix
     )
+    caveat = literature_caveat(data.run, data.comparable)
+    if caveat:
+        sec["table-slice"].notes.append(caveat)
 
     ctx.step(f"{rid}: drawing figures from the store")
     S.threshold_section(data, add("fig-threshold", "F1 against threshold (Figure 4)"))

@@ -141,6 +141,14 @@ def _check(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     return migrations.pending(con)
 
 
+def _older_value(table: str, column: str) -> str:
+    """What a column an older store lacks holds on its rows: what the migration adding
+    it would write there, NULL unless it says otherwise."""
+    if column == "outer_fold":
+        return migrations.OUTER_FOLD_OF_OLDER_ROWS.get(table, "NULL")
+    return "NULL"
+
+
 def compat_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The statements that give a reading connection the current schema over an older
     store: a temporary view for each table, column or view it lacks. None for a store
@@ -153,7 +161,8 @@ def compat_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     for table, columns in want.tables.items():
         found = have.tables.get(table)
         absent = [
-            f"CAST(NULL AS {dtype}) AS {quote(column)}"
+            f"CAST({_older_value(table, column) if found else 'NULL'} AS {dtype}) "
+            f"AS {quote(column)}"
             for column, dtype in columns.items()
             if found is None or column not in found
         ]

@@ -13,7 +13,9 @@ Files are JSON and NumPy `.npz` without pickles: a journal is data, never code.
 
     <store>.runs/<run>/run.json            the run's record
     <store>.runs/<run>/fold<k>.result.npz  one fold's record (rows, curve, predictions)
-    <store>.runs/<run>/vote.result.npz     the vote and the run's wall time
+    <store>.runs/<run>/outer<o>.fold<k>.result.npz   the same, of outer fold o > 0
+    <store>.runs/<run>/vote.result.npz     the votes (one per outer fold, and the
+                                           pooled result) and the run's wall time
     <store>.runs/<run>/status.json         a failed or interrupted mark
     <store>.runs/<run>/<file>.ingested     the store holds <file>
 """
@@ -45,11 +47,18 @@ RUN_FILE = "run.json"
 VOTE_FILE = "vote.result.npz"
 STATUS_FILE = "status.json"
 INGESTED = ".ingested"
-_FOLD_FILE = re.compile(r"^fold(\d+)\.result\.npz$")
+_FOLD_FILE = re.compile(r"^(?:outer(\d+)\.)?fold(\d+)\.result\.npz$")
 
 
-def fold_file(fold: int) -> str:
-    return f"fold{fold}.result.npz"
+def fold_file(key: tuple[int, int]) -> str:
+    """The file of fold (outer, fold); outer fold 0's keep the names they always had."""
+    outer, fold = key
+    return f"fold{fold}.result.npz" if outer == 0 else f"outer{outer}.fold{fold}.result.npz"
+
+
+def fold_label(key: tuple[int, int]) -> str:
+    outer, fold = key
+    return f"fold {fold}" if outer == 0 else f"outer fold {outer} fold {fold}"
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class Pending:
 
     run_id: str
     run: bool
-    folds: tuple[int, ...]
+    folds: tuple[tuple[int, int], ...]
     vote: bool
     status: bool
 
@@ -67,7 +76,7 @@ class Pending:
         return not (self.run or self.folds or self.vote or self.status)
 
     def describe(self) -> str:
-        parts = (["the run"] if self.run else []) + [f"fold {k}" for k in self.folds]
+        parts = (["the run"] if self.run else []) + [fold_label(k) for k in self.folds]
         parts += (["the vote"] if self.vote else []) + (["its status"] if self.status else [])
         return ", ".join(parts)
 
@@ -97,15 +106,26 @@ class Journal:
         arrays |= _prefixed("pred", _columns(record.predictions))
         if record.patients is not None:
             arrays |= _prefixed("patient", _columns(record.patients))
-        self._write_npz(run_id, fold_file(record.fold), meta, arrays)
+        self._write_npz(run_id, fold_file(record.key), meta, arrays)
 
-    def write_vote(self, run_id: str, vote: VoteRecord, wall_s: float) -> None:
-        meta = {"threshold": vote.threshold, "wall_s": vote.wall_s, "run_wall_s": wall_s}
-        meta["metrics"] = [_metric_dict(m) for m in vote.metrics]
-        arrays = {"mean_curve": np.asarray(vote.mean_curve, dtype=np.float64)}
-        arrays |= _prefixed("pred", _columns(vote.predictions))
-        if vote.patients is not None:
-            arrays |= _prefixed("patient", _columns(vote.patients))
+    def write_vote(self, run_id: str, votes: list[VoteRecord], wall_s: float) -> None:
+        """Every vote of the run in one file: the run finishes with all of them or none."""
+        meta: dict[str, Any] = {"run_wall_s": wall_s, "votes": []}
+        arrays: dict[str, np.ndarray] = {}
+        for i, vote in enumerate(votes):
+            meta["votes"].append(
+                {
+                    "threshold": vote.threshold,
+                    "wall_s": vote.wall_s,
+                    "outer": vote.outer,
+                    "metrics": [_metric_dict(m) for m in vote.metrics],
+                }
+            )
+            part = {"mean_curve": np.asarray(vote.mean_curve, dtype=np.float64)}
+            part |= _prefixed("pred", _columns(vote.predictions))
+            if vote.patients is not None:
+                part |= _prefixed("patient", _columns(vote.patients))
+            arrays |= _prefixed(f"v{i}", part)
         self._write_npz(run_id, VOTE_FILE, meta, arrays)
 
     def write_status(self, run_id: str, status: str, error: str | None) -> None:
@@ -134,8 +154,8 @@ class Journal:
         known = {f.name for f in fields(RunRecord)}
         return RunRecord(**{k: v for k, v in payload.items() if k in known})
 
-    def read_fold(self, run_id: str, fold: int) -> FoldRecord:
-        meta, arrays = self._read_npz(run_id, fold_file(fold))
+    def read_fold(self, run_id: str, key: tuple[int, int]) -> FoldRecord:
+        meta, arrays = self._read_npz(run_id, fold_file(key))
         meta["metrics"] = [_metric_row(m) for m in meta["metrics"]]
         meta["epochs"] = [EpochRecord(**e) for e in meta["epochs"]]
         return FoldRecord(
@@ -145,29 +165,40 @@ class Journal:
             patients=_patients(arrays),
         )
 
-    def read_vote(self, run_id: str) -> tuple[VoteRecord, float]:
+    def read_vote(self, run_id: str) -> tuple[list[VoteRecord], float]:
         meta, arrays = self._read_npz(run_id, VOTE_FILE)
-        vote = VoteRecord(
-            threshold=meta["threshold"],
-            mean_curve=arrays["mean_curve"],
-            metrics=[_metric_row(m) for m in meta["metrics"]],
-            predictions=Predictions(**_unprefixed("pred", arrays)),
-            wall_s=meta["wall_s"],
-            patients=_patients(arrays),
-        )
-        return vote, float(meta["run_wall_s"])
+        if "votes" not in meta:  # written before outer folds: the one vote, unprefixed
+            meta["votes"], arrays = (
+                [{**meta, "outer": None}],
+                {"v0." + k: v for k, v in arrays.items()},
+            )
+        votes = []
+        for i, entry in enumerate(meta["votes"]):
+            part = _unprefixed(f"v{i}", arrays)
+            votes.append(
+                VoteRecord(
+                    threshold=entry["threshold"],
+                    mean_curve=part["mean_curve"],
+                    metrics=[_metric_row(m) for m in entry["metrics"]],
+                    predictions=Predictions(**_unprefixed("pred", part)),
+                    wall_s=entry["wall_s"],
+                    patients=_patients(part),
+                    outer=entry["outer"],
+                )
+            )
+        return votes, float(meta["run_wall_s"])
 
     def read_status(self, run_id: str) -> tuple[str, str | None]:
         payload = json.loads((self.folder(run_id) / STATUS_FILE).read_text())
         return payload["status"], payload["error"]
 
-    def folds(self, run_id: str) -> list[int]:
-        """The folds of a run whose results are on disk, ingested or not."""
+    def folds(self, run_id: str) -> list[tuple[int, int]]:
+        """The (outer, fold) of a run whose results are on disk, ingested or not."""
         folder = self.folder(run_id)
         if not folder.is_dir():
             return []
         found = (_FOLD_FILE.match(p.name) for p in folder.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
+        return sorted((int(m.group(1) or 0), int(m.group(2))) for m in found if m)
 
     def has_run(self, run_id: str) -> bool:
         return (self.folder(run_id) / RUN_FILE).is_file()

@@ -252,12 +252,169 @@ CREATE TABLE patient_decisions (
     con.execute("ALTER TABLE runs ADD COLUMN plugins JSON")
 
 
+# What `outer_fold` is on rows written before it existed (one outer fold, every run): 0 on
+# a fold's rows and the split, NULL on the vote's (the headline). Also how a reader sees
+# an older store it must not upgrade (`ichbench.store.health.compat_views`).
+OUTER_FOLD_OF_OLDER_ROWS = {
+    "splits": "0",
+    "folds": "0",
+    "epochs": "0",
+    "metrics": "CASE WHEN model = 'fold' THEN 0 END",
+    "curves": "CASE WHEN fold IS NOT NULL THEN 0 END",
+    "predictions": "CASE WHEN fold IS NOT NULL THEN 0 END",
+    "patient_decisions": "CASE WHEN fold IS NOT NULL THEN 0 END",
+}
+
+
+# A run is compared like for like with the study only on its data (the PhysioNet
+# release) with its setup (ImageNet ResNet50 through the paper preset); anything else is
+# shown beside the literature with a caveat, never as "beats the paper".
+COMPARABLE = (
+    "(r.dataset LIKE 'physionet%' AND r.backbone = 'resnet50' AND r.preset = 'paper' "
+    "AND coalesce(r.pretrained, false))"
+)
+
+
+def m006_outer_folds(con: duckdb.DuckDBPyConnection) -> None:
+    """Nested cross-validation: every per-split row says which outer fold it belongs to
+    (`outer_fold`, 0 for every run made before, which had one), and the run's headline
+    vote rows have `outer_fold` NULL: with one outer fold, the vote itself; with several,
+    the outer folds' test decisions pooled. (`outer` is a reserved word in SQL.) The views
+    count the headline only, give the spread of the folds' validation F1, and say whether
+    a run is comparable with the literature at all and which reported numbers lie inside
+    its confidence intervals."""
+    for table in ("splits", "metrics", "curves", "predictions", "patient_decisions"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN outer_fold INTEGER")
+        con.execute(f"UPDATE {table} SET outer_fold = {OUTER_FOLD_OF_OLDER_ROWS[table]}")
+    # a fold is now (outer fold, fold): the keys are rebuilt around it
+    con.execute("""
+CREATE TABLE folds_keyed (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER NOT NULL,
+    status VARCHAR NOT NULL,
+    threshold DOUBLE,
+    best_epoch INTEGER,
+    train_ich_before INTEGER,
+    train_healthy_before INTEGER,
+    train_ich INTEGER,
+    train_healthy INTEGER,
+    added INTEGER,
+    removed INTEGER,
+    train_patients INTEGER[],
+    val_patients INTEGER[],
+    wall_s DOUBLE,
+    checkpoint VARCHAR,
+    written_at TIMESTAMP NOT NULL,
+    compiled BOOLEAN,
+    notes JSON,
+    outer_fold INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, outer_fold, fold)
+)""")
+    con.execute("INSERT INTO folds_keyed SELECT *, 0 FROM folds")
+    con.execute("""
+CREATE TABLE epochs_keyed (
+    run_id VARCHAR NOT NULL,
+    fold INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    train_loss DOUBLE,
+    val_loss DOUBLE,
+    val_f1 DOUBLE,
+    wall_s DOUBLE,
+    outer_fold INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, outer_fold, fold, epoch)
+)""")
+    con.execute("INSERT INTO epochs_keyed SELECT *, 0 FROM epochs")
+    for table in ("folds", "epochs"):
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE {table}_keyed RENAME TO {table}")
+    con.execute("DROP VIEW run_summary")
+    con.execute("DROP VIEW vote_vs_baselines")
+    con.execute("""
+CREATE VIEW run_summary AS
+WITH vote AS (
+    SELECT m.run_id, m.scope, m.sensitivity, m.specificity, m.precision, m.f1,
+           m.accuracy, m.auc, m.f1_lo, m.f1_hi, m.auc_lo, m.auc_hi
+    FROM metrics m JOIN runs r USING (run_id)
+    WHERE m.model = 'vote' AND m.split = 'test' AND m.outer_fold IS NULL
+      AND r.status = 'finished'
+),
+val AS (
+    SELECT run_id, avg(f1) AS mean_val_f1, stddev_samp(f1) AS sd_val_f1
+    FROM metrics
+    WHERE model = 'fold' AND scope = 'slice' AND split = 'val'
+    GROUP BY run_id
+),
+done AS (
+    SELECT run_id, count(*) AS folds_finished
+    FROM folds WHERE status = 'finished' GROUP BY run_id
+)
+SELECT r.run_id, r.status, r.started_at, r.finished_at, r.dataset, r.backbone,
+       r.strategies, r.ensemble, r.patient_rule, r.preset, r.seed, r.device,
+       r.pretrained, r.grid_id, r.config_hash, r.dataset_hash, r.threshold,
+       coalesce(d.folds_finished, 0) AS folds_finished,
+       s.sensitivity AS slice_sensitivity, s.specificity AS slice_specificity,
+       s.precision AS slice_precision, s.f1 AS slice_f1, s.accuracy AS slice_accuracy,
+       s.auc AS slice_auc,
+       p.sensitivity AS patient_sensitivity, p.specificity AS patient_specificity,
+       p.precision AS patient_precision, p.f1 AS patient_f1, p.accuracy AS patient_accuracy,
+       v.mean_val_f1, r.wall_s, r.error,
+       coalesce(TRY_CAST(json_extract(r.config, '$.outer') AS INTEGER), 1) AS outer_folds,
+       v.sd_val_f1, s.f1_lo AS slice_f1_lo, s.f1_hi AS slice_f1_hi,
+       s.auc_lo AS slice_auc_lo, s.auc_hi AS slice_auc_hi,
+       p.f1_lo AS patient_f1_lo, p.f1_hi AS patient_f1_hi
+FROM runs r
+LEFT JOIN vote s ON s.run_id = r.run_id AND s.scope = 'slice'
+LEFT JOIN vote p ON p.run_id = r.run_id AND p.scope = 'patient'
+LEFT JOIN val v ON v.run_id = r.run_id
+LEFT JOIN done d ON d.run_id = r.run_id
+""")
+    con.execute(f"""
+CREATE VIEW vote_vs_baselines AS
+WITH vote AS (
+    SELECT r.run_id, r.backbone AS run_backbone, r.strategies, r.preset, r.grid_id,
+           r.dataset, {COMPARABLE} AS comparable,
+           m.scope, m.sensitivity, m.specificity, m.precision, m.f1, m.accuracy,
+           m.sensitivity_lo, m.sensitivity_hi, m.specificity_lo, m.specificity_hi,
+           m.f1_lo, m.f1_hi
+    FROM metrics m JOIN runs r USING (run_id)
+    WHERE m.model = 'vote' AND m.split = 'test' AND m.outer_fold IS NULL
+      AND r.status = 'finished'
+)
+SELECT v.run_id, v.run_backbone, v.strategies, v.preset, v.grid_id, v.scope,
+       b.source, b.model AS baseline_model, b.backbone AS baseline_backbone, b.setting,
+       b.fold AS baseline_fold, b.citation,
+       v.f1 AS run_f1, b.f1 AS baseline_f1, v.f1 - b.f1 AS delta_f1,
+       v.sensitivity AS run_sensitivity, b.sensitivity AS baseline_sensitivity,
+       v.sensitivity - b.sensitivity AS delta_sensitivity,
+       v.specificity AS run_specificity, b.specificity AS baseline_specificity,
+       v.specificity - b.specificity AS delta_specificity,
+       v.precision AS run_precision, b.precision AS baseline_precision,
+       v.precision - b.precision AS delta_precision,
+       v.accuracy AS run_accuracy, b.accuracy AS baseline_accuracy,
+       v.accuracy - b.accuracy AS delta_accuracy,
+       v.f1 > b.f1 AS beats_f1,
+       1 + count(*) FILTER (WHERE b.f1 > v.f1)
+           OVER (PARTITION BY v.run_id, v.scope) AS f1_rank,
+       count(*) FILTER (WHERE b.f1 IS NOT NULL)
+           OVER (PARTITION BY v.run_id, v.scope) + 1 AS f1_ranked_of,
+       v.dataset, v.comparable,
+       b.f1 BETWEEN v.f1_lo AND v.f1_hi AS baseline_f1_in_ci,
+       b.sensitivity BETWEEN v.sensitivity_lo AND v.sensitivity_hi
+           AS baseline_sensitivity_in_ci,
+       b.specificity BETWEEN v.specificity_lo AND v.specificity_hi
+           AS baseline_specificity_in_ci
+FROM vote v
+JOIN baselines b ON b.scope = v.scope AND b.split = 'test'
+""")
+
+
 MIGRATIONS: list[Migration] = [
     ("m001_initial_tables", m001_initial_tables),
     ("m002_seed_baselines", m002_seed_baselines),
     ("m003_views", m003_views),
     ("m004_owner_and_compiled", m004_owner_and_compiled),
     ("m005_patient_decisions_notes_plugins", m005_patient_decisions_notes_plugins),
+    ("m006_outer_folds", m006_outer_folds),
 ]
 
 

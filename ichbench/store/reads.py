@@ -2,6 +2,11 @@
 
 Every statement here binds its values as `?` parameters on a read-only connection; no
 reader ever builds SQL from a value. `Store.query` is only for a user's own SQL.
+
+A run with several outer folds has a fold model per (outer fold, fold) and a vote per
+outer fold; "the vote" of a reader is the run's headline (`outer_fold` NULL: pooled over
+the outer folds), and per-fold readers take one outer fold (`outer`, 0 by default: the
+only one of a run of the study's single split).
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 
 @dataclass
 class StoredSplit:
-    """A run's patient split as recorded: the held-out test patients and, per fold, its
-    training and validation patients."""
+    """A run's patient split as recorded: every tested patient (each in one outer fold's
+    test set), each outer fold's test patients, and outer fold 0's folds, their training
+    and validation patients."""
 
     test: list[int] = field(default_factory=list)
     folds: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    outer_tests: dict[int, list[int]] = field(default_factory=dict)
 
 
 def first_line(exc: BaseException) -> str:
@@ -46,8 +53,14 @@ def exists(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
     return con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None
 
 
-def _fold_cond(fold: int | None) -> tuple[str, list[Any]]:
-    return ("fold IS NULL", []) if fold is None else ("fold = ?", [fold])
+def _fold_cond(fold: int | None, outer: int | None = 0) -> tuple[str, list[Any]]:
+    """Rows of fold `fold` of outer fold `outer`, or (`fold` None) of that outer fold's
+    vote, or (both None) of the run's headline vote."""
+    if fold is None and outer is None:
+        return "fold IS NULL AND outer_fold IS NULL", []
+    if fold is None:
+        return "fold IS NULL AND outer_fold = ?", [outer]
+    return "fold = ? AND outer_fold = ?", [fold, 0 if outer is None else outer]
 
 
 class StoreReads:
@@ -168,43 +181,51 @@ class StoreReads:
 
     # ------------------------------------------------------------------ folds
 
-    def finished_folds(self, run_id: str) -> set[int]:
+    def finished_folds(self, run_id: str) -> set[tuple[int, int]]:
+        """(outer fold, fold) of every finished fold of a run."""
         with self._reader() as con:
             rows = con.execute(
-                "SELECT fold FROM folds WHERE run_id = ? AND status = 'finished'", [run_id]
+                "SELECT outer_fold, fold FROM folds WHERE run_id = ? AND status = 'finished'",
+                [run_id],
             ).fetchall()
-        return {int(r[0]) for r in rows}
+        return {(int(r[0]), int(r[1])) for r in rows}
 
-    def load_fold(self, run_id: str, fold: int) -> FoldRecord:
-        """A stored fold as the runner wrote it, enough to recompute the vote on resume.
-        Predictions come back ordered by split, patient and slice; patient decisions by
-        split and patient (None for a fold recorded without them)."""
+    def load_fold(self, run_id: str, key: tuple[int, int] | int) -> FoldRecord:
+        """A stored fold, `key` = (outer fold, fold), as the runner wrote it: enough to
+        recompute the vote on resume. Predictions come back ordered by split, patient
+        and slice; patient decisions by split and patient (None for a fold recorded
+        without them). A bare fold number is a fold of outer fold 0."""
+        outer, fold = key if isinstance(key, tuple) else (0, key)
+        where = [run_id, fold, outer]
         with self._reader() as con:
             rows = dicts(
-                con.execute("SELECT * FROM folds WHERE run_id = ? AND fold = ?", [run_id, fold])
+                con.execute(
+                    "SELECT * FROM folds WHERE run_id = ? AND fold = ? AND outer_fold = ?", where
+                )
             )
             if not rows:
-                raise StoreError(f"Run '{run_id}' has no fold {fold} in {self.path}")
+                raise StoreError(f"Run '{run_id}' has no fold {key} in {self.path}")
             row = decode_json(rows[0], "folds")
-            curve = self._load_curve(con, run_id, fold)
+            curve = self._load_curve(con, run_id, fold, outer)
             metrics = [
                 metric_row(m)
                 for m in dicts(
                     con.execute(
-                        "SELECT * FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold' "
-                        "ORDER BY scope, split",
-                        [run_id, fold],
+                        "SELECT * FROM metrics WHERE run_id = ? AND fold = ? AND outer_fold = ? "
+                        "AND model = 'fold' ORDER BY scope, split",
+                        where,
                     )
                 )
             ]
-            preds = self._load_predictions(con, run_id, fold)
-            patients = self._load_patients(con, run_id, fold)
+            preds = self._load_predictions(con, run_id, fold, outer)
+            patients = self._load_patients(con, run_id, fold, outer)
             epochs = [
                 EpochRecord(e["epoch"], e["train_loss"], e["val_loss"], e["val_f1"], e["wall_s"])
                 for e in dicts(
                     con.execute(
-                        "SELECT * FROM epochs WHERE run_id = ? AND fold = ? ORDER BY epoch",
-                        [run_id, fold],
+                        "SELECT * FROM epochs WHERE run_id = ? AND fold = ? AND outer_fold = ? "
+                        "ORDER BY epoch",
+                        where,
                     )
                 )
             ]
@@ -230,22 +251,32 @@ class StoreReads:
             compiled=bool(row["compiled"]),
             patients=patients if len(patients) else None,
             notes=dict(row["notes"] or {}),
+            outer=int(row["outer_fold"]),
         )
 
-    def folds(self, run_id: str) -> list[dict[str, Any]]:
-        """The `folds` rows of a run, in fold order, `notes` as a dict (None when the fold
-        was recorded without them)."""
+    def folds(self, run_id: str, outer: int | None = 0) -> list[dict[str, Any]]:
+        """The `folds` rows of one outer fold of a run (every outer fold's for None), in
+        fold order, `notes` as a dict (None when the fold was recorded without them)."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
-            rows = dicts(con.execute("SELECT * FROM folds WHERE run_id = ? ORDER BY fold", [full]))
+            rows = dicts(
+                con.execute(
+                    "SELECT * FROM folds WHERE run_id = ? AND (? IS NULL OR outer_fold = ?) "
+                    "ORDER BY outer_fold, fold",
+                    [full, outer, outer],
+                )
+            )
         return [decode_json(r, "folds") for r in rows]
 
-    def epoch_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """The `epochs` rows of a run, by fold then epoch."""
+    def epoch_rows(self, run_id: str, outer: int = 0) -> list[dict[str, Any]]:
+        """The `epochs` rows of one outer fold of a run, by fold then epoch."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
             return dicts(
-                con.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY fold, epoch", [full])
+                con.execute(
+                    "SELECT * FROM epochs WHERE run_id = ? AND outer_fold = ? ORDER BY fold, epoch",
+                    [full, outer],
+                )
             )
 
     def split(self, run_id: str) -> StoredSplit:
@@ -254,56 +285,81 @@ class StoreReads:
         with self._reader() as con:
             full = self._resolve(con, run_id)
             rows = con.execute(
-                "SELECT fold, patient_id, role FROM splits WHERE run_id = ? "
-                "ORDER BY fold NULLS FIRST, role, patient_id",
+                "SELECT outer_fold, fold, patient_id, role FROM splits WHERE run_id = ? "
+                "ORDER BY outer_fold, fold NULLS FIRST, role, patient_id",
                 [full],
             ).fetchall()
-        for fold, pid, role in rows:
+        for outer, fold, pid, role in rows:
             if role == "test":
-                result.test.append(int(pid))
-            else:
+                result.outer_tests.setdefault(int(outer), []).append(int(pid))
+            elif outer == 0:
                 parts = result.folds.setdefault(int(fold), {"train": [], "val": []})
                 parts[role].append(int(pid))
+        result.test = sorted(p for tests in result.outer_tests.values() for p in tests)
         return result
 
     # ------------------------------------------------------------------ results
 
-    def run_metrics(self, run_id: str) -> list[dict[str, Any]]:
-        """Every `metrics` row of a run: folds in order, then the vote."""
+    def run_metrics(self, run_id: str, outer: int = 0) -> list[dict[str, Any]]:
+        """The `metrics` rows of one outer fold's folds, in order, then the run's
+        headline vote."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
             return dicts(
                 con.execute(
-                    "SELECT * FROM metrics WHERE run_id = ? "
+                    "SELECT * FROM metrics WHERE run_id = ? AND ((model = 'fold' AND "
+                    "outer_fold = ?) OR (model = 'vote' AND outer_fold IS NULL)) "
                     "ORDER BY model = 'vote', fold, scope DESC, split DESC",
+                    [full, outer],
+                )
+            )
+
+    def outer_votes(self, run_id: str) -> list[dict[str, Any]]:
+        """The vote `metrics` rows of each outer fold of a run (none with one outer
+        fold, whose vote is the headline), by outer fold."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            return dicts(
+                con.execute(
+                    "SELECT * FROM metrics WHERE run_id = ? AND model = 'vote' "
+                    "AND outer_fold IS NOT NULL ORDER BY outer_fold, scope DESC, split DESC",
                     [full],
                 )
             )
 
     def _load_curve(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        run_id: str,
+        fold: int | None,
+        outer: int | None = None,
     ) -> np.ndarray:
-        cond, extra = _fold_cond(fold)
+        cond, extra = _fold_cond(fold, outer)
         rows = con.execute(
             f"SELECT f1 FROM curves WHERE run_id = ? AND {cond} ORDER BY threshold",
             [run_id, *extra],
         ).fetchall()
         return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
 
-    def load_curve(self, run_id: str, fold: int | None) -> np.ndarray:
-        """A fold's validation F1 curve, or the vote's mean curve for `fold=None`."""
+    def load_curve(self, run_id: str, fold: int | None, outer: int | None = None) -> np.ndarray:
+        """A fold's validation F1 curve (of outer fold `outer`, 0 if None), or for
+        `fold=None` the mean curve of a single-split run (`outer` None) or of one outer
+        fold."""
         with self._reader() as con:
-            return self._load_curve(con, run_id, fold)
+            return self._load_curve(con, run_id, fold, outer)
 
-    def curves(self, run_id: str) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
-        """Every curve of a run: fold (None for the mean curve) -> (thresholds, F1), the
-        F1 NaN where it was undefined."""
+    def curves(
+        self, run_id: str, outer: int = 0
+    ) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
+        """Every curve of one outer fold of a run: fold (None for the mean curve) ->
+        (thresholds, F1), the F1 NaN where it was undefined."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
             rows = con.execute(
                 "SELECT fold, threshold, coalesce(f1, 'NaN'::DOUBLE) FROM curves "
-                "WHERE run_id = ? ORDER BY fold NULLS LAST, threshold",
-                [full],
+                "WHERE run_id = ? AND coalesce(outer_fold, 0) = ? "
+                "ORDER BY fold NULLS LAST, threshold",
+                [full, outer],
             ).fetchall()
         grouped: dict[int | None, tuple[list[float], list[float]]] = {}
         for fold, thr, f1 in rows:
@@ -316,9 +372,13 @@ class StoreReads:
         }
 
     def _load_predictions(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        run_id: str,
+        fold: int | None,
+        outer: int | None = None,
     ) -> Predictions:
-        cond, extra = _fold_cond(fold)
+        cond, extra = _fold_cond(fold, outer)
         cols = con.execute(
             "SELECT split, patient_id, slice, label, coalesce(prob, 'NaN'::DOUBLE) AS prob "
             f"FROM predictions WHERE run_id = ? AND {cond} ORDER BY split, patient_id, slice",
@@ -327,19 +387,22 @@ class StoreReads:
         return predictions_from(cols)
 
     def load_vote_predictions(self, run_id: str) -> Predictions:
-        """The ensemble's test probabilities recorded by `finish_run`."""
+        """The run's headline test probabilities recorded by `finish_run`: the ensemble's,
+        pooled over the outer folds when there are several."""
         with self._reader() as con:
             return self._load_predictions(con, run_id, None)
 
     def prediction_columns(self, run_id: str) -> dict[str, np.ndarray]:
-        """Every prediction of a run as columns `fold` (-1 for the vote), `split`,
-        `patient_id`, `slice`, `label`, `prob` (NaN where NULL), ordered by fold, split,
-        patient and slice."""
+        """The predictions of one outer fold's fold models and of the run's headline vote,
+        as columns `fold` (-1 for the vote), `split`, `patient_id`, `slice`, `label`,
+        `prob` (NaN where NULL), ordered by fold, split, patient and slice."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
             cols = con.execute(
                 "SELECT coalesce(fold, -1) AS fold, split, patient_id, slice, label, "
                 "coalesce(prob, 'NaN'::DOUBLE) AS prob FROM predictions WHERE run_id = ? "
+                "AND ((fold IS NOT NULL AND outer_fold = 0) OR "
+                "(fold IS NULL AND outer_fold IS NULL)) "
                 "ORDER BY fold, split, patient_id, slice",
                 [full],
             ).fetchnumpy()
@@ -354,9 +417,13 @@ class StoreReads:
         return out
 
     def _load_patients(
-        self, con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        run_id: str,
+        fold: int | None,
+        outer: int | None = None,
     ) -> PatientDecisions:
-        cond, extra = _fold_cond(fold)
+        cond, extra = _fold_cond(fold, outer)
         cols = con.execute(
             "SELECT split, patient_id, label, coalesce(score, 'NaN'::DOUBLE) AS score, "
             f"decision FROM patient_decisions WHERE run_id = ? AND {cond} "
@@ -366,19 +433,41 @@ class StoreReads:
         return patients_from(cols)
 
     def patient_decisions(self, run_id: str) -> dict[int | None, PatientDecisions]:
-        """The stored patient decisions of each model of a run: fold -> decisions, None
-        for the vote. A model recorded without them (an older run) is absent."""
+        """The stored patient decisions of outer fold 0's fold models and of the run's
+        headline vote: fold -> decisions, None for the vote. A model recorded without
+        them (an older run) is absent."""
         with self._reader() as con:
             full = self._resolve(con, run_id)
             folds = [
                 r[0]
                 for r in con.execute(
                     "SELECT DISTINCT fold FROM patient_decisions WHERE run_id = ? "
+                    "AND (outer_fold = 0 OR (fold IS NULL AND outer_fold IS NULL)) "
                     "ORDER BY fold NULLS LAST",
                     [full],
                 ).fetchall()
             ]
-            return {fold: self._load_patients(con, full, fold) for fold in folds}
+            return {
+                fold: self._load_patients(con, full, fold, None if fold is None else 0)
+                for fold in folds
+            }
+
+    def comparable(self, run_id: str) -> bool | None:
+        """Whether a finished run compares like for like with the literature (the
+        `vote_vs_baselines` view's rule); None for a run without a result, or in an
+        older store that predates the rule."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            has = con.execute(
+                "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'vote_vs_baselines' "
+                "AND column_name = 'comparable'"
+            ).fetchone()[0]
+            if not has:
+                return None
+            row = con.execute(
+                "SELECT bool_and(comparable) FROM vote_vs_baselines WHERE run_id = ?", [full]
+            ).fetchone()
+        return None if row is None or row[0] is None else bool(row[0])
 
     def baselines(self) -> list[dict[str, Any]]:
         with self._reader() as con:

@@ -32,7 +32,7 @@ METRIC_COLUMNS = (
         "n",
     ]
     + [f"{m}_{end}" for m in METRIC_NAMES for end in ("lo", "hi")]
-    + ["ci_method"]
+    + ["ci_method", "outer_fold"]
 )
 FLOAT_METRIC_COLUMNS = frozenset(
     ["threshold", *METRIC_NAMES] + [f"{m}_{end}" for m in METRIC_NAMES for end in ("lo", "hi")]
@@ -56,6 +56,7 @@ FOLD_COLUMNS = (
     "written_at",
     "compiled",
     "notes",
+    "outer_fold",
 )
 JSON_COLUMNS = {"runs": ("config", "versions", "plugins"), "folds": ("notes",)}
 
@@ -180,7 +181,7 @@ def metric_values(row: dict[str, Any]) -> list[Any]:
         num(row[c])
         if c in FLOAT_METRIC_COLUMNS
         else integer(row[c])
-        if c in ("fold", "tp", "fp", "tn", "fn", "n")
+        if c in ("fold", "outer_fold", "tp", "fp", "tn", "fn", "n")
         else row[c]
         for c in METRIC_COLUMNS
     ]

@@ -258,27 +258,34 @@ class Store(StoreReads):
     def write_fold(self, run_id: str, fold: FoldRecord) -> None:
         """Record one fold (row, epochs, metrics, curve, predictions, patient decisions)
         in one transaction; a fold already there is replaced."""
+        key, outer = [run_id, fold.fold, fold.outer], fold.outer
         with self._transaction() as con:
             self._require_run(con, run_id)
             for table in ("folds", "epochs", "curves", "predictions", "patient_decisions"):
                 con.execute(
-                    f"DELETE FROM {table} WHERE run_id = ? AND fold = ?", [run_id, fold.fold]
+                    f"DELETE FROM {table} WHERE run_id = ? AND fold = ? AND outer_fold = ?", key
                 )
             con.execute(
-                "DELETE FROM metrics WHERE run_id = ? AND fold = ? AND model = 'fold'",
-                [run_id, fold.fold],
+                "DELETE FROM metrics WHERE run_id = ? AND fold = ? AND outer_fold = ? "
+                "AND model = 'fold'",
+                key,
             )
             writes.insert_fold_row(con, run_id, fold)
-            writes.insert_epochs(con, run_id, fold.fold, fold.epochs)
-            writes.insert_metrics(con, run_id, fold.fold, fold.metrics)
-            writes.insert_curve(con, run_id, fold.fold, fold.curve)
-            writes.insert_predictions(con, run_id, fold.fold, fold.predictions)
-            writes.insert_patients(con, run_id, fold.fold, getattr(fold, "patients", None))
+            writes.insert_epochs(con, run_id, fold.fold, fold.epochs, outer)
+            writes.insert_metrics(con, run_id, fold.fold, fold.metrics, outer)
+            writes.insert_curve(con, run_id, fold.fold, fold.curve, outer)
+            writes.insert_predictions(con, run_id, fold.fold, fold.predictions, outer)
+            writes.insert_patients(con, run_id, fold.fold, getattr(fold, "patients", None), outer)
 
-    def finish_run(self, run_id: str, vote: VoteRecord, wall_s: float) -> None:
-        """Record the vote (metrics, mean curve, test probabilities, patient decisions)
-        and mark the run finished, in one transaction. Refuses while a fold of the run's
-        split has no finished result."""
+    def finish_run(self, run_id: str, votes: list[VoteRecord] | VoteRecord, wall_s: float) -> None:
+        """Record the votes (metrics, mean curve, test probabilities, patient decisions)
+        and mark the run finished, in one transaction: every outer fold's vote and the
+        headline one (`outer` None; with one outer fold, its vote is the headline). Refuses
+        while a fold of the run's split has no finished result."""
+        votes = [votes] if isinstance(votes, VoteRecord) else list(votes)
+        headline = [v for v in votes if v.outer is None]
+        if len(headline) != 1:
+            raise StoreError(f"Run '{run_id}': a run finishes with one headline vote")
         with self._transaction() as con:
             self._require_run(con, run_id)
             missing = self._missing_folds(con, run_id)
@@ -290,24 +297,27 @@ class Store(StoreReads):
             con.execute("DELETE FROM metrics WHERE run_id = ? AND model = 'vote'", [run_id])
             for table in ("curves", "predictions", "patient_decisions"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND fold IS NULL", [run_id])
-            writes.insert_metrics(con, run_id, None, vote.metrics)
-            writes.insert_curve(con, run_id, None, vote.mean_curve)
-            writes.insert_predictions(con, run_id, None, vote.predictions)
-            writes.insert_patients(con, run_id, None, getattr(vote, "patients", None))
+            for vote in votes:
+                outer = vote.outer
+                writes.insert_metrics(con, run_id, None, vote.metrics, outer)
+                writes.insert_curve(con, run_id, None, vote.mean_curve, outer)
+                writes.insert_predictions(con, run_id, None, vote.predictions, outer)
+                writes.insert_patients(con, run_id, None, getattr(vote, "patients", None), outer)
             con.execute(
                 "UPDATE runs SET status = 'finished', threshold = ?, finished_at = ?, "
                 "wall_s = ?, error = NULL WHERE run_id = ?",
-                [num(vote.threshold), now(), num(wall_s), run_id],
+                [num(headline[0].threshold), now(), num(wall_s), run_id],
             )
 
-    def _missing_folds(self, con: duckdb.DuckDBPyConnection, run_id: str) -> list[int]:
+    def _missing_folds(self, con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
         rows = con.execute(
-            "SELECT DISTINCT s.fold FROM splits s WHERE s.run_id = ? AND s.fold IS NOT NULL "
-            "AND s.fold NOT IN (SELECT fold FROM folds WHERE run_id = ? "
-            "AND status = 'finished') ORDER BY s.fold",
+            "SELECT DISTINCT s.outer_fold, s.fold FROM splits s WHERE s.run_id = ? "
+            "AND s.fold IS NOT NULL AND (s.outer_fold, s.fold) NOT IN "
+            "(SELECT (outer_fold, fold) FROM folds WHERE run_id = ? AND status = 'finished') "
+            "ORDER BY s.outer_fold, s.fold",
             [run_id, run_id],
         ).fetchall()
-        return [r[0] for r in rows]
+        return [str(fold) if outer == 0 else f"{outer}.{fold}" for outer, fold in rows]
 
     def mark_run(self, run_id: str, status: str, error: str | None = None) -> None:
         """Set a run `failed` or `interrupted` (with the error), or back to `running` when

@@ -38,23 +38,19 @@ def now() -> datetime:
 
 
 def insert_splits(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-    folds: list[int | None] = []
-    patients: list[int] = []
-    roles: list[str] = []
-    for pid in run.test_patients:
-        folds.append(None)
-        patients.append(int(pid))
-        roles.append("test")
-    for fold, parts in sorted(run.folds.items(), key=lambda kv: int(kv[0])):
-        for role in ("train", "val"):
-            for pid in parts.get(role, []):
-                folds.append(int(fold))
-                patients.append(int(pid))
-                roles.append(role)
-    if patients:
+    rows: list[tuple[str, int | None, int, str, int]] = []
+    for outer, (test, folds) in enumerate(run.outer_splits()):
+        rows += [(run.run_id, None, int(pid), "test", outer) for pid in test]
+        for fold, parts in sorted(folds.items(), key=lambda kv: int(kv[0])):
+            for role in ("train", "val"):
+                rows += [
+                    (run.run_id, int(fold), int(pid), role, outer) for pid in parts.get(role, [])
+                ]
+    if rows:
         con.executemany(
-            "INSERT INTO splits VALUES (?, ?, ?, ?)",
-            [(run.run_id, f, p, r) for f, p, r in zip(folds, patients, roles, strict=True)],
+            "INSERT INTO splits (run_id, fold, patient_id, role, outer_fold) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
         )
 
 
@@ -78,17 +74,23 @@ def insert_fold_row(con: duckdb.DuckDBPyConnection, run_id: str, fold: FoldRecor
         now(),
         bool(fold.compiled),
         optional_json(getattr(fold, "notes", None)),
+        int(fold.outer),
     ]
     marks = ", ".join("?" for _ in FOLD_COLUMNS)
     con.execute(f"INSERT INTO folds ({', '.join(FOLD_COLUMNS)}) VALUES ({marks})", values)
 
 
 def insert_epochs(
-    con: duckdb.DuckDBPyConnection, run_id: str, fold: int, epochs: list[EpochRecord]
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    fold: int,
+    epochs: list[EpochRecord],
+    outer: int = 0,
 ) -> None:
     if epochs:
         con.executemany(
-            "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO epochs (run_id, fold, epoch, train_loss, val_loss, val_f1, wall_s, "
+            "outer_fold) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     run_id,
@@ -98,6 +100,7 @@ def insert_epochs(
                     num(e.val_loss),
                     num(e.val_f1),
                     num(e.wall_s),
+                    outer,
                 )
                 for e in epochs
             ],
@@ -105,22 +108,32 @@ def insert_epochs(
 
 
 def insert_metrics(
-    con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, rows: list[MetricRow]
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    fold: int | None,
+    rows: list[MetricRow],
+    outer: int | None = 0,
 ) -> None:
+    """A fold's rows (`fold` given) or a vote's (`fold` None); `outer` the outer fold,
+    None for the run's headline vote."""
     if not rows:
         return
     model = "vote" if fold is None else "fold"
     values = []
     for metric in rows:
         row = metric.as_row()
-        row.update(run_id=run_id, fold=fold, model=model)
+        row.update(run_id=run_id, fold=fold, model=model, outer_fold=outer)
         values.append(metric_values(row))
     marks = ", ".join("?" for _ in METRIC_COLUMNS)
     con.executemany(f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) VALUES ({marks})", values)
 
 
 def insert_curve(
-    con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, curve: np.ndarray
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    fold: int | None,
+    curve: np.ndarray,
+    outer: int | None = 0,
 ) -> None:
     f1 = np.asarray(curve, dtype=np.float64).reshape(-1)
     if f1.size == 0:
@@ -128,14 +141,18 @@ def insert_curve(
     scan_insert(
         con,
         {"threshold": curve_thresholds(f1.size), "f1": f1},
-        "INSERT INTO curves SELECT ?, ?, threshold, "
-        "CASE WHEN isnan(f1) THEN NULL ELSE f1 END FROM {frame}",
-        [run_id, fold],
+        "INSERT INTO curves (run_id, fold, threshold, f1, outer_fold) SELECT ?, ?, threshold, "
+        "CASE WHEN isnan(f1) THEN NULL ELSE f1 END, ? FROM {frame}",
+        [run_id, fold, outer],
     )
 
 
 def insert_predictions(
-    con: duckdb.DuckDBPyConnection, run_id: str, fold: int | None, preds: Predictions
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    fold: int | None,
+    preds: Predictions,
+    outer: int | None = 0,
 ) -> None:
     frame = prediction_frame(preds, run_id, fold)
     if not len(frame["prob"]):
@@ -143,9 +160,10 @@ def insert_predictions(
     scan_insert(
         con,
         frame,
-        "INSERT INTO predictions SELECT ?, ?, split, patient_id, slice, label, "
-        "CASE WHEN isnan(prob) THEN NULL ELSE prob END FROM {frame}",
-        [run_id, fold],
+        "INSERT INTO predictions (run_id, fold, split, patient_id, slice, label, prob, "
+        "outer_fold) SELECT ?, ?, split, patient_id, slice, label, "
+        "CASE WHEN isnan(prob) THEN NULL ELSE prob END, ? FROM {frame}",
+        [run_id, fold, outer],
     )
 
 
@@ -154,6 +172,7 @@ def insert_patients(
     run_id: str,
     fold: int | None,
     patients: PatientDecisions | None,
+    outer: int | None = 0,
 ) -> None:
     """A record built without patient decisions (None) writes none."""
     if patients is None:
@@ -164,7 +183,8 @@ def insert_patients(
     scan_insert(
         con,
         frame,
-        "INSERT INTO patient_decisions SELECT ?, ?, split, patient_id, label, "
-        "CASE WHEN isnan(score) THEN NULL ELSE score END, decision FROM {frame}",
-        [run_id, fold],
+        "INSERT INTO patient_decisions (run_id, fold, split, patient_id, label, score, "
+        "decision, outer_fold) SELECT ?, ?, split, patient_id, label, "
+        "CASE WHEN isnan(score) THEN NULL ELSE score END, decision, ? FROM {frame}",
+        [run_id, fold, outer],
     )

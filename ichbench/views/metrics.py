@@ -64,10 +64,79 @@ def _metric_columns(short: bool) -> list[str]:
     return ["Model", "Thr" if short else "Threshold", *[names[m] for m in METRIC_NAMES], "n"]
 
 
+def _outer_rows(data: RunData, scope: str, wording: Wording) -> list[Row]:
+    """A run with outer folds: the pooled result first (every patient tested once), then
+    each outer fold's vote at its own threshold, and their mean ± sd."""
+    rows = []
+    pooled = data.metric("vote", scope, "test")
+    if pooled is not None:
+        rows.append(
+            Row(
+                [
+                    wording.pooled,
+                    DASH,
+                    *[metric_cell(pooled, n) for n in METRIC_NAMES],
+                    str(pooled["n"]),
+                ],
+                strong=True,
+            )
+        )
+    per_outer = data.outer_metrics(scope)
+    for m in per_outer:
+        rows.append(
+            Row(
+                [
+                    wording.outer.format(outer=m["outer_fold"]),
+                    fmt(m["threshold"]),
+                    *[metric_cell(m, n) for n in METRIC_NAMES],
+                    str(m["n"]),
+                ]
+            )
+        )
+    if len(per_outer) > 1:
+        rows.append(
+            Row(
+                [
+                    wording.spread,
+                    mean_sd([m["threshold"] for m in per_outer]),
+                    *[mean_sd([m[n] for m in per_outer]) for n in METRIC_NAMES],
+                    DASH,
+                ],
+                muted=True,
+            )
+        )
+    if not rows:
+        blank = [DASH] * len(METRIC_NAMES)
+        rows.append(Row([wording.pooled, DASH, *blank, f"none: run {data.status}"], muted=True))
+    return rows
+
+
+def val_f1_cell(summary: dict[str, Any]) -> str:
+    """A `run_summary` row's mean validation F1 over folds ± its sd (where known)."""
+    mean, sd = summary.get("mean_val_f1"), summary.get("sd_val_f1")
+    if mean is None or sd is None:
+        return fmt(mean)
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def mean_sd(values: list[float | None]) -> str:
+    """`0.71 ± 0.08` over the defined values (sample sd); a dash when none is."""
+    import statistics
+
+    defined = [v for v in values if v is not None and v == v]
+    if not defined:
+        return DASH
+    sd = statistics.stdev(defined) if len(defined) > 1 else 0.0
+    return f"{statistics.fmean(defined):.2f} ± {sd:.2f}"
+
+
 def _run_rows(data: RunData, scope: str, wording: Wording, placeholders: bool = True) -> list[Row]:
     """Each fold of the split at its own threshold, then the vote. `placeholders`: a
     row that says so for a fold not recorded and for a missing vote (a terminal leaves
-    them out and says "no vote yet" under the table instead)."""
+    them out and says "no vote yet" under the table instead). A run with outer folds
+    shows its outer folds' votes and their pooled result instead."""
+    if data.outer_folds > 1:
+        return _outer_rows(data, scope, wording)
     rows = []
     blank = [DASH] * len(METRIC_NAMES)
     for fold in data.fold_indices:
@@ -112,6 +181,14 @@ def _caption(data: RunData, scope: str) -> str:
         else "Wilson intervals for proportions, bootstrap for F1 and AUC"
     )
     unit = "slices" if scope == "slice" else "patients"
+    if data.outer_folds > 1:
+        return (
+            f"Nested cross-validation, {data.outer_folds} outer folds of patients: each outer "
+            "fold's test patients were scored by the vote of fold models that never saw "
+            "them, cut at that outer fold's own voting threshold; pooled = all of them "
+            f"together, every patient once. 95% CIs in brackets ({ci}); mean ± sd over "
+            f"the outer folds. n = test {unit}."
+        )
     caption = (
         f"Each fold's model at its own validation threshold; the vote combines the "
         f"fold models ({data.run.get('ensemble') or 'mean'}) at the voting threshold"
@@ -128,6 +205,25 @@ def _caption(data: RunData, scope: str) -> str:
 
 def _terminal_note(data: RunData) -> str:
     return "" if data.finished else f"run is {data.status}: no vote yet"
+
+
+def literature_caveat(run: dict[str, Any], comparable: bool | None) -> str:
+    """One line when a run's numbers sit beside the literature's without being like for
+    like (the store's `vote_vs_baselines.comparable`); empty when they are, or unknown."""
+    if comparable is not False:
+        return ""
+    return (
+        f"Not like for like: run {run['run_id']} is {run.get('backbone')} "
+        f"({run.get('preset')} preset) on {run.get('dataset')}; the reported numbers are "
+        "ImageNet ResNet50s on the PhysioNet CT-ICH scans, context rather than a result "
+        "to beat or miss."
+    )
+
+
+def _notes(data: RunData) -> str:
+    return " ".join(
+        n for n in (_terminal_note(data), literature_caveat(data.run, data.comparable)) if n
+    )
 
 
 def metrics_table(
@@ -150,7 +246,7 @@ def metrics_table(
         rows=rows,
         caption=_caption(data, scope),
         short_columns=_metric_columns(True),
-        note=_terminal_note(data),
+        note=_notes(data),
     )
 
 
@@ -170,7 +266,7 @@ def run_tables(
         columns=_metric_columns(True),
         rows=rows,
         caption=_caption(data, scope),
-        note=_terminal_note(data),
+        note=_notes(data),
     )
     paper, cited = paper_and_cited(baselines, scope)
     reported = TableData(
@@ -259,8 +355,8 @@ def compare_table(
         numeric_from=4,
         status_column=1,
         caption="Slice-level metrics with 95% CIs (patient bootstrap); patient level with "
-        "the run's patient rule. Mean val F1: mean over folds of the validation F1 "
-        "at each fold's threshold. A run that did not finish has no vote.",
+        "the run's patient rule. Mean val F1: mean ± sd over folds (of every outer fold) of "
+        "the validation F1 at each fold's threshold. A run that did not finish has no vote.",
     )
 
 
@@ -276,7 +372,7 @@ def _compare_row(r: dict[str, Any], metrics: list[dict[str, Any]], brief: bool) 
     values = [
         *[cell("slice", m) for m in METRIC_NAMES],
         *[cell("patient", m) for m in PATIENT_COMPARED],
-        fmt(r.get("mean_val_f1")),
+        val_f1_cell(r),
     ]
     if brief:
         return Row(
@@ -375,7 +471,7 @@ def runs_table(summaries: list[dict[str, Any]]) -> TableData:
                 fmt(r["threshold"]),
                 fmt(r["slice_f1"]),
                 fmt(r["patient_f1"]),
-                fmt(r["mean_val_f1"]),
+                val_f1_cell(r),
                 fmt_wall(r["wall_s"]),
             ]
         )

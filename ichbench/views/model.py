@@ -52,9 +52,18 @@ class Wording:
     vote: str = "Voting"
     paper_fold: str = "Fold {fold}"
     paper_vote: str = "Voting"
+    pooled: str = "Voting, pooled over outer folds"
+    outer: str = "Voting, outer fold {outer}"
+    spread: str = "Outer folds, mean ± sd"
 
 
 PAGE = Wording()
 TERMINAL = Wording(
-    fold="fold {fold}", vote="vote", paper_fold="paper fold {fold}", paper_vote="paper vote"
+    fold="fold {fold}",
+    vote="vote",
+    paper_fold="paper fold {fold}",
+    paper_vote="paper vote",
+    pooled="pooled",
+    outer="outer fold {outer}",
+    spread="mean ± sd",
 )

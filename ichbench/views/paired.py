@@ -26,13 +26,36 @@ PAIRED_SEED = 0
 def _vote_slices(store: Store, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
     cols = store.prediction_columns(run["run_id"])
     keep = (cols["fold"] == -1) & (cols["split"] == "test")
-    if not keep.any() or run.get("threshold") is None:
+    thresholds = _slice_thresholds(store, run, cols["patient_id"][keep])
+    if not keep.any() or thresholds is None:
         return None
     picked = {name: values[keep] for name, values in cols.items()}
+    picked["threshold"] = thresholds
     order = np.lexsort((picked["slice"], picked["patient_id"]))
     picked = {name: values[order] for name, values in picked.items()}
-    picked["decision"] = picked["prob"] >= float(run["threshold"])
+    picked["decision"] = picked["prob"] >= picked["threshold"]
     return picked
+
+
+def _slice_thresholds(
+    store: Store, run: dict[str, Any], patient_ids: np.ndarray
+) -> np.ndarray | None:
+    """The voting threshold each test slice was cut at: the run's, or with outer folds
+    that of the outer fold that tested its patient. None when one is not known."""
+    if run.get("threshold") is not None:
+        return np.full(len(patient_ids), float(run["threshold"]))
+    by_outer = {
+        m["outer_fold"]: m["threshold"]
+        for m in store.outer_votes(run["run_id"])
+        if (m["scope"], m["split"]) == ("slice", "test") and m["threshold"] is not None
+    }
+    outer_of = {
+        p: outer for outer, tested in store.split(run["run_id"]).outer_tests.items() for p in tested
+    }
+    try:
+        return np.array([by_outer[outer_of[int(p)]] for p in patient_ids], dtype=float)
+    except KeyError:
+        return None
 
 
 def _vote_patients(store: Store, run: dict[str, Any]) -> dict[str, np.ndarray] | None:

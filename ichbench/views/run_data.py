@@ -39,6 +39,18 @@ class RunData:
         default_factory=lambda: {k: np.zeros(0, dtype=t) for k, t in _EMPTY_PREDICTIONS.items()}
     )
     patients: dict[int | None, PatientDecisions] = field(default_factory=dict)
+    # each outer fold's vote metrics (none with the study's single split)
+    outer_votes: list[dict[str, Any]] = field(default_factory=list)
+    comparable: bool | None = None  # like for like with the literature (None: no result)
+
+    @property
+    def outer_folds(self) -> int:
+        """Outer folds of patients: 1 for the study's single held-out split."""
+        return int(self.config.get("outer") or 1)
+
+    def outer_metrics(self, scope: str, split: str = "test") -> list[dict[str, Any]]:
+        """Each outer fold's vote at `scope` on `split`, by outer fold."""
+        return [m for m in self.outer_votes if (m["scope"], m["split"]) == (scope, split)]
 
     @property
     def run_id(self) -> str:
@@ -107,6 +119,8 @@ def load_run_data(store: Store, run_id: str, *, results: bool = True) -> RunData
         folds=store.folds(rid),
         test_patients=split.test,
         fold_patients=split.folds,
+        outer_votes=store.outer_votes(rid),
+        comparable=store.comparable(rid),
     )
     if results:
         data.epochs = store.epoch_rows(rid)
