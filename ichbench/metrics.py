@@ -155,7 +155,20 @@ def slice_metrics(
         ci=ci,
         ci_method="patient-bootstrap",
         **point,
+        **calibration_of(labels, scores),
     )
+
+
+def calibration_of(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    """Brier score and expected calibration error of slice scores read as probabilities;
+    None for both where they cannot be (no slices, or a score outside [0, 1] or NaN)."""
+    from ichbench import calibration
+
+    s = np.asarray(scores, dtype=float)
+    if s.size == 0 or not np.all(np.isfinite(s)) or s.min() < 0 or s.max() > 1:
+        return {"brier": None, "ece": None}
+    y = np.asarray(labels).astype(int)
+    return {"brier": calibration.brier(y, s), "ece": calibration.ece(y, s)}
 
 
 def patient_metrics(

@@ -42,6 +42,7 @@ from ichbench.registry import Registry, created_by
 from ichbench.split import NestedSplit, Split, TrialKey, check_no_leakage, make_nested_split
 from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
 from ichbench.vote import best_threshold, f1_curve, patient_decisions, voting_threshold
+from ichbench.vote_trust import vote_warnings
 
 
 @dataclass
@@ -183,16 +184,26 @@ class RunProtocol:
         built = self.build_model(0, dataset.images.shape[1])
         for outer in split.outers:
             n_test = int(np.isin(dataset.patient_ids, outer.test).sum())
-            self._combine(np.full((len(outer.folds), n_test), 0.5), 0.5)
+            folds = len(outer.folds)
+            self._combine(np.full((folds, n_test), 0.5), 0.5, np.full(folds, 0.5))
         for count in sorted(set(np.unique(dataset.patient_ids, return_counts=True)[1].tolist())):
             scores = np.linspace(0.0, 1.0, count)
             self.plugins.patient_rule.decide(scores, scores >= 0.5, 0.5)
         return built
 
-    def _combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """The ensemble rule's scores and decisions, checked: one of each per slice."""
+    def _per_fold(self) -> bool:
+        """Whether the ensemble rule cuts each fold at its own threshold (its class says
+        `per_fold_thresholds = True`) rather than all at the shared voting threshold."""
+        return bool(getattr(self.plugins.ensemble, "per_fold_thresholds", False))
+
+    def _combine(
+        self, probs: np.ndarray, threshold: float, fold_thresholds: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ensemble rule's scores and decisions, checked: one of each per slice. A
+        rule that asks for them gets each fold's own threshold instead of the shared one."""
         rule = self.plugins.ensemble
-        scores, decisions = rule.combine(probs, threshold)
+        cut = np.asarray(fold_thresholds, dtype=float) if self._per_fold() else threshold
+        scores, decisions = rule.combine(probs, cut)
         scores, decisions = np.asarray(scores, dtype=float), np.asarray(decisions, dtype=bool)
         expected = (probs.shape[1],)
         for name, value in (("scores", scores), ("decisions", decisions)):
@@ -416,7 +427,8 @@ class RunProtocol:
             zip(dataset.patient_ids[test_rows].tolist(), dataset.slice_numbers[test_rows].tolist())
         )
         fold_probs = np.stack([_probs_in_order(f.predictions, "test", key) for f in ordered])
-        scores, decisions = self._combine(fold_probs, threshold)
+        fold_thresholds = np.array([f.threshold for f in ordered], dtype=float)
+        scores, decisions = self._combine(fold_probs, threshold, fold_thresholds)
         metrics, test_patients = self._metrics(
             "vote",
             None,
@@ -433,7 +445,7 @@ class RunProtocol:
                 zip(dataset.patient_ids.tolist(), dataset.slice_numbers.tolist())
             )
         }
-        val_rows, val_prob = [], []
+        val_rows, val_prob, val_cut = [], [], []
         for f in ordered:
             mask = f.predictions.split == "val"
             val_rows += [
@@ -441,6 +453,7 @@ class RunProtocol:
                 for p, s in zip(f.predictions.patient_id[mask], f.predictions.slice[mask])
             ]
             val_prob.append(f.predictions.prob[mask])
+            val_cut.append(np.full(int(mask.sum()), f.threshold if self._per_fold() else threshold))
         val_rows_arr = np.asarray(val_rows)
         val_prob_arr = np.concatenate(val_prob)
         val_metrics, val_patients = self._metrics(
@@ -451,8 +464,9 @@ class RunProtocol:
             dataset,
             val_rows_arr,
             val_prob_arr,
-            val_prob_arr >= threshold,
+            val_prob_arr >= np.concatenate(val_cut),
         )
+        warnings = self._distrust(ordered, threshold, val_metrics, outer)
         predictions = Predictions(
             split=np.array(["test"] * len(test_rows)),
             patient_id=dataset.patient_ids[test_rows],
@@ -469,8 +483,36 @@ class RunProtocol:
             wall_s=time.perf_counter() - started,
             patients=PatientDecisions.concat([val_patients, test_patients]),
             outer=outer,
+            warnings=warnings,
         )
         return vote, test_rows, np.asarray(decisions, dtype=bool)
+
+    def _distrust(
+        self,
+        ordered: list[FoldRecord],
+        threshold: float,
+        val_metrics: list[MetricRow],
+        outer: int | None,
+    ) -> list[dict]:
+        """What the folds' validation results say against trusting this vote
+        (`ichbench.vote_trust`), judged on validation data only, each said as a warning
+        and kept with the run."""
+        oof_f1 = next(m.f1 for m in val_metrics if m.scope == "slice")
+        numbers = [f.threshold for f in ordered] + [float(np.max(f.curve)) for f in ordered]
+        if oof_f1 is None or not np.all(np.isfinite([*numbers, threshold, oof_f1])):
+            return []
+        found = vote_warnings(
+            [f.threshold for f in ordered],
+            [float(np.max(f.curve)) for f in ordered],
+            threshold,
+            float(oof_f1),
+        )
+        if self._per_fold():  # the rule does not share the threshold being judged
+            found = [w for w in found if w.code == "worse-than-every-fold"]
+        where = "" if outer is None else f"outer fold {outer}: "
+        for warning in found:
+            self.emit(RunWarning(message=f"The vote may not be trusted: {where}{warning.message}"))
+        return [{"code": w.code, "message": w.message, "outer": outer} for w in found]
 
 
 _PATIENT_FIELDS = ("split", "patient_id", "label", "score", "decision")

@@ -37,6 +37,9 @@ class MetricRow:
     # 95% confidence intervals, (lo, hi) per metric name in METRIC_NAMES
     ci: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     ci_method: str = ""
+    # calibration of the scores (slice level; None where the scores are no probabilities)
+    brier: float | None = None
+    ece: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k not in ("ci",)}
@@ -174,3 +177,5 @@ class VoteRecord:
     wall_s: float = 0.0
     patients: PatientDecisions | None = None  # the vote's patient decisions (val, test)
     outer: int | None = None
+    # what the fold models' validation results say against trusting this vote
+    warnings: list[dict[str, Any]] = field(default_factory=list)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -60,6 +61,26 @@ def _reduce_factory(name: str, reduce: Callable[..., np.ndarray]) -> Callable[[S
         return Reduce(name, reduce)
 
     return factory
+
+
+@dataclass(frozen=True)
+class FoldVotes:
+    """Each fold votes at its own validation threshold (not the shared voting threshold:
+    fold models whose probabilities are on different scales each keep the cut that suits
+    them); the score is the fraction of folds voting ICH, ICH from half of them on."""
+
+    name: str = "fold-votes"
+    per_fold_thresholds: ClassVar[bool] = True  # `combine` gets one threshold per fold
+
+    def combine(self, probs: np.ndarray, threshold) -> tuple[np.ndarray, np.ndarray]:
+        from ichbench.vote_trust import fold_votes
+
+        return fold_votes(_as_folds(probs), threshold)
+
+
+def fold_votes_factory(spec: Spec) -> FoldVotes:
+    expect_args(spec, 0, "fold-votes (no arguments)")
+    return FoldVotes()
 
 
 def majority_factory(spec: Spec) -> Majority:
@@ -206,6 +227,12 @@ def register_aggregators(register):
         majority_factory,
         kind="ensemble",
         help="Each fold votes at the threshold; ICH when more than half vote ICH.",
+    )
+    register(
+        "fold-votes",
+        fold_votes_factory,
+        kind="ensemble",
+        help="Each fold votes at its own validation threshold; ICH when at least half do.",
     )
     register(
         "any",

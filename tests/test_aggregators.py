@@ -30,7 +30,7 @@ def registry() -> Registry:
 
 
 def test_every_rule_is_registered_with_its_kind(registry):
-    assert registry.names("ensemble") == ["majority", "max", "mean", "median"]
+    assert registry.names("ensemble") == ["fold-votes", "majority", "max", "mean", "median"]
     assert registry.names("patient") == ["any", "k-consecutive", "max-prob", "topk-mean"]
     for name in registry.names("ensemble"):
         assert isinstance(registry.create("ensemble", name), EnsembleRule)
@@ -162,3 +162,14 @@ def test_bad_arguments(registry, kind, spec, message):
     with pytest.raises(UsageError) as info:
         registry.create(kind, spec)
     assert message in str(info.value)
+
+
+def test_fold_votes_cuts_each_fold_at_its_own_threshold(registry):
+    rule = registry.create("ensemble", "fold-votes")
+    assert rule.per_fold_thresholds
+    probs = np.array([[0.05, 0.02, 0.30], [0.95, 0.70, 0.90]])  # fold 0 timid, fold 1 bold
+    scores, decisions = rule.combine(probs, np.array([0.04, 0.80]))
+    assert scores.tolist() == [1.0, 0.0, 1.0] and decisions.tolist() == [True, False, True]
+    # the shared-threshold majority at 0.5 sees only the bold fold: no majority anywhere
+    _, shared = registry.create("ensemble", "majority").combine(probs, 0.5)
+    assert shared.tolist() == [False, False, False]

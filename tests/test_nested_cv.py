@@ -208,3 +208,17 @@ def test_two_nested_runs_on_the_same_outer_folds_are_compared_paired(nested, cap
     for key, value in pooled.items():
         if value is not None:
             assert by_row[key]["b"] == pytest.approx(value)
+
+
+def test_the_report_of_a_nested_run_draws_every_figure(nested, capsys, tmp_path):
+    db, run_id = nested
+    out = tmp_path / "report"
+    code, _, err = run_main(
+        capsys, "report", run_id, "--db", str(db), "--out", str(out), "--no-cam", "--no-tsne"
+    )
+    assert code == 0, err
+    page = (out / "report.html").read_text()
+    for section in ("fig-threshold", "fig-confusion", "fig-roc", "fig-calibration", "fig-strip"):
+        start = page.index(f'<section id="{section}">')
+        assert "<img" in page[start : page.index("</section>", start)], section
+    assert "pooled" in page.lower() and "No vote on the test set" not in page

@@ -278,6 +278,8 @@ EXPECTED_SCHEMA = {
         ("auc_hi", "DOUBLE"),
         ("ci_method", "VARCHAR"),
         ("outer_fold", "INTEGER"),
+        ("brier", "DOUBLE"),
+        ("ece", "DOUBLE"),
     ],
     "patient_decisions": [
         ("run_id", "VARCHAR"),
@@ -368,6 +370,7 @@ EXPECTED_SCHEMA = {
         ("error", "VARCHAR"),
         ("owner", "VARCHAR"),
         ("plugins", "JSON"),
+        ("warnings", "JSON"),
     ],
     "splits": [
         ("run_id", "VARCHAR"),

@@ -139,6 +139,7 @@ def _run_sections(
     S.threshold_section(data, add("fig-threshold", "F1 against threshold (Figure 4)"))
     S.confusion_section(data, add("fig-confusion", "Confusion matrices (Figures 5 and 8)"))
     S.roc_section(data, add("fig-roc", "ROC curves"))
+    S.reliability_section(data, add("fig-calibration", "Calibration (reliability diagram)"))
     S.strip_section(data, add("fig-strip", "Per-patient view of the vote"))
     S.training_section(data, add("fig-training", "Training history"))
 

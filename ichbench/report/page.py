@@ -16,6 +16,7 @@ SECTION_IDS = (
     "fig-threshold",
     "fig-confusion",
     "fig-roc",
+    "fig-calibration",
     "fig-strip",
     "fig-gradcam",
     "fig-tsne",

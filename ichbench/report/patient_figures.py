@@ -23,9 +23,10 @@ class PatientStrip:
     labels: np.ndarray
     label: int  # patient label
     decision: bool | None  # patient decision of the run's patient rule
+    threshold: float | None = None  # its own voting threshold (its outer fold's), if any
 
 
-def strip_figure(strips: list[PatientStrip], threshold: float, source: str) -> Figure:
+def strip_figure(strips: list[PatientStrip], threshold: float | None, source: str) -> Figure:
     """Every test patient's slices in order: the vote probability of each slice as a
     colour, the ground-truth ICH slices and the slices flagged at the voting threshold
     marked, and the patient's label and decision beside the row."""
@@ -47,7 +48,7 @@ def strip_figure(strips: list[PatientStrip], threshold: float, source: str) -> F
     )
     for i, s in enumerate(strips):
         truth = s.slices[s.labels == 1]
-        flagged = s.slices[s.probs >= threshold]
+        flagged = s.slices[s.probs >= (threshold if s.threshold is None else s.threshold)]
         ax.scatter(
             truth,
             np.full(len(truth), i - 0.28),
@@ -87,7 +88,9 @@ def strip_figure(strips: list[PatientStrip], threshold: float, source: str) -> F
             markeredgecolor="black",
             linestyle="none",
             markersize=8,
-            label=f"Flagged (P ≥ {threshold:.2f})",
+            label="Flagged (P ≥ its outer fold's threshold)"
+            if threshold is None
+            else f"Flagged (P ≥ {threshold:.2f})",
         ),
     ]
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)

@@ -27,18 +27,25 @@ def threshold_section(data: RunData, section: Section) -> None:
     if mean is None:
         thr = next(iter(curves.values()))[0]
         mean = (thr, np.nanmean(np.stack([f for _, f in curves.values()]), axis=0))
+    outer_zero = [m["threshold"] for m in data.outer_metrics("slice") if m["outer_fold"] == 0]
+    shown = outer_zero[0] if data.outer_folds > 1 and outer_zero else data.threshold
     with F.style():
-        fig = VF.threshold_figure(curves, mean, data.threshold)
+        fig = VF.threshold_figure(curves, mean, shown)
     caption = (
         "Validation F1 (slice level) of each fold's model at every threshold from "
         "0.00 to 1.00; dots mark each fold's own threshold. The voting threshold is "
         "the peak of the mean curve"
     )
     caption += (
-        f" ({fmt(data.threshold)})."
-        if data.threshold is not None
+        f" ({fmt(shown)})."
+        if shown is not None
         else "; the run did not finish, so none was chosen."
     )
+    if data.outer_folds > 1:
+        caption += (
+            f" Shown: the folds of outer fold 0 of {data.outer_folds}; each outer fold chose "
+            "its own threshold this way (see the tables)."
+        )
     section.figure = figure_out(fig, "F1 against threshold", caption)
 
 
@@ -106,6 +113,33 @@ def roc_section(data: RunData, section: Section) -> None:
     )
 
 
+def reliability_section(data: RunData, section: Section) -> None:
+    from ichbench.calibration import reliability
+
+    curves = []
+    sources = [(f"Fold {k}", k, F.fold_colour(k), False) for k in data.fold_indices]
+    sources.append(("Vote", None, F.VOTE, True))
+    for label, fold, colour, strong in sources:
+        p = data.preds(fold, "test")
+        ok = np.isfinite(p["prob"]) & (p["prob"] >= 0) & (p["prob"] <= 1)
+        if ok.any():
+            curves.append((label, reliability(p["label"][ok], p["prob"][ok]), colour, strong))
+    if not curves:
+        section.notes.append("No test predictions were recorded.")
+        return
+    with F.style():
+        fig = VF.reliability_figure(curves)
+    section.figure = figure_out(
+        fig,
+        "Reliability diagram",
+        "How far each model's scores can be read as probabilities: test slices in ten "
+        "equal-width score bins, the observed ICH fraction of each bin against its mean "
+        "score (on the dotted diagonal when calibrated), and the bins' sizes below. ECE: "
+        "the count-weighted mean gap (also stored per model as metrics.ece, with the Brier "
+        "score as metrics.brier).",
+    )
+
+
 def _vote_decisions(data: RunData) -> dict[int, bool] | None:
     """The vote's stored patient decisions on the test set; None when the run was
     recorded without them."""
@@ -120,10 +154,11 @@ def _vote_decisions(data: RunData) -> dict[int, bool] | None:
 
 def strip_section(data: RunData, section: Section) -> None:
     p = data.preds(None, "test")
-    if not len(p["prob"]) or data.threshold is None:
+    cuts = data.patient_thresholds()
+    if not len(p["prob"]) or not cuts:
         section.notes.append(f"No vote on the test set: the run is {data.status}.")
         return
-    thr = float(data.threshold)
+    thr = None if data.threshold is None else float(data.threshold)
     rule = data.run.get("patient_rule") or "any"
     decisions = _vote_decisions(data)
     if decisions is None:
@@ -143,6 +178,7 @@ def strip_section(data: RunData, section: Section) -> None:
                 p["label"][rows],
                 int(p["label"][rows].max()),
                 (decisions or {}).get(int(pid)),
+                cuts.get(int(pid)),
             )
         )
     with F.style():
@@ -152,7 +188,8 @@ def strip_section(data: RunData, section: Section) -> None:
         "Per-patient strip",
         "One row per test patient, slices in order. Colour: the vote's probability of ICH; "
         "triangles: slices labelled ICH; outlined squares: slices flagged at the voting "
-        f"threshold ({thr:.2f}). Beside each row: the patient's label → the decision of "
+        + ("threshold of the patient's outer fold" if thr is None else f"threshold ({thr:.2f})")
+        + ". Beside each row: the patient's label → the decision of "
         f"the patient rule ({rule}) as the run recorded it; green when correct, red when "
         "not.",
     )

@@ -159,7 +159,9 @@ def roc_figure(
             color=ICH,
             markeredgecolor="black",
             linestyle="none",
-            label=f"Vote at threshold {threshold:.2f}",
+            label="Vote (pooled over outer folds)"
+            if threshold is None
+            else f"Vote at threshold {threshold:.2f}",
         )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -169,4 +171,44 @@ def roc_figure(
     ax.set_ylabel("True positive rate (sensitivity)")
     ax.set_title("ROC on the test slices")
     ax.legend(loc="lower right")
+    return fig
+
+
+def reliability_figure(curves: list[tuple[str, object, str, bool]]) -> Figure:
+    """Reliability diagram: per score bin, the observed ICH fraction against the mean
+    score (on the diagonal when calibrated), with each bin's slice count below.
+    `curves` are (label, `ichbench.calibration.Reliability`, colour, strong)."""
+    fig = new_figure(7, 7.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="Calibrated")
+    width = 1.0 / max(len(curves), 1)
+    for i, (label, rel, colour, strong) in enumerate(curves):
+        filled = rel.counts > 0
+        top.plot(
+            rel.mean_predicted[filled],
+            rel.observed[filled],
+            marker="o",
+            color=colour,
+            linewidth=2.6 if strong else 1.3,
+            label=f"{label} (ECE {rel.ece:.3f})",
+        )
+        left = rel.edges[:-1] + (rel.edges[1:] - rel.edges[:-1]) * width * i
+        bottom.bar(
+            left,
+            rel.counts,
+            width=(rel.edges[1:] - rel.edges[:-1]) * width,
+            align="edge",
+            color=colour,
+            alpha=0.8,
+        )
+    top.set_xlim(0, 1)
+    top.set_ylim(-0.01, 1.01)
+    top.grid(True)
+    top.set_ylabel("Observed ICH fraction")
+    top.set_title("Reliability on the test slices")
+    top.legend(loc="upper left")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("Predicted ICH probability (bin mean)")
+    bottom.set_ylabel("Slices")
+    bottom.grid(True)
     return fig

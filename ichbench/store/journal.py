@@ -119,6 +119,7 @@ class Journal:
                     "wall_s": vote.wall_s,
                     "outer": vote.outer,
                     "metrics": [_metric_dict(m) for m in vote.metrics],
+                    "warnings": list(vote.warnings),
                 }
             )
             part = {"mean_curve": np.asarray(vote.mean_curve, dtype=np.float64)}
@@ -184,6 +185,7 @@ class Journal:
                     wall_s=entry["wall_s"],
                     patients=_patients(part),
                     outer=entry["outer"],
+                    warnings=list(entry.get("warnings", [])),
                 )
             )
         return votes, float(meta["run_wall_s"])

@@ -327,6 +327,11 @@ CREATE TABLE epochs_keyed (
     for table in ("folds", "epochs"):
         con.execute(f"DROP TABLE {table}")
         con.execute(f"ALTER TABLE {table}_keyed RENAME TO {table}")
+    # calibration of each model's scores (slice level), and what the run warned about its
+    # vote (a vote the fold models' validation results say not to trust)
+    con.execute("ALTER TABLE metrics ADD COLUMN brier DOUBLE")
+    con.execute("ALTER TABLE metrics ADD COLUMN ece DOUBLE")
+    con.execute("ALTER TABLE runs ADD COLUMN warnings JSON")
     con.execute("DROP VIEW run_summary")
     con.execute("DROP VIEW vote_vs_baselines")
     con.execute("""

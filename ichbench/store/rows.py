@@ -32,10 +32,11 @@ METRIC_COLUMNS = (
         "n",
     ]
     + [f"{m}_{end}" for m in METRIC_NAMES for end in ("lo", "hi")]
-    + ["ci_method", "outer_fold"]
+    + ["ci_method", "outer_fold", "brier", "ece"]
 )
 FLOAT_METRIC_COLUMNS = frozenset(
-    ["threshold", *METRIC_NAMES] + [f"{m}_{end}" for m in METRIC_NAMES for end in ("lo", "hi")]
+    ["threshold", *METRIC_NAMES, "brier", "ece"]
+    + [f"{m}_{end}" for m in METRIC_NAMES for end in ("lo", "hi")]
 )
 FOLD_COLUMNS = (
     "run_id",
@@ -58,7 +59,7 @@ FOLD_COLUMNS = (
     "notes",
     "outer_fold",
 )
-JSON_COLUMNS = {"runs": ("config", "versions", "plugins"), "folds": ("notes",)}
+JSON_COLUMNS = {"runs": ("config", "versions", "plugins", "warnings"), "folds": ("notes",)}
 
 
 def num(value: Any) -> float | None:
@@ -212,4 +213,6 @@ def metric_row(row: dict[str, Any]) -> MetricRow:
         n=row["n"],
         ci=ci,
         ci_method=row["ci_method"] or "",
+        brier=row.get("brier"),
+        ece=row.get("ece"),
     )

@@ -303,10 +303,11 @@ class Store(StoreReads):
                 writes.insert_curve(con, run_id, None, vote.mean_curve, outer)
                 writes.insert_predictions(con, run_id, None, vote.predictions, outer)
                 writes.insert_patients(con, run_id, None, getattr(vote, "patients", None), outer)
+            warned = [w for vote in votes for w in vote.warnings]
             con.execute(
                 "UPDATE runs SET status = 'finished', threshold = ?, finished_at = ?, "
-                "wall_s = ?, error = NULL WHERE run_id = ?",
-                [num(headline[0].threshold), now(), num(wall_s), run_id],
+                "wall_s = ?, error = NULL, warnings = ? WHERE run_id = ?",
+                [num(headline[0].threshold), now(), num(wall_s), to_json(warned), run_id],
             )
 
     def _missing_folds(self, con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:

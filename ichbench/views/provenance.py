@@ -76,6 +76,27 @@ def _time(value: Any) -> str:
     return DASH if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def threshold_text(data: RunData) -> str:
+    """The voting threshold, or each outer fold's."""
+    per_outer = data.outer_metrics("slice")
+    if data.outer_folds > 1 and per_outer:
+        return ", ".join(f"{fmt(m['threshold'])} (outer {m['outer_fold']})" for m in per_outer)
+    return fmt(data.threshold)
+
+
+def warnings_text(warnings: list[dict] | None) -> str:
+    """What the run warned about its vote, one per line; `none` when it did not, a dash
+    for a run recorded before votes were checked."""
+    if warnings is None:
+        return DASH
+    if not warnings:
+        return "none"
+    return "\n".join(
+        (f"outer fold {w['outer']}: " if w.get("outer") is not None else "") + w["message"]
+        for w in warnings
+    )
+
+
 def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
     """Configuration and provenance as field / value rows."""
     run = data.run
@@ -112,7 +133,8 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
             f"lr {cfg.get('lr')}, patience {cfg.get('patience')}, "
             f"{cfg.get('image_size')} px, windows {windows}",
         ),
-        ("Voting threshold", fmt(data.threshold)),
+        ("Voting threshold", threshold_text(data)),
+        ("Vote warnings", warnings_text(run.get("warnings"))),
         ("Preset", str(run.get("preset"))),
         ("Seed", str(run.get("seed"))),
         ("Device", str(run.get("device"))),
@@ -127,6 +149,8 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
         ("Versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or DASH),
         ("Configuration", json.dumps(cfg, sort_keys=True)),
     ]
+    if data.outer_folds > 1:
+        items.insert(1, ("Outer folds", f"{data.outer_folds} (nested cross-validation)"))
     return TableData(
         id=table_id,
         title="Configuration and provenance",

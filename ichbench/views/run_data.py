@@ -42,6 +42,17 @@ class RunData:
     # each outer fold's vote metrics (none with the study's single split)
     outer_votes: list[dict[str, Any]] = field(default_factory=list)
     comparable: bool | None = None  # like for like with the literature (None: no result)
+    outer_tests: dict[int, list[int]] = field(default_factory=dict)  # outer fold -> patients
+
+    def patient_thresholds(self) -> dict[int, float]:
+        """The voting threshold each test patient's slices were cut at: the run's, or that
+        of the outer fold that tested the patient."""
+        by_outer = {m["outer_fold"]: m["threshold"] for m in self.outer_metrics("slice")}
+        out = {}
+        for outer, patients in self.outer_tests.items():
+            cut = self.threshold if self.outer_folds == 1 else by_outer.get(outer)
+            out.update({p: cut for p in patients if cut is not None})
+        return out
 
     @property
     def outer_folds(self) -> int:
@@ -121,6 +132,7 @@ def load_run_data(store: Store, run_id: str, *, results: bool = True) -> RunData
         fold_patients=split.folds,
         outer_votes=store.outer_votes(rid),
         comparable=store.comparable(rid),
+        outer_tests=split.outer_tests,
     )
     if results:
         data.epochs = store.epoch_rows(rid)
