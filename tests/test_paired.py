@@ -19,6 +19,7 @@ from ichbench.paired import (
     delong,
     mcnemar_exact,
     multiplicities,
+    paired_rows,
 )
 from ichbench.records import METRIC_NAMES
 from ichbench.store import Store
@@ -296,3 +297,30 @@ def test_compare_refuses_runs_on_other_data_or_without_a_result(
         assert code == 2, err
         assert len(error_lines(err)) == 1 and message in error_lines(err)[0] and out == ""
     assert own.read_bytes() == before
+
+
+def test_a_grid_marks_the_runs_it_cannot_tell_from_the_best(runs) -> None:
+    from ichbench.views.paired import indistinguishable_from_best
+
+    _, store, a, b, c = runs
+    ranked = store.summaries([a, b, c])
+    marks = indistinguishable_from_best(store, ranked, n_boot=400)
+    assert marks[a] is True  # the best is the best
+    assert marks[c] is None  # another seed: other validation patients, nothing to pair
+    # A and B share their validation slices: the mark is the paired CI of F1(B) - F1(A)
+    from ichbench.views.paired import _oof_validation
+
+    oof_a, oof_b = _oof_validation(store, ranked[0]), _oof_validation(store, ranked[1])
+    assert np.array_equal(oof_a["patient_id"], oof_b["patient_id"])
+    groups = np.unique(oof_a["patient_id"])
+    mult = multiplicities(len(groups), 400, 0)
+    scored = Scored(
+        oof_a["label"],
+        oof_a["patient_id"],
+        oof_a["prob"],
+        oof_b["prob"],
+        oof_a["decision"],
+        oof_b["decision"],
+    )
+    f1 = next(r for r in paired_rows(scored, "slice", mult, groups) if r.name == "f1")
+    assert marks[b] is (f1.lo <= 0.0 <= f1.hi)

@@ -281,15 +281,24 @@ def _describe(cfg: RunConfig) -> list[str]:
 
 
 def _print_ranking(store, grid_id: str, configs) -> None:
+    from ichbench.views.metrics import val_f1_cell
+    from ichbench.views.paired import indistinguishable_from_best
+
     rows = [r for r in store.list_runs(grid_id=grid_id) if r["status"] == "finished"]
     rows.sort(key=lambda r: -(r["mean_val_f1"] or 0.0))
-    table = Table(title=f"Grid {grid_id}: ranked by mean validation F1 over folds")
+    near = indistinguishable_from_best(store, rows)
+    table = Table(
+        title=f"Grid {grid_id}: ranked by mean validation F1 over folds (± sd)",
+        caption="≈ best: the out-of-fold validation F1 cannot be told from the best run's "
+        "(paired bootstrap over patients, 95% CI of the difference contains 0)",
+    )
     for col in (
         "rank",
         "run",
         "strategies",
         "backbone",
         "mean val F1",
+        "≈ best",
         "vote test F1",
         "patient test F1",
     ):
@@ -300,7 +309,8 @@ def _print_ranking(store, grid_id: str, configs) -> None:
             row["run_id"],
             ", ".join(row["strategies"] or []) or "none",
             row["backbone"],
-            _fmt(row["mean_val_f1"]),
+            val_f1_cell(row),
+            {True: "yes", False: "no"}.get(near.get(row["run_id"]), "–"),
             _fmt(row["slice_f1"]),
             _fmt(row["patient_f1"]),
         )

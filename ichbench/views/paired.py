@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ichbench.formatting import DASH, fmt
-from ichbench.paired import N_PAIRED_BOOTSTRAP, PairedRow, Scored, compare_paired
+from ichbench.paired import (
+    N_PAIRED_BOOTSTRAP,
+    PairedRow,
+    Scored,
+    compare_paired,
+    multiplicities,
+    paired_rows,
+)
 from ichbench.views.model import Row, TableData
 
 if TYPE_CHECKING:
@@ -134,6 +141,60 @@ def paired_result(store: Store, run_a: dict[str, Any], run_b: dict[str, Any]) ->
         rows=[asdict(r) for r in rows],
     )
     return result
+
+
+def _oof_validation(store: Store, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """A finished single-split run's out-of-fold validation slices (each scored by the
+    fold model that did not train on it), ordered by patient and slice, cut at the run's
+    voting threshold; None for another run."""
+    if run["status"] != "finished" or run.get("threshold") is None:
+        return None
+    cols = store.prediction_columns(run["run_id"])
+    keep = (cols["fold"] >= 0) & (cols["split"] == "val")
+    if not keep.any():
+        return None
+    picked = {name: values[keep] for name, values in cols.items()}
+    order = np.lexsort((picked["slice"], picked["patient_id"]))
+    picked = {name: values[order] for name, values in picked.items()}
+    picked["decision"] = picked["prob"] >= float(run["threshold"])
+    return picked
+
+
+def indistinguishable_from_best(
+    store: Store, ranked: list[dict[str, Any]], n_boot: int = N_PAIRED_BOOTSTRAP
+) -> dict[str, bool | None]:
+    """For each run of a grid ranked best first: True when its out-of-fold validation
+    F1 cannot be told from the best run's (the paired bootstrap 95% CI of the
+    difference, resampling patients with all their slices, contains 0), False when it
+    can, None when the two cannot be paired (other validation slices, outer folds, no
+    result). The best run itself is True."""
+    if not ranked:
+        return {}
+    best = _oof_validation(store, ranked[0])
+    out: dict[str, bool | None] = {ranked[0]["run_id"]: True if best is not None else None}
+    for run in ranked[1:]:
+        other = _oof_validation(store, run)
+        same = (
+            best is not None
+            and other is not None
+            and all(np.array_equal(best[k], other[k]) for k in ("patient_id", "slice", "label"))
+        )
+        if not same:
+            out[run["run_id"]] = None
+            continue
+        scored = Scored(
+            best["label"],
+            best["patient_id"],
+            best["prob"],
+            other["prob"],
+            best["decision"],
+            other["decision"],
+        )
+        groups = np.unique(best["patient_id"])
+        mult = multiplicities(len(groups), n_boot, PAIRED_SEED)
+        f1 = next(r for r in paired_rows(scored, "slice", mult, groups) if r.name == "f1")
+        out[run["run_id"]] = None if f1.lo is None or f1.hi is None else bool(f1.lo <= 0.0 <= f1.hi)
+    return out
 
 
 def _p(value: float | None) -> str:
