@@ -78,6 +78,14 @@ def check_outer_count(outer: int) -> None:
         )
 
 
+def check_repeats(repeats: int, seed: int) -> None:
+    """A run is repeated at least once, with seeds that scikit-learn accepts."""
+    if repeats < 1:
+        raise UsageError(f"--repeats {repeats}: must be at least 1")
+    if repeats > 1 and 0 <= seed <= MAX_SEED < seed + repeats - 1:
+        raise UsageError(f"--repeats {repeats} from --seed {seed}: the seeds would pass {MAX_SEED}")
+
+
 def check_test_size(test_size: float) -> None:
     """The test set is a fraction of the patients: neither none nor all of them."""
     if not 0 < test_size < 1:

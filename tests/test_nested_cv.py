@@ -222,3 +222,35 @@ def test_the_report_of_a_nested_run_draws_every_figure(nested, capsys, tmp_path)
         start = page.index(f'<section id="{section}">')
         assert "<img" in page[start : page.index("</section>", start)], section
     assert "pooled" in page.lower() and "No vote on the test set" not in page
+
+
+def test_repeats_run_the_whole_again_with_the_next_seeds(tmp_path, capsys):
+    db = tmp_path / "runs.duckdb"
+    code, out, err = run_main(capsys, "run", *TINY_ARGS, "--repeats", "2", "--db", str(db))
+    assert code == 0, err
+    runs = rows(db, "SELECT seed, grid_id, status FROM runs ORDER BY seed")
+    assert [(s, st) for s, _, st in runs] == [(0, "finished"), (1, "finished")]
+    assert len({g for _, g, _ in runs}) == 1 and runs[0][1].startswith("repeats-")
+    assert "2 repeats" in out and "mean ± sd" in out
+    splits = rows(
+        db,
+        "SELECT r.seed, s.patient_id FROM splits s JOIN runs r USING (run_id) "
+        "WHERE s.role = 'test' ORDER BY 1, 2",
+    )
+    by_seed = {seed: [p for s, p in splits if s == seed] for seed in (0, 1)}
+    assert by_seed[0] != by_seed[1]  # each repeat splits the patients its own way
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--repeats", "0"], "Error: --repeats 0: must be at least 1"),
+        (["--repeats", "3", "--seed", "4294967294"], "Error: --repeats 3 from --seed 4294967294"),
+    ],
+)
+def test_impossible_repeats_are_one_error_and_write_nothing(tmp_path, capsys, extra, message):
+    db = tmp_path / "runs.duckdb"
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, *extra, "--db", str(db))
+    assert code == ExitCode.USAGE, err
+    assert len(error_lines(err)) == 1 and error_lines(err)[0].startswith(message), err
+    assert not db.exists()

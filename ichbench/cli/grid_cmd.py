@@ -35,6 +35,7 @@ from ichbench.cli.options import (
     PatientRuleOpt,
     PresetOpt,
     PretrainedOpt,
+    RepeatsOpt,
     SeedOpt,
     StrategyAxisOpt,
     TestSizeOpt,
@@ -44,7 +45,7 @@ from ichbench.cli.options import (
     experiment_config,
     given_options,
 )
-from ichbench.config import RunConfig, preset_for_device
+from ichbench.config import RunConfig, check_repeats, preset_for_device
 
 EXECUTORS = ("local", "ray")
 
@@ -109,6 +110,7 @@ def register(app: typer.Typer) -> None:
         folds: FoldsOpt = D.folds,
         test_size: TestSizeOpt = D.test_size,
         outer: OuterOpt = D.outer,
+        repeats: RepeatsOpt = D.repeats,
         epochs: EpochsOpt = None,
         batch_size: BatchSizeOpt = None,
         lr: LrOpt = None,
@@ -152,7 +154,8 @@ def register(app: typer.Typer) -> None:
         base = experiment_config(ctx.params)
         base = base_config(base, fixed, explicit=_given(ctx), axes=axes, source=config)
         plan = Grid(axes=axes, base=base)
-        configs = plan.configs()
+        check_repeats(repeats, base.seed)
+        configs = [replace(c, seed=c.seed + i) for c in plan.configs() for i in range(repeats)]
         err.print(f"Grid [bold]{plan.grid_id}[/]: {len(configs)} configuration(s)")
         _check_all(configs)  # a dry run says what would fail, too
         if dry_run:

@@ -49,6 +49,14 @@ OuterOpt = Annotated[
         "1: the study's single held-out split.",
     ),
 ]
+RepeatsOpt = Annotated[
+    int,
+    typer.Option(
+        "--repeats",
+        help="Repeat the whole run with seeds SEED, SEED+1, ... (other splits, other "
+        "initial weights); prints each repeat's result and their mean ± sd.",
+    ),
+]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Maximum epochs per fold.")]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
@@ -156,6 +164,7 @@ class D:
     folds = 5
     test_size = 0.2
     outer = 1
+    repeats = 1
     window: list[str] = ["brain"]  # noqa: RUF012 - typer copies list defaults
     preset = "auto"
     seed = 0

@@ -79,6 +79,13 @@ def _print_tables(console: Console, data: RunData, baselines: list[dict[str, Any
         console.print()
 
 
+def print_repeats(console: Console, store: Store, run_ids: list[str]) -> None:
+    """`ichbench run --repeats R`: each repeat's headline result and their mean ± sd."""
+    from ichbench.views.metrics import repeats_table
+
+    console.print(rich_table(repeats_table(store.summaries(run_ids))))
+
+
 def print_paired(console: Console, paired: dict[str, Any]) -> None:
     """`ichbench compare A B`: the paired table of B - A, or the one line saying why the
     two runs cannot be paired."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Annotated
 
 import typer
@@ -27,6 +28,7 @@ from ichbench.cli.options import (
     PatientRuleOpt,
     PresetOpt,
     PretrainedOpt,
+    RepeatsOpt,
     SeedOpt,
     StrategyOpt,
     TestSizeOpt,
@@ -36,7 +38,7 @@ from ichbench.cli.options import (
     experiment_config,
     given_options,
 )
-from ichbench.config import RunConfig
+from ichbench.config import RunConfig, check_repeats
 
 ResumeOpt = Annotated[
     str | None,
@@ -61,6 +63,7 @@ def register(app: typer.Typer) -> None:
         folds: FoldsOpt = D.folds,
         test_size: TestSizeOpt = D.test_size,
         outer: OuterOpt = D.outer,
+        repeats: RepeatsOpt = D.repeats,
         epochs: EpochsOpt = None,
         batch_size: BatchSizeOpt = None,
         lr: LrOpt = None,
@@ -98,6 +101,10 @@ def register(app: typer.Typer) -> None:
             config = experiment_config(
                 ctx.params, backbone=backbone, strategies=strategy, weight_specs=weight
             )
+            check_repeats(repeats, config.seed)
+            if repeats > 1:
+                _run_repeats(config, repeats, db_path)
+                return
         result, lifecycle = execute(config, store, resume=resume)
         if not lifecycle.pending(result.run_id).empty:
             err.print(
@@ -129,7 +136,33 @@ def _check_resume(ctx: typer.Context, resume: str) -> None:
         )
 
 
-def execute(config: RunConfig, store, *, resume: str | None = None):
+def _run_repeats(config: RunConfig, repeats: int, db_path) -> None:
+    """The run again with seeds SEED … SEED+R−1, every one checked before the first
+    starts; they share a grid id (`repeats-…`), so SQL can group them."""
+    import hashlib
+
+    from ichbench.cli.render import print_repeats
+    from ichbench.protocol import RunProtocol
+
+    configs = [replace(config, seed=config.seed + i) for i in range(repeats)]
+    for cfg in configs:
+        RunProtocol(cfg)  # a value no repeat can use fails before the store is touched
+    group = (
+        "repeats-"
+        + hashlib.sha256(
+            f"{config.hash}:{repeats}:{datetime.now(timezone.utc).isoformat()}".encode()
+        ).hexdigest()[:10]
+    )
+    run_ids = []
+    for i, cfg in enumerate(configs, start=1):
+        err.print(f"[bold]Repeat {i}/{repeats}[/] (seed {cfg.seed})")
+        result, lifecycle = execute(cfg, db_path, grid_id=group)
+        run_ids.append(result.run_id)
+    print_repeats(out, lifecycle.store, run_ids)
+    err.print(f"Stored as {repeats} runs with grid id [bold]{group}[/] in {lifecycle.store.path}")
+
+
+def execute(config: RunConfig, store, *, resume: str | None = None, grid_id: str | None = None):
     """Run one configuration with progress bars; returns the result and its lifecycle.
 
     `store` may be a path: the store is then opened only after the configuration, the
@@ -145,7 +178,7 @@ def execute(config: RunConfig, store, *, resume: str | None = None):
     print_plugin_warnings()
     with RunProgress() as progress:
         protocol = RunProtocol(config, observers=[progress])
-        lifecycle = Lifecycle(store)
+        lifecycle = Lifecycle(store, grid_id=grid_id)
         job = lifecycle.open(protocol, resume=resume)
         (result,) = lifecycle.drive([job], LocalExecutor())
         return result, lifecycle

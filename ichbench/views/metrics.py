@@ -456,6 +456,38 @@ def literature_table(
     )
 
 
+REPEATED = (
+    ("slice_f1", "Slice F1"),
+    ("slice_auc", "Slice AUC"),
+    ("patient_sensitivity", "Patient Sens"),
+    ("patient_specificity", "Patient Spec"),
+    ("patient_f1", "Patient F1"),
+)
+
+
+def repeats_table(summaries: list[dict[str, Any]]) -> TableData:
+    """One configuration repeated with other seeds: each repeat's headline test result
+    (`run_summary` rows), then their mean ± sd, the spread a single run hides."""
+    rows = [
+        Row([r["run_id"], str(r["seed"]), *[fmt(r.get(k)) for k, _ in REPEATED]]) for r in summaries
+    ]
+    rows.append(
+        Row(
+            ["mean ± sd", DASH, *[mean_sd([r.get(k) for r in summaries]) for k, _ in REPEATED]],
+            strong=True,
+        )
+    )
+    return TableData(
+        id="repeats",
+        title=f"{len(summaries)} repeats, test set (the vote; pooled over outer folds if any)",
+        columns=["Run", "Seed", *[label for _, label in REPEATED]],
+        rows=rows,
+        numeric_from=2,
+        caption="Each repeat splits the patients and initialises the networks with its own "
+        "seed; sd is the sample standard deviation over the repeats.",
+    )
+
+
 def runs_table(summaries: list[dict[str, Any]]) -> TableData:
     """`ichbench runs`: one line per run (`run_summary` rows), newest first."""
     rows = [
