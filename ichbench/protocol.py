@@ -407,6 +407,7 @@ class RunProtocol:
             wall_s=wall_s,
             patients=patients,
             outer=None,
+            decisions=decisions,
         )
 
     def _vote_one(
@@ -484,6 +485,7 @@ class RunProtocol:
             patients=PatientDecisions.concat([val_patients, test_patients]),
             outer=outer,
             warnings=warnings,
+            decisions=np.asarray(decisions, dtype=bool),
         )
         return vote, test_rows, np.asarray(decisions, dtype=bool)
 

@@ -179,3 +179,6 @@ class VoteRecord:
     outer: int | None = None
     # what the fold models' validation results say against trusting this vote
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    # the ensemble rule's decision on each test slice, aligned with `predictions` (a rule
+    # may decide otherwise than score >= threshold); None when not recorded
+    decisions: np.ndarray | None = None

@@ -176,6 +176,8 @@ def register(app: typer.Typer) -> None:
         finally:
             trials.close()
         _print_ranking(Store(store, create=False), plan.grid_id, configs)
+        if any(cfg.outer > 1 for cfg in configs):
+            _select_honestly(Store(store), plan.grid_id)
 
 
 def _check_all(configs: list[RunConfig]) -> None:
@@ -318,6 +320,53 @@ def _print_ranking(store, grid_id: str, configs) -> None:
             _fmt(row["patient_f1"]),
         )
     out.print(table)
+
+
+def _select_honestly(store, grid_id: str) -> None:
+    """With outer folds: the configuration picked in each outer fold by its validation F1
+    alone, scored on that outer fold's test patients; stored and shown."""
+    from collections import Counter
+
+    from ichbench.selection import candidates_from, picks, pooled_choice
+    from ichbench.views.metrics import metric_cell
+
+    runs = [r for r in store.list_runs(grid_id=grid_id) if r["status"] == "finished"]
+    candidates = candidates_from(store, runs)
+    chosen = picks(candidates)
+    if not chosen:
+        return
+    metrics = pooled_choice(candidates, chosen)
+    val = {c.run_id: c.outers for c in candidates}
+    store.record_selection(
+        grid_id,
+        [(o, run, val[run][o].mean_val_f1) for o, run in sorted(chosen.items())],
+        metrics,
+    )
+    _, stored = store.grid_selection(grid_id)
+    table = Table(
+        title="Grid search + pick the best, scored honestly: each outer fold picks by "
+        "validation F1 alone, tested on its own patients",
+        caption="Pooled over the outer folds, every patient once; 95% CIs resample patients.",
+    )
+    for col in ("scope", "sensitivity", "specificity", "F1", "AUC", "n"):
+        table.add_column(col)
+    for m in stored:
+        table.add_row(
+            m["scope"],
+            *[metric_cell(m, k) for k in ("sensitivity", "specificity", "f1", "auc")],
+            str(m["n"]),
+        )
+    out.print(table)
+    labels = {r["run_id"]: ", ".join(r["strategies"] or []) or "none" for r in runs}
+    counts = Counter(chosen.values())
+    out.print(
+        "Picked: "
+        + "; ".join(
+            f"{labels[run]} ({run}) in {n} of {len(chosen)} outer folds"
+            for run, n in counts.most_common()
+        ),
+        highlight=False,
+    )
 
 
 def _fmt(value) -> str:

@@ -124,6 +124,8 @@ class Journal:
             )
             part = {"mean_curve": np.asarray(vote.mean_curve, dtype=np.float64)}
             part |= _prefixed("pred", _columns(vote.predictions))
+            if vote.decisions is not None:
+                part["decision"] = np.asarray(vote.decisions, dtype=bool)
             if vote.patients is not None:
                 part |= _prefixed("patient", _columns(vote.patients))
             arrays |= _prefixed(f"v{i}", part)
@@ -186,6 +188,7 @@ class Journal:
                     patients=_patients(part),
                     outer=entry["outer"],
                     warnings=list(entry.get("warnings", [])),
+                    decisions=part.get("decision"),
                 )
             )
         return votes, float(meta["run_wall_s"])

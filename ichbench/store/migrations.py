@@ -332,6 +332,40 @@ CREATE TABLE epochs_keyed (
     con.execute("ALTER TABLE metrics ADD COLUMN brier DOUBLE")
     con.execute("ALTER TABLE metrics ADD COLUMN ece DOUBLE")
     con.execute("ALTER TABLE runs ADD COLUMN warnings JSON")
+    # the ensemble rule's own decision on each vote slice (NULL on a fold model's rows)
+    con.execute("ALTER TABLE predictions ADD COLUMN decision BOOLEAN")
+    # a grid's honest estimate: the configuration picked in each outer fold, and the
+    # picks' test results pooled (`ichbench.selection`)
+    con.execute("""
+CREATE TABLE grid_selections (
+    grid_id VARCHAR NOT NULL,
+    outer_fold INTEGER NOT NULL,
+    run_id VARCHAR NOT NULL,
+    mean_val_f1 DOUBLE,
+    PRIMARY KEY (grid_id, outer_fold)
+)""")
+    con.execute(f"""
+CREATE TABLE grid_selection_metrics (
+    grid_id VARCHAR NOT NULL,
+    scope VARCHAR NOT NULL CHECK (scope IN ('slice', 'patient')),
+    sensitivity DOUBLE,
+    specificity DOUBLE,
+    precision DOUBLE,
+    f1 DOUBLE,
+    accuracy DOUBLE,
+    auc DOUBLE,
+    tp INTEGER,
+    fp INTEGER,
+    tn INTEGER,
+    fn INTEGER,
+    n INTEGER,
+{_ci_columns()},
+    ci_method VARCHAR,
+    brier DOUBLE,
+    ece DOUBLE,
+    written_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (grid_id, scope)
+)""")
     con.execute("DROP VIEW run_summary")
     con.execute("DROP VIEW vote_vs_baselines")
     con.execute("""

@@ -392,6 +392,68 @@ class StoreReads:
         with self._reader() as con:
             return self._load_predictions(con, run_id, None)
 
+    def vote_slices(self, run_id: str, outer: int | None = None) -> dict[str, np.ndarray]:
+        """The test slices of the run's headline vote (`outer` None) or of one outer
+        fold's vote, by patient and slice: `patient_id`, `slice`, `label`, `prob` (NaN
+        where NULL) and `decision` as 1.0 / 0.0, NaN where not recorded (runs made before
+        the vote's decisions were stored)."""
+        cond, extra = _fold_cond(None, outer)
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            cols = con.execute(
+                "SELECT patient_id, slice, label, coalesce(prob, 'NaN'::DOUBLE) AS prob, "
+                "coalesce(CAST(decision AS DOUBLE), 'NaN'::DOUBLE) AS decision "
+                f"FROM predictions WHERE run_id = ? AND split = 'test' AND {cond} "
+                "ORDER BY patient_id, slice",
+                [full, *extra],
+            ).fetchnumpy()
+        return {
+            "patient_id": np.asarray(cols["patient_id"], dtype=np.int64),
+            "slice": np.asarray(cols["slice"], dtype=np.int64),
+            "label": np.asarray(cols["label"], dtype=np.int64),
+            "prob": np.asarray(cols["prob"], dtype=np.float64),
+            "decision": np.asarray(cols["decision"], dtype=np.float64),
+        }
+
+    def vote_patients(self, run_id: str, outer: int | None = None) -> PatientDecisions:
+        """The patient decisions of the run's headline vote, or of one outer fold's."""
+        with self._reader() as con:
+            return self._load_patients(con, self._resolve(con, run_id), None, outer)
+
+    def outer_val_f1(self, run_id: str) -> dict[int, float]:
+        """outer fold -> mean over its fold models of their validation slice F1."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            rows = con.execute(
+                "SELECT outer_fold, avg(f1) FROM metrics WHERE run_id = ? AND model = 'fold' "
+                "AND scope = 'slice' AND split = 'val' AND f1 IS NOT NULL GROUP BY outer_fold",
+                [full],
+            ).fetchall()
+        return {int(o): float(v) for o, v in rows}
+
+    def grid_selection(self, grid_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A grid's picks per outer fold and the pooled metrics of the picks (empty when
+        none was recorded, or in a store that predates them)."""
+        with self._reader() as con:
+            present = con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'grid_selections'"
+            ).fetchone()[0]
+            if not present:
+                return [], []
+            picked = dicts(
+                con.execute(
+                    "SELECT * FROM grid_selections WHERE grid_id = ? ORDER BY outer_fold",
+                    [grid_id],
+                )
+            )
+            metrics = dicts(
+                con.execute(
+                    "SELECT * FROM grid_selection_metrics WHERE grid_id = ? ORDER BY scope DESC",
+                    [grid_id],
+                )
+            )
+        return picked, metrics
+
     def prediction_columns(self, run_id: str) -> dict[str, np.ndarray]:
         """The predictions of one outer fold's fold models and of the run's headline vote,
         as columns `fold` (-1 for the vote), `split`, `patient_id`, `slice`, `label`,

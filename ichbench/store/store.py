@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from ichbench import paths
 from ichbench.errors import RunBusyError, RunFinishedError, StoreBusyError, StoreError
@@ -301,7 +302,8 @@ class Store(StoreReads):
                 outer = vote.outer
                 writes.insert_metrics(con, run_id, None, vote.metrics, outer)
                 writes.insert_curve(con, run_id, None, vote.mean_curve, outer)
-                writes.insert_predictions(con, run_id, None, vote.predictions, outer)
+                decisions = getattr(vote, "decisions", None)
+                writes.insert_predictions(con, run_id, None, vote.predictions, outer, decisions)
                 writes.insert_patients(con, run_id, None, getattr(vote, "patients", None), outer)
             warned = [w for vote in votes for w in vote.warnings]
             con.execute(
@@ -309,6 +311,31 @@ class Store(StoreReads):
                 "wall_s = ?, error = NULL, warnings = ? WHERE run_id = ?",
                 [num(headline[0].threshold), now(), num(wall_s), to_json(warned), run_id],
             )
+
+    def record_selection(
+        self, grid_id: str, picks: list[tuple[int, str, float | None]], metrics: list
+    ) -> None:
+        """A grid's honest estimate (`ichbench.selection`): (outer fold, run picked, its
+        mean validation F1) per outer fold and the picks' pooled test metrics, replacing
+        what the grid recorded before, in one transaction."""
+        with self._transaction() as con:
+            for table in ("grid_selections", "grid_selection_metrics"):
+                con.execute(f"DELETE FROM {table} WHERE grid_id = ?", [grid_id])
+            if picks:
+                con.executemany(
+                    "INSERT INTO grid_selections VALUES (?, ?, ?, ?)",
+                    [(grid_id, int(o), run, num(f1)) for o, run, f1 in picks],
+                )
+            for metric in metrics:
+                row = metric.as_row()
+                names = [
+                    c for c in row if c not in ("model", "fold", "split", "threshold", "outer_fold")
+                ]
+                con.execute(
+                    f"INSERT INTO grid_selection_metrics (grid_id, {', '.join(names)}, "
+                    f"written_at) VALUES (?, {', '.join('?' for _ in names)}, ?)",
+                    [grid_id, *[_plain(row[c]) for c in names], now()],
+                )
 
     def _missing_folds(self, con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
         rows = con.execute(
@@ -366,6 +393,15 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.rollback()
     except duckdb.Error:
         pass
+
+
+def _plain(value):
+    """A metric value as DuckDB takes it: NaN as NULL, NumPy scalars as Python ones."""
+    if isinstance(value, (float, np.floating)):
+        return num(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _setting(run: RunRecord, name: str) -> str | None:

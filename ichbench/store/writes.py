@@ -153,17 +153,28 @@ def insert_predictions(
     fold: int | None,
     preds: Predictions,
     outer: int | None = 0,
+    decisions: np.ndarray | None = None,
 ) -> None:
+    """A model's predictions; `decisions` (the vote's, one per row) stored beside them."""
     frame = prediction_frame(preds, run_id, fold)
     if not len(frame["prob"]):
         return
+    if decisions is not None:
+        decisions = np.asarray(decisions, dtype=bool).reshape(-1)
+        if len(decisions) != len(frame["prob"]):
+            raise ValueError(
+                f"Run {run_id}: {len(decisions)} vote decisions for {len(frame['prob'])} "
+                "predictions"
+            )
+    frame["decision"] = np.zeros(len(frame["prob"]), dtype=bool) if decisions is None else decisions
     scan_insert(
         con,
         frame,
         "INSERT INTO predictions (run_id, fold, split, patient_id, slice, label, prob, "
-        "outer_fold) SELECT ?, ?, split, patient_id, slice, label, "
-        "CASE WHEN isnan(prob) THEN NULL ELSE prob END, ? FROM {frame}",
-        [run_id, fold, outer],
+        "outer_fold, decision) SELECT ?, ?, split, patient_id, slice, label, "
+        "CASE WHEN isnan(prob) THEN NULL ELSE prob END, ?, "
+        "CASE WHEN ? THEN decision END FROM {frame}",
+        [run_id, fold, outer, decisions is not None],
     )
 
 

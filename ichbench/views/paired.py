@@ -31,16 +31,20 @@ PAIRED_SEED = 0
 
 
 def _vote_slices(store: Store, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    cols = store.prediction_columns(run["run_id"])
-    keep = (cols["fold"] == -1) & (cols["split"] == "test")
-    thresholds = _slice_thresholds(store, run, cols["patient_id"][keep])
-    if not keep.any() or thresholds is None:
+    """The headline vote's test slices with the ensemble rule's stored decisions; for a
+    run recorded before those were stored, the score cut at its voting threshold (or
+    each outer fold's)."""
+    picked = store.vote_slices(run["run_id"])
+    if not len(picked["prob"]):
         return None
-    picked = {name: values[keep] for name, values in cols.items()}
-    picked["threshold"] = thresholds
-    order = np.lexsort((picked["slice"], picked["patient_id"]))
-    picked = {name: values[order] for name, values in picked.items()}
-    picked["decision"] = picked["prob"] >= picked["threshold"]
+    known = ~np.isnan(picked["decision"])
+    if known.all():
+        picked["decision"] = picked["decision"] == 1.0
+        return picked
+    thresholds = _slice_thresholds(store, run, picked["patient_id"])
+    if thresholds is None:
+        return None
+    picked["decision"] = picked["prob"] >= thresholds
     return picked
 
 
