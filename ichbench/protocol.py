@@ -11,7 +11,7 @@ are raised as domain exceptions. A run's life in the store is `ichbench.lifecycl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 
 from ichbench import checkpoints
 from ichbench.blame import describe
+from ichbench.calibration import fit_calibrator
 from ichbench.config import RunConfig
 from ichbench.data.open import open_dataset
 from ichbench.data.resolve import resolve_dataset
@@ -422,6 +423,7 @@ class RunProtocol:
         there, and each slice's out-of-fold validation prediction cut at the same
         threshold. Returns it with its test rows and the rule's slice decisions."""
         started = time.perf_counter()
+        ordered, calibration = self._calibrated(dataset, ordered, outer)
         threshold, mean_curve = voting_threshold([f.curve for f in ordered])
         test_rows = np.flatnonzero(np.isin(dataset.patient_ids, split.test))
         key = list(
@@ -486,8 +488,37 @@ class RunProtocol:
             outer=outer,
             warnings=warnings,
             decisions=np.asarray(decisions, dtype=bool),
+            calibration=calibration,
         )
         return vote, test_rows, np.asarray(decisions, dtype=bool)
+
+    def _calibrated(
+        self, dataset: SliceDataset, ordered: list[FoldRecord], outer: int | None
+    ) -> tuple[list[FoldRecord], list[dict]]:
+        """For an ensemble rule that asks for it (`calibrates_folds = True`, its `kind` a
+        calibrator of `ichbench.calibration`): each fold's probabilities mapped by a
+        calibrator fitted on that fold's validation predictions only, and its validation
+        curve and threshold recomputed on them; the vote then works on these. The fold
+        records themselves (what the store keeps) are left as the models made them."""
+        rule = self.plugins.ensemble
+        if not getattr(rule, "calibrates_folds", False):
+            return ordered, []
+        calibrated, fitted = [], []
+        for f in ordered:
+            val = f.predictions.split == "val"
+            cal = fit_calibrator(rule.kind, f.predictions.label[val], f.predictions.prob[val])
+            prob = cal.apply(f.predictions.prob)
+            curve = f1_curve(f.predictions.label[val], prob[val])
+            calibrated.append(
+                replace(
+                    f,
+                    predictions=replace(f.predictions, prob=prob),
+                    curve=curve,
+                    threshold=best_threshold(curve),
+                )
+            )
+            fitted.append({"outer": outer, "fold": f.fold, "kind": cal.kind, "params": cal.params})
+        return calibrated, fitted
 
     def _distrust(
         self,

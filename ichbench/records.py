@@ -182,3 +182,6 @@ class VoteRecord:
     # the ensemble rule's decision on each test slice, aligned with `predictions` (a rule
     # may decide otherwise than score >= threshold); None when not recorded
     decisions: np.ndarray | None = None
+    # the calibrators fitted on each fold's validation predictions, when the ensemble
+    # rule calibrates folds: [{outer, fold, kind, params}]
+    calibration: list[dict[str, Any]] = field(default_factory=list)

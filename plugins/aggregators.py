@@ -78,6 +78,35 @@ class FoldVotes:
         return fold_votes(_as_folds(probs), threshold)
 
 
+@dataclass(frozen=True)
+class CalibratedMean:
+    """Each fold's probabilities mapped by a calibrator fitted on that fold's own
+    validation predictions (isotonic by default, or temperature), then averaged and cut at
+    the voting threshold chosen on the calibrated validation curves: folds that speak
+    different probability scales are put on one before they are averaged. The core fits
+    and applies the calibrators (validation data only); `combine` gets calibrated folds."""
+
+    kind: str = "isotonic"
+    name: str = "calibrated-mean"
+    calibrates_folds: ClassVar[bool] = True  # the core calibrates each fold first
+
+    def combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        scores = _as_folds(probs).mean(axis=0)
+        return scores, scores >= threshold
+
+
+def calibrated_mean_factory(spec: Spec) -> CalibratedMean:
+    from ichbench.calibration import CALIBRATORS
+
+    expect_args(spec, (0, 1), "calibrated-mean[:isotonic|temperature]")
+    kind = spec.args[0].lower() if spec.args else "isotonic"
+    if kind not in CALIBRATORS:
+        raise UsageError(
+            f"calibrated-mean:{spec.args[0]}: expected one of {', '.join(CALIBRATORS)}"
+        )
+    return CalibratedMean(kind)
+
+
 def fold_votes_factory(spec: Spec) -> FoldVotes:
     expect_args(spec, 0, "fold-votes (no arguments)")
     return FoldVotes()
@@ -227,6 +256,13 @@ def register_aggregators(register):
         majority_factory,
         kind="ensemble",
         help="Each fold votes at the threshold; ICH when more than half vote ICH.",
+    )
+    register(
+        "calibrated-mean",
+        calibrated_mean_factory,
+        kind="ensemble",
+        help="calibrated-mean[:isotonic|temperature] — each fold calibrated on its own "
+        "validation predictions, then the mean at the threshold of the calibrated curves.",
     )
     register(
         "fold-votes",

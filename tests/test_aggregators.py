@@ -30,7 +30,14 @@ def registry() -> Registry:
 
 
 def test_every_rule_is_registered_with_its_kind(registry):
-    assert registry.names("ensemble") == ["fold-votes", "majority", "max", "mean", "median"]
+    assert registry.names("ensemble") == [
+        "calibrated-mean",
+        "fold-votes",
+        "majority",
+        "max",
+        "mean",
+        "median",
+    ]
     assert registry.names("patient") == ["any", "k-consecutive", "max-prob", "topk-mean"]
     for name in registry.names("ensemble"):
         assert isinstance(registry.create("ensemble", name), EnsembleRule)
@@ -173,3 +180,13 @@ def test_fold_votes_cuts_each_fold_at_its_own_threshold(registry):
     # the shared-threshold majority at 0.5 sees only the bold fold: no majority anywhere
     _, shared = registry.create("ensemble", "majority").combine(probs, 0.5)
     assert shared.tolist() == [False, False, False]
+
+
+def test_calibrated_mean_takes_a_calibrator_kind(registry):
+    from ichbench.errors import UsageError
+
+    assert registry.create("ensemble", "calibrated-mean").kind == "isotonic"
+    rule = registry.create("ensemble", "calibrated-mean:temperature")
+    assert rule.kind == "temperature" and rule.calibrates_folds
+    with pytest.raises(UsageError, match="calibrated-mean:platt: expected one of"):
+        registry.create("ensemble", "calibrated-mean:platt")

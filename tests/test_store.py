@@ -409,6 +409,7 @@ EXPECTED_SCHEMA = {
         ("owner", "VARCHAR"),
         ("plugins", "JSON"),
         ("warnings", "JSON"),
+        ("calibration", "JSON"),
     ],
     "splits": [
         ("run_id", "VARCHAR"),

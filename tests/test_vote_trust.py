@@ -249,7 +249,7 @@ def _shifted_folds(protocol, dataset, nested, shifts):
     return folds
 
 
-@pytest.mark.parametrize("ensemble", ["mean", "fold-votes"])
+@pytest.mark.parametrize("ensemble", ["mean", "fold-votes", "calibrated-mean"])
 def test_the_run_says_when_its_vote_cannot_be_trusted(tiny_dataset, ensemble):
     from ichbench.config import RunConfig
     from ichbench.events import RunWarning
@@ -273,9 +273,12 @@ def test_the_run_says_when_its_vote_cannot_be_trusted(tiny_dataset, ensemble):
     if ensemble == "mean":
         assert "thresholds-spread" in codes
         assert any("fold-votes" in m for m in messages) and len(messages) == len(codes)
-    else:  # each fold votes at its own threshold: the spread no longer matters
+    else:  # each fold at its own threshold, or on one calibrated scale: the remedies
         assert "thresholds-spread" not in codes
         assert slice_f1 > 0.5
+    if ensemble == "calibrated-mean":  # fitted on each fold's validation slices only
+        assert [c["fold"] for c in vote.calibration] == [0, 1]
+        assert all(c["kind"] == "isotonic" for c in vote.calibration)
     assert all(w["outer"] is None for w in vote.warnings)
 
 

@@ -120,6 +120,7 @@ class Journal:
                     "outer": vote.outer,
                     "metrics": [_metric_dict(m) for m in vote.metrics],
                     "warnings": list(vote.warnings),
+                    "calibration": list(vote.calibration),
                 }
             )
             part = {"mean_curve": np.asarray(vote.mean_curve, dtype=np.float64)}
@@ -189,6 +190,7 @@ class Journal:
                     outer=entry["outer"],
                     warnings=list(entry.get("warnings", [])),
                     decisions=part.get("decision"),
+                    calibration=list(entry.get("calibration", [])),
                 )
             )
         return votes, float(meta["run_wall_s"])

@@ -332,6 +332,7 @@ CREATE TABLE epochs_keyed (
     con.execute("ALTER TABLE metrics ADD COLUMN brier DOUBLE")
     con.execute("ALTER TABLE metrics ADD COLUMN ece DOUBLE")
     con.execute("ALTER TABLE runs ADD COLUMN warnings JSON")
+    con.execute("ALTER TABLE runs ADD COLUMN calibration JSON")
     # the ensemble rule's own decision on each vote slice (NULL on a fold model's rows)
     con.execute("ALTER TABLE predictions ADD COLUMN decision BOOLEAN")
     # a grid's honest estimate: the configuration picked in each outer fold, and the

@@ -59,7 +59,10 @@ FOLD_COLUMNS = (
     "notes",
     "outer_fold",
 )
-JSON_COLUMNS = {"runs": ("config", "versions", "plugins", "warnings"), "folds": ("notes",)}
+JSON_COLUMNS = {
+    "runs": ("config", "versions", "plugins", "warnings", "calibration"),
+    "folds": ("notes",),
+}
 
 
 def num(value: Any) -> float | None:

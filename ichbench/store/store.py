@@ -306,10 +306,18 @@ class Store(StoreReads):
                 writes.insert_predictions(con, run_id, None, vote.predictions, outer, decisions)
                 writes.insert_patients(con, run_id, None, getattr(vote, "patients", None), outer)
             warned = [w for vote in votes for w in vote.warnings]
+            fitted = [c for vote in votes for c in getattr(vote, "calibration", [])]
             con.execute(
                 "UPDATE runs SET status = 'finished', threshold = ?, finished_at = ?, "
-                "wall_s = ?, error = NULL, warnings = ? WHERE run_id = ?",
-                [num(headline[0].threshold), now(), num(wall_s), to_json(warned), run_id],
+                "wall_s = ?, error = NULL, warnings = ?, calibration = ? WHERE run_id = ?",
+                [
+                    num(headline[0].threshold),
+                    now(),
+                    num(wall_s),
+                    to_json(warned),
+                    optional_json(fitted or None),
+                    run_id,
+                ],
             )
 
     def record_selection(

@@ -97,6 +97,18 @@ def warnings_text(warnings: list[dict] | None) -> str:
     )
 
 
+def calibration_text(fitted: list[dict] | None) -> str:
+    """The calibrators fitted on each fold's validation predictions, if any."""
+    if not fitted:
+        return "none"
+    kinds = sorted({c["kind"] for c in fitted})
+    fallbacks = sum(1 for c in fitted if (c.get("params") or {}).get("fallback"))
+    text = f"{', '.join(kinds)}, fitted on each fold's validation predictions ({len(fitted)})"
+    if fallbacks:
+        text += f"; {fallbacks} left as the identity (one class in validation)"
+    return text
+
+
 def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
     """Configuration and provenance as field / value rows."""
     run = data.run
@@ -135,6 +147,7 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
         ),
         ("Voting threshold", threshold_text(data)),
         ("Vote warnings", warnings_text(run.get("warnings"))),
+        ("Fold calibration", calibration_text(run.get("calibration"))),
         ("Preset", str(run.get("preset"))),
         ("Seed", str(run.get("seed"))),
         ("Device", str(run.get("device"))),
