@@ -324,3 +324,23 @@ def test_a_grid_marks_the_runs_it_cannot_tell_from_the_best(runs) -> None:
     )
     f1 = next(r for r in paired_rows(scored, "slice", mult, groups) if r.name == "f1")
     assert marks[b] is (f1.lo <= 0.0 <= f1.hi)
+
+
+def test_the_paired_patients_view_gives_mcnemars_discordant_pairs(runs, capsys) -> None:
+    db, store, a, b, c = runs
+    _, rows = store.query(
+        "SELECT count(*) FILTER (WHERE correct_a AND NOT correct_b), "
+        "count(*) FILTER (WHERE correct_b AND NOT correct_a), count(*) "
+        f"FROM paired_patients WHERE run_a = '{a}' AND run_b = '{b}'"
+    )
+    ((a_only, b_only, patients),) = rows
+    assert patients == len(store.split(a).test)
+    code, out, _ = run_main(capsys, "compare", a, b, "--json", "--db", str(db))
+    mcnemar = next(r for r in json.loads(out)["paired"]["rows"] if r["test"] == "McNemar (exact)")
+    expected = 1.0 if a_only + b_only == 0 else binomtest(b_only, a_only + b_only, 0.5).pvalue
+    assert mcnemar["p"] == pytest.approx(expected)
+    _, other = store.query(
+        f"SELECT count(*) FROM paired_patients WHERE run_a = '{a}' AND run_b = '{c}'"
+    )
+    # C tested other patients: only the patients both tested are paired
+    assert other[0][0] == len(set(store.split(a).test) & set(store.split(c).test))

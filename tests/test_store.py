@@ -318,6 +318,18 @@ EXPECTED_SCHEMA = {
         ("brier", "DOUBLE"),
         ("ece", "DOUBLE"),
     ],
+    "paired_patients": [
+        ("run_a", "VARCHAR"),
+        ("run_b", "VARCHAR"),
+        ("patient_id", "INTEGER"),
+        ("label", "INTEGER"),
+        ("score_a", "DOUBLE"),
+        ("score_b", "DOUBLE"),
+        ("decision_a", "BOOLEAN"),
+        ("decision_b", "BOOLEAN"),
+        ("correct_a", "BOOLEAN"),
+        ("correct_b", "BOOLEAN"),
+    ],
     "patient_decisions": [
         ("run_id", "VARCHAR"),
         ("fold", "INTEGER"),
@@ -468,7 +480,7 @@ def test_schema_is_exactly_the_documented_one(store: Store) -> None:
         schema.setdefault(table, []).append((column, dtype))
     assert schema == EXPECTED_SCHEMA
     _, views = store.query("SELECT view_name FROM duckdb_views() WHERE NOT internal")
-    assert {v[0] for v in views} == {"run_summary", "vote_vs_baselines"}
+    assert {v[0] for v in views} == {"run_summary", "vote_vs_baselines", "paired_patients"}
 
 
 def test_schema_doc_names_every_table_and_column() -> None:

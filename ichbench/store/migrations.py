@@ -446,6 +446,25 @@ SELECT v.run_id, v.run_backbone, v.strategies, v.preset, v.grid_id, v.scope,
 FROM vote v
 JOIN baselines b ON b.scope = v.scope AND b.split = 'test'
 """)
+    # two finished runs on the same data, patient by patient, for paired analyses in SQL
+    # (the discordant pairs of McNemar's test, say); `ichbench compare A B` adds the
+    # bootstrap and DeLong, which SQL cannot
+    con.execute("""
+CREATE VIEW paired_patients AS
+WITH decided AS (
+    SELECT d.run_id, r.dataset_hash, d.patient_id, d.label, d.score, d.decision
+    FROM patient_decisions d JOIN runs r USING (run_id)
+    WHERE d.fold IS NULL AND d.outer_fold IS NULL AND d.split = 'test'
+      AND r.status = 'finished'
+)
+SELECT a.run_id AS run_a, b.run_id AS run_b, a.patient_id, a.label,
+       a.score AS score_a, b.score AS score_b,
+       a.decision AS decision_a, b.decision AS decision_b,
+       a.decision = (a.label = 1) AS correct_a, b.decision = (b.label = 1) AS correct_b
+FROM decided a
+JOIN decided b ON a.dataset_hash = b.dataset_hash AND a.patient_id = b.patient_id
+    AND a.run_id <> b.run_id
+""")
 
 
 MIGRATIONS: list[Migration] = [
