@@ -224,6 +224,11 @@ def test_two_runs_give_table_ii_rows(env, tmp_path):
     for rid in (run_id, other.run_id):  # each run keeps its own sections
         assert f'id="table-slice--{rid}"' in page
     assert result.html.parent.name == "cmp"
+    # the same test patients: the paired differences as a figure and the table compare prints
+    paired = _section(page, "paired")
+    assert "<img" in paired and "B−A [95% CI]" in paired and "McNemar" in paired
+    assert (result.html.parent / "paired.png").is_file()
+    assert "Paired comparison" in result.markdown.read_text(encoding="utf-8")
 
 
 def test_default_output_folder_is_named_after_the_run(env, tmp_path, monkeypatch):

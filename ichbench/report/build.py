@@ -97,15 +97,20 @@ def build_report(
         data = load_run_data(store, rid)
         suffix = "" if len(ids) == 1 else f"--{rid}"
         reports.append(RunReport(data, _run_sections(data, baselines, ctx, suffix)))
-    compare = None
+    compare: list[Section] = []
     if len(reports) > 1:
         ctx.step("Comparing runs")
         votes = {r.data.run_id: r.data.metrics for r in reports}
-        compare = Section(
-            COMPARE_ID,
-            "Runs compared",
-            table=compare_table(store.summaries(ids), baselines, COMPARE_ID, votes=votes),
+        summaries = store.summaries(ids)
+        compare.append(
+            Section(
+                COMPARE_ID,
+                "Runs compared",
+                table=compare_table(summaries, baselines, COMPARE_ID, votes=votes),
+            )
         )
+        if len(reports) == 2:
+            compare.append(S.paired_section(store, summaries[0], summaries[1]))
     ctx.step("Writing the report")
     result = _write(out, reports, compare, Path(db))
     result.wall_s = time.perf_counter() - started
@@ -174,10 +179,10 @@ def _run_sections(
     return [sec[k] for k in SECTION_IDS]
 
 
-def _write(out: Path, reports: list[RunReport], compare: Section | None, db: Path) -> ReportResult:
+def _write(out: Path, reports: list[RunReport], compare: list[Section], db: Path) -> ReportResult:
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
-    sections = ([compare] if compare else []) + [s for r in reports for s in r.sections]
+    sections = compare + [s for r in reports for s in r.sections]
     for s in sections:
         if s.figure is not None:
             s.figure.filename = f"{s.id}.png"

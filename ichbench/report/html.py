@@ -100,7 +100,7 @@ def _badge(status: str) -> str:
     return f'<span class="badge {_e(status)}">{_e(label)}</span>'
 
 
-def render_html(reports: list[RunReport], compare: Section | None, generated: str, db: Path) -> str:
+def render_html(reports: list[RunReport], compare: list[Section], generated: str, db: Path) -> str:
     heading = title(reports)
     several = len(reports) > 1
     head = [
@@ -123,16 +123,15 @@ def render_html(reports: list[RunReport], compare: Section | None, generated: st
         if not r.data.finished
     ]
     toc = ["<nav><strong>Contents</strong><ol>"]
-    if compare:
-        toc.append(f'<li><a href="#{_e(compare.id)}">{_e(compare.title)}</a></li>')
+    for c in compare:
+        toc.append(f'<li><a href="#{_e(c.id)}">{_e(c.title)}</a></li>')
     for r in reports:
         for s in r.sections:
             label = f"{r.data.run_id}: {s.title}" if several else s.title
             toc.append(f'<li><a href="#{_e(s.id)}">{_e(label)}</a></li>')
     toc.append("</ol></nav>")
     body = []
-    if compare:
-        body.append(_section_html(compare))
+    body += [_section_html(c) for c in compare]
     for r in reports:
         if several:
             body.append(

@@ -47,7 +47,7 @@ def _section_md(s: Section, level: str = "##") -> str:
 
 
 def render_markdown(
-    reports: list[RunReport], compare: Section | None, generated: str, db: Path
+    reports: list[RunReport], compare: list[Section], generated: str, db: Path
 ) -> str:
     lines = [f"# {title(reports)}", ""]
     for r in reports:
@@ -57,8 +57,7 @@ def render_markdown(
     for r in reports:
         if not r.data.finished:
             lines += [f"> **Warning:** {status_note(r.data)}", ""]
-    if compare:
-        lines.append(_section_md(compare))
+    lines += [_section_md(c) for c in compare]
     for r in reports:
         level = "##"
         if len(reports) > 1:

@@ -113,6 +113,33 @@ def roc_section(data: RunData, section: Section) -> None:
     )
 
 
+PAIRED_ID = "paired"
+
+
+def paired_section(store, run_a: dict, run_b: dict) -> Section:
+    """Two runs on the same test patients: B − A for every vote metric with its paired
+    95% CI (a forest plot and the table `ichbench compare A B` prints), or the line that
+    says why they cannot be paired."""
+    from ichbench.views.paired import paired_result, paired_table
+
+    section = Section(PAIRED_ID, "Paired comparison (B − A, same test patients)")
+    result = paired_result(store, run_a, run_b)
+    if result["note"]:
+        section.notes.append(result["note"])
+        return section
+    section.table = paired_table(result)
+    with F.style():
+        fig = VF.paired_figure(result["rows"], result["a"], result["b"])
+    section.figure = figure_out(
+        fig,
+        "Paired differences",
+        f"Each vote metric of run B ({result['b']}) minus run A ({result['a']}) on the same "
+        "test patients, with its 95% CI from a paired bootstrap over patients (each with "
+        "all its slices); an interval that crosses 0 is no evidence of a difference.",
+    )
+    return section
+
+
 def reliability_section(data: RunData, section: Section) -> None:
     from ichbench.calibration import reliability
 

@@ -212,3 +212,28 @@ def reliability_figure(curves: list[tuple[str, object, str, bool]]) -> Figure:
     bottom.set_ylabel("Slices")
     bottom.grid(True)
     return fig
+
+
+def paired_figure(rows: list[dict], a: str, b: str) -> Figure:
+    """B − A with its 95% CI for every metric, slice level beside patient level: a dot
+    and a bar per metric, the zero line marked."""
+    fig = new_figure(10, 4.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, scope in zip(axes, ("slice", "patient"), strict=True):
+        mine = [r for r in rows if r["scope"] == scope]
+        names = [r["name"] for r in mine]
+        y = np.arange(len(mine))[::-1]
+        for yi, r in zip(y, mine, strict=True):
+            if r["diff"] is None:
+                continue
+            if r["lo"] is not None and r["hi"] is not None:
+                crosses = r["lo"] <= 0 <= r["hi"]
+                ax.plot([r["lo"], r["hi"]], [yi, yi], color="grey" if crosses else ICH, linewidth=3)
+            ax.plot(r["diff"], yi, marker="o", color="black", markersize=7)
+        ax.axvline(0, color="black", linewidth=1, linestyle=":")
+        ax.set_yticks(y, names)
+        ax.set_title(f"{scope.title()} level")
+        ax.set_xlabel("B − A")
+        ax.grid(True, axis="x")
+    fig.suptitle(f"B = {b} minus A = {a}; red: the 95% CI excludes 0")
+    return fig
