@@ -186,7 +186,16 @@ class Backbone(Protocol):
 
 @runtime_checkable
 class EnsembleRule(Protocol):
-    """Combines fold models' slice probabilities (folds, slices) into scores and decisions."""
+    """Combines fold models' slice probabilities (folds, slices) into scores and decisions.
+
+    Optional class attributes change what the core hands `combine`:
+    `per_fold_thresholds = True`: `threshold` is an array, each fold's own threshold
+    (its scores and the patient rule are then cut at a majority, 0.5);
+    `calibrates_folds = True` with `kind` a calibrator (`isotonic`, `temperature`): the
+    core first maps each fold's probabilities by a calibrator fitted on that fold's
+    validation predictions and chooses the voting threshold on the calibrated curves;
+    `scores_are_probabilities = False`: no Brier score, ECE or reliability curve is
+    computed for the vote's scores."""
 
     def combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -43,7 +43,7 @@ from ichbench.registry import Registry, created_by
 from ichbench.split import NestedSplit, Split, TrialKey, check_no_leakage, make_nested_split
 from ichbench.training import DeviceImages, TrainSettings, predict, train_fold
 from ichbench.vote import best_threshold, f1_curve, patient_decisions, voting_threshold
-from ichbench.vote_trust import vote_warnings
+from ichbench.vote_trust import MAJORITY, vote_warnings
 
 
 @dataclass
@@ -432,11 +432,14 @@ class RunProtocol:
         fold_probs = np.stack([_probs_in_order(f.predictions, "test", key) for f in ordered])
         fold_thresholds = np.array([f.threshold for f in ordered], dtype=float)
         scores, decisions = self._combine(fold_probs, threshold, fold_thresholds)
+        # a rule cutting each fold at its own threshold scores slices by the fraction of
+        # folds voting ICH: its cut, for the patient rule too, is a majority
+        cut = MAJORITY if self._per_fold() else threshold
         metrics, test_patients = self._metrics(
             "vote",
             None,
             "test",
-            threshold,
+            cut,
             dataset,
             test_rows,
             scores,
@@ -459,16 +462,22 @@ class RunProtocol:
             val_cut.append(np.full(int(mask.sum()), f.threshold if self._per_fold() else threshold))
         val_rows_arr = np.asarray(val_rows)
         val_prob_arr = np.concatenate(val_prob)
+        val_decisions = val_prob_arr >= np.concatenate(val_cut)
+        if self._per_fold():  # out of fold, one fold votes: the fraction is 0 or 1
+            val_prob_arr = val_decisions.astype(float)
         val_metrics, val_patients = self._metrics(
             "vote",
             None,
             "val",
-            threshold,
+            cut,
             dataset,
             val_rows_arr,
             val_prob_arr,
-            val_prob_arr >= np.concatenate(val_cut),
+            val_decisions,
         )
+        if not getattr(self.plugins.ensemble, "scores_are_probabilities", True):
+            for row in metrics + val_metrics:  # vote fractions: no calibration to speak of
+                row.brier = row.ece = None
         warnings = self._distrust(ordered, threshold, val_metrics, outer)
         predictions = Predictions(
             split=np.array(["test"] * len(test_rows)),
@@ -479,7 +488,7 @@ class RunProtocol:
         )
         self.timings["eval"] += time.perf_counter() - started
         vote = VoteRecord(
-            threshold=threshold,
+            threshold=cut,
             mean_curve=mean_curve,
             metrics=metrics + val_metrics,
             predictions=predictions,

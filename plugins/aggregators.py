@@ -49,6 +49,7 @@ class Majority:
     slice is ICH when more than half do."""
 
     name: str = "majority"
+    scores_are_probabilities: ClassVar[bool] = False  # fractions of folds
 
     def combine(self, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         scores = (_as_folds(probs) >= threshold).mean(axis=0)
@@ -71,6 +72,7 @@ class FoldVotes:
 
     name: str = "fold-votes"
     per_fold_thresholds: ClassVar[bool] = True  # `combine` gets one threshold per fold
+    scores_are_probabilities: ClassVar[bool] = False  # fractions of folds
 
     def combine(self, probs: np.ndarray, threshold) -> tuple[np.ndarray, np.ndarray]:
         from ichbench.vote_trust import fold_votes

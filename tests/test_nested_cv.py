@@ -222,6 +222,12 @@ def test_the_report_of_a_nested_run_draws_every_figure(nested, capsys, tmp_path)
         start = page.index(f'<section id="{section}">')
         assert "<img" in page[start : page.index("</section>", start)], section
     assert "pooled" in page.lower() and "No vote on the test set" not in page
+    from ichbench.store import Store
+    from ichbench.views import load_run_data
+
+    data = load_run_data(Store(db, create=False), run_id, results=False)
+    # Grad-CAM and t-SNE show outer fold 0's models: only on the patients they never saw
+    assert data.shown_test_patients == data.outer_tests[0] != data.test_patients
 
 
 def test_repeats_run_the_whole_again_with_the_next_seeds(tmp_path, capsys):

@@ -276,6 +276,12 @@ def test_the_run_says_when_its_vote_cannot_be_trusted(tiny_dataset, ensemble):
     else:  # each fold at its own threshold, or on one calibrated scale: the remedies
         assert "thresholds-spread" not in codes
         assert slice_f1 > 0.5
+    slice_row = next(m for m in vote.metrics if (m.scope, m.split) == ("slice", "test"))
+    if ensemble == "fold-votes":  # scores are fractions of folds, cut at a majority
+        assert vote.threshold == slice_row.threshold == 0.5
+        assert slice_row.brier is None and slice_row.ece is None
+    else:
+        assert slice_row.brier is not None and 0 <= slice_row.ece <= 1
     if ensemble == "calibrated-mean":  # fitted on each fold's validation slices only
         assert [c["fold"] for c in vote.calibration] == [0, 1]
         assert all(c["kind"] == "isotonic" for c in vote.calibration)

@@ -337,6 +337,12 @@ def _select_honestly(store, grid_id: str) -> None:
         return
     metrics = pooled_choice(candidates, chosen)
     val = {c.run_id: c.outers for c in candidates}
+    left = len(runs) - len(candidates)
+    if left:
+        err.print(
+            f"{left} finished run(s) of the grid have other outer folds (another seed): left "
+            "out of the selection, which compares configurations on the same patients"
+        )
     store.record_selection(
         grid_id,
         [(o, run, val[run][o].mean_val_f1) for o, run in sorted(chosen.items())],

@@ -84,7 +84,9 @@ def _cam_rows(dataset, data: RunData, probs: dict, n: int) -> tuple[list[int], s
     """Test ICH slices to explain, at most two per patient so one patient does not fill
     the page: the most confident ones and, for honesty, the least confident ones.
     Returns the rows and how they were chosen, in words for the caption."""
-    rows = np.flatnonzero(np.isin(dataset.patient_ids, data.test_patients) & (dataset.labels == 1))
+    rows = np.flatnonzero(
+        np.isin(dataset.patient_ids, data.shown_test_patients) & (dataset.labels == 1)
+    )
     if not len(rows):
         return [], ""
 
@@ -201,7 +203,7 @@ def tsne_section(
     if fold not in models.models:
         fold = sorted(models.models)[0]
     fm = models.models[fold]
-    rows = np.flatnonzero(np.isin(dataset.patient_ids, data.test_patients))
+    rows = np.flatnonzero(np.isin(dataset.patient_ids, data.shown_test_patients))
     seed = int(data.run.get("seed") or 0)
     if len(rows) > options.tsne_max:
         rng = np.random.default_rng(seed)

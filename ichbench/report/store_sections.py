@@ -146,6 +146,9 @@ def reliability_section(data: RunData, section: Section) -> None:
     curves = []
     sources = [(f"Fold {k}", k, F.fold_colour(k), False) for k in data.fold_indices]
     sources.append(("Vote", None, F.VOTE, True))
+    vote = data.metric("vote", "slice", "test")
+    if vote is not None and vote.get("ece") is None:
+        sources.pop()  # the vote's scores are no probabilities (fractions of folds)
     for label, fold, colour, strong in sources:
         p = data.preds(fold, "test")
         ok = np.isfinite(p["prob"]) & (p["prob"] >= 0) & (p["prob"] <= 1)

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from ichbench.store import Store
 
 PAIRED_SEED = 0
+# ensemble rules whose vote does not cut the fold models' probabilities at the shared
+# voting threshold: their out-of-fold validation decisions cannot be rebuilt from it
+OWN_CUTS = ("fold-votes", "calibrated-mean")
 
 
 def _vote_slices(store: Store, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
@@ -153,6 +156,8 @@ def _oof_validation(store: Store, run: dict[str, Any]) -> dict[str, np.ndarray] 
     voting threshold; None for another run."""
     if run["status"] != "finished" or run.get("threshold") is None:
         return None
+    if str(run.get("ensemble") or "mean").split(":")[0] in OWN_CUTS:
+        return None  # its vote never cut a fold's probability at the shared threshold
     cols = store.prediction_columns(run["run_id"])
     keep = (cols["fold"] >= 0) & (cols["split"] == "val")
     if not keep.any():

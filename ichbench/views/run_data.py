@@ -44,6 +44,14 @@ class RunData:
     comparable: bool | None = None  # like for like with the literature (None: no result)
     outer_tests: dict[int, list[int]] = field(default_factory=dict)  # outer fold -> patients
 
+    @property
+    def shown_test_patients(self) -> list[int]:
+        """The test patients of the fold models a per-fold view shows (outer fold 0's with
+        several outer folds: the other patients trained or validated those models)."""
+        if self.outer_folds > 1:
+            return list(self.outer_tests.get(0, []))
+        return list(self.test_patients)
+
     def patient_thresholds(self) -> dict[int, float]:
         """The voting threshold each test patient's slices were cut at: the run's, or that
         of the outer fold that tested the patient."""
