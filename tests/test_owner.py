@@ -144,7 +144,7 @@ def test_resume_and_grid_leave_a_live_run_alone(tmp_path, sleeper, capsys):
     sleeper.wait()
     planned = plan(db, tmp_path)
     assert isinstance(planned, Job) and planned.run_id == prepared.run_id
-    assert planned.folds == [0, 1]
+    assert planned.folds == [(0, 0), (0, 1)]
 
 
 def test_a_store_made_before_the_owner_column_gains_it(tmp_path, monkeypatch):

@@ -108,8 +108,8 @@ def install(spec):
         from ichbench.store import writes
         original = writes.insert_predictions
 
-        def insert(con, run_id, fold, preds, outer=0):
-            original(con, run_id, fold, preds, outer)
+        def insert(con, run_id, fold, preds, *rest):
+            original(con, run_id, fold, preds, *rest)
             if fold is None:
                 park(spec)
 

@@ -275,6 +275,26 @@ COMPARABLE = (
 )
 
 
+def _rekey(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...]) -> None:
+    """Rebuild `table` with an `outer_fold` column (0 on every row it holds) and the
+    primary key `key`: DuckDB cannot change a table's key in place. Built from the columns
+    the table has (their types and NOT NULLs kept), so it holds whatever the store's
+    history gave it."""
+    columns = con.execute(
+        "SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()
+    names = [name for name, _, _ in columns]
+    defs = [f"{name} {dtype}{'' if nullable else ' NOT NULL'}" for name, dtype, nullable in columns]
+    defs.append("outer_fold INTEGER NOT NULL DEFAULT 0")
+    con.execute(f"CREATE TABLE {table}_keyed ({', '.join(defs)}, PRIMARY KEY ({', '.join(key)}))")
+    listed = ", ".join(names)
+    con.execute(f"INSERT INTO {table}_keyed ({listed}) SELECT {listed} FROM {table}")
+    con.execute(f"DROP TABLE {table}")
+    con.execute(f"ALTER TABLE {table}_keyed RENAME TO {table}")
+
+
 def m006_outer_folds(con: duckdb.DuckDBPyConnection) -> None:
     """Nested cross-validation: every per-split row says which outer fold it belongs to
     (`outer_fold`, 0 for every run made before, which had one), and the run's headline
@@ -287,46 +307,8 @@ def m006_outer_folds(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE {table} ADD COLUMN outer_fold INTEGER")
         con.execute(f"UPDATE {table} SET outer_fold = {OUTER_FOLD_OF_OLDER_ROWS[table]}")
     # a fold is now (outer fold, fold): the keys are rebuilt around it
-    con.execute("""
-CREATE TABLE folds_keyed (
-    run_id VARCHAR NOT NULL,
-    fold INTEGER NOT NULL,
-    status VARCHAR NOT NULL,
-    threshold DOUBLE,
-    best_epoch INTEGER,
-    train_ich_before INTEGER,
-    train_healthy_before INTEGER,
-    train_ich INTEGER,
-    train_healthy INTEGER,
-    added INTEGER,
-    removed INTEGER,
-    train_patients INTEGER[],
-    val_patients INTEGER[],
-    wall_s DOUBLE,
-    checkpoint VARCHAR,
-    written_at TIMESTAMP NOT NULL,
-    compiled BOOLEAN,
-    notes JSON,
-    outer_fold INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, outer_fold, fold)
-)""")
-    con.execute("INSERT INTO folds_keyed SELECT *, 0 FROM folds")
-    con.execute("""
-CREATE TABLE epochs_keyed (
-    run_id VARCHAR NOT NULL,
-    fold INTEGER NOT NULL,
-    epoch INTEGER NOT NULL,
-    train_loss DOUBLE,
-    val_loss DOUBLE,
-    val_f1 DOUBLE,
-    wall_s DOUBLE,
-    outer_fold INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, outer_fold, fold, epoch)
-)""")
-    con.execute("INSERT INTO epochs_keyed SELECT *, 0 FROM epochs")
-    for table in ("folds", "epochs"):
-        con.execute(f"DROP TABLE {table}")
-        con.execute(f"ALTER TABLE {table}_keyed RENAME TO {table}")
+    _rekey(con, "folds", ("run_id", "outer_fold", "fold"))
+    _rekey(con, "epochs", ("run_id", "outer_fold", "fold", "epoch"))
     # calibration of each model's scores (slice level), and what the run warned about its
     # vote (a vote the fold models' validation results say not to trust)
     con.execute("ALTER TABLE metrics ADD COLUMN brier DOUBLE")
