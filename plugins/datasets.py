@@ -10,13 +10,19 @@ from pathlib import Path
 
 from ichbench.data.layout import JPG_LABELS, NIFTI_LABELS, PATIENTS_CT, SCANS, detect_layout
 from ichbench.data.physionet import PhysioNetSource
-from ichbench.data.synth import LIMITS, SyntheticSource
+from ichbench.data.synth import (
+    DEFAULT_DIFFICULTY,
+    DIFFICULTIES,
+    LIMITS,
+    SyntheticSource,
+    difficulty_choices,
+)
 from ichbench.errors import DataError, UsageError
 from ichbench.hookspecs import hookimpl
 from ichbench.spec import Spec, parse_int
 
 PHYSIONET_FORM = "physionet:PATH (a folder of either release)"
-SYNTHETIC_FORM = "synthetic[:PATIENTS[,SEED[,SIZE]]]"
+SYNTHETIC_FORM = "synthetic[:PATIENTS[,SEED[,SIZE[,DIFFICULTY]]]]"
 
 
 LAYOUT_MARKERS = (SCANS, NIFTI_LABELS, PATIENTS_CT, JPG_LABELS)
@@ -40,18 +46,24 @@ def physionet(spec: Spec) -> PhysioNetSource:
 
 
 def synthetic(spec: Spec) -> SyntheticSource:
-    if len(spec.args) > 3:
+    if len(spec.args) > 4:
         raise UsageError(f"synthetic: got {str(spec)!r}; expected {SYNTHETIC_FORM}")
     defaults = (40, 0, 128)
     bounds = (LIMITS["patients"], (0, None), LIMITS["size"])
     values = []
-    for arg, (lo, hi) in zip(spec.args, bounds, strict=False):
+    for arg, (lo, hi) in zip(spec.args[:3], bounds, strict=False):
         value = parse_int(spec, arg, form=SYNTHETIC_FORM, minimum=lo)
         if hi is not None and value > hi:
             raise UsageError(f"synthetic: {value} must be <= {hi}; expected {SYNTHETIC_FORM}")
         values.append(value)
     patients, seed, size = (*values, *defaults[len(values) :])
-    return SyntheticSource(patients, seed, size)
+    difficulty = spec.args[3] if len(spec.args) == 4 else DEFAULT_DIFFICULTY
+    if difficulty not in DIFFICULTIES:
+        raise UsageError(
+            f"synthetic: difficulty {difficulty!r} is not one of {difficulty_choices()}; "
+            f"expected {SYNTHETIC_FORM}"
+        )
+    return SyntheticSource(patients, seed, size, difficulty)
 
 
 @hookimpl
@@ -67,5 +79,5 @@ def register_datasets(register):
         "synthetic",
         synthetic,
         help="Synthetic head CT in the PhysioNet layout, generated on first use: "
-        "synthetic[:PATIENTS[,SEED[,SIZE]]] (default 40,0,128)",
+        f"{SYNTHETIC_FORM} (default 40,0,128,easy; DIFFICULTY is {difficulty_choices()})",
     )

@@ -207,30 +207,37 @@ def test_volumes_are_written_through_the_synth_module(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "patients, seed, size, message",
+    "patients, seed, size, difficulty, message",
     [
-        (0, 0, 32, "--patients 0"),
-        (2, -1, 32, "--seed -1"),
-        (2, 0, 8, "--size 8"),
+        (0, 0, 32, "easy", "--patients 0"),
+        (2, -1, 32, "easy", "--seed -1"),
+        (2, 0, 8, "easy", "--size 8"),
+        (2, 0, 32, "Real", "--difficulty 'Real': expected easy, real or hard"),
     ],
 )
-def test_bad_parameters(tmp_path, patients, seed, size, message):
+def test_bad_parameters(tmp_path, patients, seed, size, difficulty, message):
     with pytest.raises(UsageError, match=message):
-        generate(tmp_path / "x", patients, seed, size)
+        generate(tmp_path / "x", patients, seed, size, difficulty)
+    assert not (tmp_path / "x").exists()
 
 
 def test_synthetic_spec_parsing():
     assert synthetic(parse_spec("synthetic")).name == "synthetic:40,0,128"
     assert synthetic(parse_spec("synthetic:6")).name == "synthetic:6,0,128"
     assert synthetic(parse_spec("synthetic:6,2,32")).name == "synthetic:6,2,32"
+    assert synthetic(parse_spec("synthetic:6,2,32,real")).name == "synthetic:6,2,32,real"
     with pytest.raises(
         UsageError,
         match=r"synthetic: 'x' is not an integer; expected "
-        r"synthetic\[:PATIENTS\[,SEED\[,SIZE\]\]\]",
+        r"synthetic\[:PATIENTS\[,SEED\[,SIZE\[,DIFFICULTY\]\]\]\]",
     ):
         synthetic(parse_spec("synthetic:x"))
     with pytest.raises(UsageError, match=r"expected synthetic\[:PATIENTS"):
-        synthetic(parse_spec("synthetic:1,2,3,4"))
+        synthetic(parse_spec("synthetic:1,2,3,real,5"))
+    with pytest.raises(UsageError, match=r"difficulty '4' is not one of easy, real or hard"):
+        synthetic(parse_spec("synthetic:1,2,16,4"))
+    with pytest.raises(UsageError, match=r"'real' is not an integer"):
+        synthetic(parse_spec("synthetic:real"))
     with pytest.raises(UsageError, match=r"synthetic: 9 must be >= 16; expected synthetic\["):
         synthetic(parse_spec("synthetic:4,0,9"))
     with pytest.raises(UsageError, match=r"synthetic: 4096 must be <= 1024"):

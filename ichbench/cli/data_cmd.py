@@ -54,6 +54,13 @@ def synth(
     patients: int = typer.Option(40, "--patients", help="Number of patients."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same bytes."),
     size: int = typer.Option(128, "--size", help="Slice width and height in pixels."),
+    difficulty: str = typer.Option(
+        "easy",
+        "--difficulty",
+        help="easy (the plain phantom), real (adds calcifications, skull-base bone and "
+        "streaks, motion, fainter lesions and scanners that differ) or hard (more of all "
+        "of it).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace a previously generated dataset."),
 ) -> None:
     """Write a synthetic dataset in the PhysioNet v1.3.x NIfTI layout."""
@@ -61,11 +68,13 @@ def synth(
 
     start = time.perf_counter()
     with step_bar("Generating patients") as progress:
-        summary = generate(out_dir, patients, seed, size, force=force, progress=progress)
+        summary = generate(
+            out_dir, patients, seed, size, difficulty, force=force, progress=progress
+        )
     err.print(
         f"Wrote {summary.out}: {summary.patients} patients ({summary.ich_patients} ICH), "
-        f"{summary.slices} slices ({summary.ich_slices} ICH), {size} px, seed {seed} "
-        f"in {time.perf_counter() - start:.1f} s",
+        f"{summary.slices} slices ({summary.ich_slices} ICH), {size} px, seed {seed}, "
+        f"{difficulty} in {time.perf_counter() - start:.1f} s",
         highlight=False,
         soft_wrap=True,
     )

@@ -1,6 +1,12 @@
 """The healthy synthetic head, in Hounsfield units: air, scalp, a skull ring, textured
 parenchyma, sulci and ventricles, shaped slice by slice from the skull base to the vertex.
 
+What makes a real scan harder than the plain head comes in small steps a difficulty level
+turns on: calcifications that are dense but not blood (choroid plexus, pineal gland,
+falx), partial-volume bone and beam-hardening streaks at the skull base, motion blur on a
+few slices, and a scanner's calibration offset. A dense mimic is painted only where the
+caller allows (never on a lesion), and each step returns where it painted.
+
 Every random number is drawn from the caller's generator in a fixed order, so the same
 seed draws the same head.
 """
@@ -10,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ichbench.data.synth_files import FOV_MM
 
 
 @dataclass
@@ -113,3 +121,208 @@ def anatomy(rng: np.random.Generator, head: Head, size: int) -> np.ndarray:
     hu[sulci] = 7.0 + 2.0 * texture[sulci]
     hu[head.ventricles] = np.clip(8.0 + 2.5 * texture[head.ventricles], 1, 14)
     return hu
+
+
+# --------------------------------------------------------------------------- mimics
+
+
+def _px_per_unit(head: Head, z: int) -> float:
+    """Pixels per unit of the brain's normalised coordinates on slice `z` (laterally)."""
+    a = head.a[z]
+    return 1.0 / max(float(np.hypot(a[0, 1] - a[0, 0], a[1, 0] - a[0, 0])), 1e-6)
+
+
+def _nearest_pixel(head: Head, z: int, a0: float, b0: float) -> tuple[int, int]:
+    """The pixel of slice `z` at normalised brain coordinates (a0, b0)."""
+    d2 = (head.a[z] - a0) ** 2 + (head.b[z] - b0) ** 2
+    r, c = np.unravel_index(int(np.argmin(d2)), d2.shape)
+    return int(r), int(c)
+
+
+def _blend(hu: np.ndarray, weight: np.ndarray, peak: float, allowed: np.ndarray) -> np.ndarray:
+    """Mix `hu` towards `peak` by `weight` (0..1) where allowed: a dense object that fills
+    part of a voxel (partial volume). Returns where it painted."""
+    painted = allowed & (weight > 0.05)
+    hu[painted] += (peak - hu[painted]) * weight[painted]
+    return painted
+
+
+def _gaussian_spot(shape: tuple[int, int], centre: tuple[int, int], sigma_px: float) -> np.ndarray:
+    rows = np.arange(shape[0], dtype=np.float32)[:, None] - centre[0]
+    cols = np.arange(shape[1], dtype=np.float32)[None, :] - centre[1]
+    return np.exp(-(rows**2 + cols**2) / (2 * sigma_px**2))
+
+
+def _slice_between(rng: np.random.Generator, zs: np.ndarray, lo: float, hi: float) -> int:
+    """One of the slices `zs`, between fractions `lo` and `hi` of their run."""
+    first = int(zs.size * lo)
+    return int(zs[int(rng.integers(first, max(first + 1, int(zs.size * hi))))])
+
+
+def choroid_plexus(
+    rng: np.random.Generator, head: Head, hu: np.ndarray, allowed: np.ndarray, size: int
+) -> np.ndarray:
+    """Calcified glomus of the choroid plexus, in the back of each lateral ventricle's
+    atrium (on both sides three times in four), over three slices. Returns where painted."""
+    painted = np.zeros(hu.shape, dtype=bool)
+    vent = np.flatnonzero(head.ventricles.any(axis=(1, 2)))
+    if not vent.size:
+        return painted
+    both = rng.uniform() < 0.75
+    sides = (-1, 1) if both else (int(rng.choice((-1, 1))),)
+    z0 = _slice_between(rng, vent, 1 / 3, 2 / 3)
+    for side in sides:
+        sigma = float(rng.uniform(1.5, 3.5)) * size / FOV_MM
+        peak = float(rng.uniform(80, 300))
+        for z in range(max(0, z0 - 1), min(hu.shape[0], z0 + 2)):
+            atrium = head.ventricles[z] & (side * head.a[z] > 0)
+            if not atrium.any():
+                continue
+            back = atrium & (head.b[z] >= np.quantile(head.b[z][atrium], 0.75))
+            centre = tuple(int(round(float(i.mean()))) for i in np.nonzero(back))
+            spot = _gaussian_spot(hu.shape[1:], centre, max(sigma, 0.6))
+            painted[z] |= _blend(hu[z], spot, peak, allowed[z])
+    return painted
+
+
+def pineal_gland(
+    rng: np.random.Generator, head: Head, hu: np.ndarray, allowed: np.ndarray, size: int
+) -> np.ndarray:
+    """A calcified pineal gland: a dense dot on the midline behind the third ventricle, on
+    one or two slices. Returns where painted."""
+    painted = np.zeros(hu.shape, dtype=bool)
+    vent = np.flatnonzero(head.ventricles.any(axis=(1, 2)))
+    if not vent.size:
+        return painted
+    z0 = _slice_between(rng, vent, 1 / 4, 1 / 2)
+    b0 = float(rng.uniform(0.1, 0.22))
+    sigma = float(rng.uniform(1.5, 3.0)) * size / FOV_MM
+    peak = float(rng.uniform(80, 250))
+    for z in range(z0, min(hu.shape[0], z0 + int(rng.integers(1, 3)))):
+        spot = _gaussian_spot(hu.shape[1:], _nearest_pixel(head, z, 0.0, b0), max(sigma, 0.6))
+        painted[z] |= _blend(hu[z], spot, peak, allowed[z])
+    return painted
+
+
+def falx_plaques(
+    rng: np.random.Generator, head: Head, hu: np.ndarray, allowed: np.ndarray, size: int
+) -> np.ndarray:
+    """One to three calcified plaques along the falx, high in the head: short dense lines
+    on the midline, much like a thin falcine bleed. Returns where painted."""
+    painted = np.zeros(hu.shape, dtype=bool)
+    n = hu.shape[0]
+    for _ in range(int(rng.integers(1, 4))):
+        z0 = int(rng.uniform(0.62, 0.9) * n)
+        b0, half = float(rng.uniform(-0.75, 0.75)), float(rng.uniform(0.05, 0.2))
+        sigma = float(rng.uniform(0.8, 1.6)) * size / FOV_MM
+        peak = float(rng.uniform(70, 220))
+        for z in range(z0, min(n, z0 + int(rng.integers(1, 3)))):
+            across = np.abs(head.a[z]) * _px_per_unit(head, z)
+            along = np.clip(1 - ((head.b[z] - b0) / half) ** 2, 0, None)
+            weight = np.exp(-(across**2) / (2 * max(sigma, 0.5) ** 2)) * np.sqrt(along)
+            painted[z] |= _blend(hu[z], weight, peak, allowed[z])
+    return painted
+
+
+def calcifications(
+    rng: np.random.Generator,
+    head: Head,
+    hu: np.ndarray,
+    free: np.ndarray,
+    chance: float,
+    size: int,
+) -> np.ndarray:
+    """Physiological calcifications, each present with probability `chance`: the choroid
+    plexus, the pineal gland and plaques along the falx. They are 70-300 HU at their core
+    and a few millimetres across, so once resized they look much like a small bleed.
+    Painted only inside the brain where `free`; returns the voxels painted."""
+    painted = np.zeros(hu.shape, dtype=bool)
+    if chance <= 0:
+        return painted
+    allowed = free & head.brain
+    has_ventricles = bool(head.ventricles.any())
+    if rng.uniform() < chance and has_ventricles:
+        painted |= choroid_plexus(rng, head, hu, allowed, size)
+    if rng.uniform() < chance and has_ventricles:
+        painted |= pineal_gland(rng, head, hu, allowed, size)
+    if rng.uniform() < chance:
+        painted |= falx_plaques(rng, head, hu, allowed, size)
+    return painted
+
+
+def skull_base(
+    rng: np.random.Generator,
+    head: Head,
+    hu: np.ndarray,
+    free: np.ndarray,
+    chance: float,
+    size: int,
+) -> np.ndarray:
+    """The lowest slices of a real scan, with probability `chance` (also their strength):
+    the skull floor cut obliquely leaves partial-volume bone inside the brain outline
+    (orbital roofs in front, petrous ridges behind), and dense bone hardens the beam into a
+    dark band between the petrous ridges and streaks radiating across the posterior fossa.
+    Bone is painted only where `free`; the streaks cross everything. Returns the voxels of
+    bone painted."""
+    painted = np.zeros(hu.shape, dtype=bool)
+    if chance <= 0 or rng.uniform() >= chance:
+        return painted
+    n = hu.shape[0]
+    px_mm = size / FOV_MM
+    reach = float(rng.uniform(0.18, 0.3))  # the fraction of the stack the skull base spans
+    field = smooth_noise(rng, hu.shape, max(size / 48, 1.0))
+    peak = float(rng.uniform(90, 300))
+    bar_b, bar_hu = float(rng.uniform(0.0, 0.2)), float(rng.uniform(12, 35)) * chance
+    freq, phase = int(rng.integers(6, 14)), float(rng.uniform(0, 2 * np.pi))
+    streak_hu = float(rng.uniform(6, 20)) * chance
+    for z in range(n):
+        w = 1 - ((z + 0.5) / n) / reach
+        if w <= 0:
+            break
+        brain = head.brain[z]
+        a, b, rho_b = head.a[z], head.b[z], head.rho_brain[z]
+        px = _px_per_unit(head, z)
+        rim = np.clip((rho_b - (1 - 0.3 * w)) / (0.3 * w), 0, 1)
+        front = np.clip((-b - 0.35) / 0.4, 0, 1)
+        ridge = np.clip(1 - np.abs(b - 0.55 * np.abs(a) - 0.05) * px / (2 * px_mm + 0.5), 0, 1)
+        ridge *= (np.abs(a) > 0.2) & (np.abs(a) < 0.8)
+        bone = np.clip(np.maximum(rim * front, ridge) * w * (0.6 + 0.4 * field[z]), 0, 1)
+        painted[z] |= _blend(hu[z], bone**1.5, peak, free[z] & brain)
+        bar = np.exp(-(((b - bar_b) * px / max(4 * px_mm, 1.0)) ** 2)) * (np.abs(a) < 0.45)
+        streaks = np.cos(head.phi * freq + phase) * np.clip(1 - rho_b, 0, 1)
+        hu[z][brain] += (w * (streak_hu * streaks - bar_hu * bar))[brain]
+    return painted
+
+
+def motion_blur(rng: np.random.Generator, hu: np.ndarray, chance: float, size: int) -> None:
+    """With probability `chance` the patient moved during a run of one to four slices:
+    each is smeared along a straight line of 3-10 mm, which drags the skull into the brain
+    as a dense rim and blurs a small bleed away."""
+    from scipy.ndimage import shift
+
+    if chance <= 0 or rng.uniform() >= chance:
+        return
+    n = hu.shape[0]
+    run = int(rng.integers(1, 5))
+    start = int(rng.integers(0, max(1, n - run + 1)))
+    for z in range(start, min(n, start + run)):
+        angle = float(rng.uniform(0, np.pi))
+        length = float(rng.uniform(3, 10)) * size / FOV_MM
+        steps = np.linspace(-length / 2, length / 2, 7)
+        plane = hu[z].copy()
+        hu[z] = np.mean(
+            [
+                shift(plane, (t * np.sin(angle), t * np.cos(angle)), order=1, mode="nearest")
+                for t in steps
+            ],
+            axis=0,
+        )
+
+
+def scanner_offset(rng: np.random.Generator, hu: np.ndarray, spread: float) -> None:
+    """A scanner's calibration: everything but air shifted by up to +-`spread` HU, so a
+    fixed window shows each patient's brain a little brighter or darker."""
+    if spread <= 0:
+        return
+    offset = float(rng.uniform(-spread, spread))
+    hu[hu > -500] += offset
