@@ -33,6 +33,11 @@ EDGE_HIGH = 0.99
 """A vote threshold at or beyond these ends of the 0.00..1.00 grid means the mean curve
 peaked where almost nothing (or almost everything) is called positive."""
 
+WORSE_MARGIN = 0.05
+"""How far the vote's out-of-fold validation F1 must fall below the worst fold's own to
+flag: each fold's F1 at its own best threshold is optimistic (the threshold was chosen on
+those slices), so a healthy vote often sits a little below the worst of them."""
+
 MAJORITY = 0.5
 """`fold_votes` calls a slice positive when at least this fraction of folds do."""
 
@@ -66,8 +71,8 @@ def vote_warnings(
     score: the test set must not be used to decide whether to trust it.
 
     Codes, each raised independently:
-      worse-than-every-fold: `vote_oof_val_f1` is below every fold's validation F1 (a
-        strict comparison). A fold's F1 at its own best threshold is a little optimistic,
+      worse-than-every-fold: `vote_oof_val_f1` is more than WORSE_MARGIN below every
+        fold's validation F1. A fold's F1 at its own best threshold is a little optimistic,
         so a healthy vote sits near the folds, not below all of them.
       thresholds-spread: max - min of the fold thresholds exceeds MAX_THRESHOLD_SPREAD
         (exactly MAX_THRESHOLD_SPREAD does not flag).
@@ -85,7 +90,7 @@ def vote_warnings(
         raise UsageError("vote_warnings needs finite thresholds and F1 values, found NaN or inf")
 
     warnings: list[VoteWarning] = []
-    if vote_oof_val_f1 < f1s.min():
+    if vote_oof_val_f1 < f1s.min() - WORSE_MARGIN - _TOLERANCE:
         warnings.append(
             VoteWarning(
                 "worse-than-every-fold",
