@@ -4,6 +4,7 @@ tiny synthetic datasets generated once per test run."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # Nothing in the suite may reach the network, wide-scoped fixtures included.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["ICHBENCH_LOAD_PLUGINS"] = ""
+
+# The tests that interrupt a run send this process a real SIGINT. A shell that starts the
+# suite in the background without job control starts it with SIGINT ignored (and Python
+# then leaves it ignored): give Ctrl-C back its usual meaning, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
