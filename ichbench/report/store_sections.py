@@ -184,7 +184,7 @@ def _vote_decisions(data: RunData) -> dict[int, bool] | None:
 
 def strip_section(data: RunData, section: Section) -> None:
     p = data.preds(None, "test")
-    cuts = data.patient_thresholds()
+    cuts = data.patient_cuts
     if not len(p["prob"]) or not cuts:
         section.notes.append(f"No vote on the test set: the run is {data.status}.")
         return

@@ -314,6 +314,26 @@ class StoreReads:
                 )
             )
 
+    def patient_thresholds(self, run_id: str) -> dict[int, float]:
+        """The voting threshold each test patient's slices were cut at: the run's, or
+        with outer folds that of the outer fold that tested the patient. Patients whose
+        cut is not known (an unfinished run) are absent."""
+        run = self.get_run(run_id)
+        split = self.split(run["run_id"])
+        if run.get("threshold") is not None:
+            return {p: float(run["threshold"]) for p in split.test}
+        by_outer = {
+            m["outer_fold"]: float(m["threshold"])
+            for m in self.outer_votes(run["run_id"])
+            if (m["scope"], m["split"]) == ("slice", "test") and m["threshold"] is not None
+        }
+        return {
+            p: by_outer[outer]
+            for outer, tested in split.outer_tests.items()
+            if outer in by_outer
+            for p in tested
+        }
+
     def outer_votes(self, run_id: str) -> list[dict[str, Any]]:
         """The vote `metrics` rows of each outer fold of a run (none with one outer
         fold, whose vote is the headline), by outer fold."""

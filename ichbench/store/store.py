@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
-import numpy as np
 
 from ichbench import paths
 from ichbench.errors import RunBusyError, RunFinishedError, StoreBusyError, StoreError
@@ -32,7 +31,7 @@ from ichbench.records import (
 )
 from ichbench.store import health, migrations, owner, writes
 from ichbench.store.reads import StoreReads, exists, first_line
-from ichbench.store.rows import num, optional_json, to_json
+from ichbench.store.rows import METRIC_COLUMNS, metric_values, num, optional_json, to_json
 from ichbench.store.writes import now
 
 LOCK_TIMEOUT_ENV = "ICHBENCH_DB_TIMEOUT"
@@ -334,15 +333,15 @@ class Store(StoreReads):
                     "INSERT INTO grid_selections VALUES (?, ?, ?, ?)",
                     [(grid_id, int(o), run, num(f1)) for o, run, f1 in picks],
                 )
+            names = [c for c in METRIC_COLUMNS if c not in SELECTION_SKIPS]
             for metric in metrics:
                 row = metric.as_row()
-                names = [
-                    c for c in row if c not in ("model", "fold", "split", "threshold", "outer_fold")
-                ]
+                row.update(run_id=grid_id, fold=None, model="vote", outer_fold=None)
+                values = dict(zip(METRIC_COLUMNS, metric_values(row), strict=True))
                 con.execute(
                     f"INSERT INTO grid_selection_metrics (grid_id, {', '.join(names)}, "
                     f"written_at) VALUES (?, {', '.join('?' for _ in names)}, ?)",
-                    [grid_id, *[_plain(row[c]) for c in names], now()],
+                    [grid_id, *[values[c] for c in names], now()],
                 )
 
     def _missing_folds(self, con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
@@ -403,13 +402,9 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         pass
 
 
-def _plain(value):
-    """A metric value as DuckDB takes it: NaN as NULL, NumPy scalars as Python ones."""
-    if isinstance(value, (float, np.floating)):
-        return num(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+# metric columns a grid's pooled choice has no value for: it is no run, fold or split,
+# and each outer fold's pick was cut at its own threshold
+SELECTION_SKIPS = ("run_id", "fold", "model", "split", "threshold", "outer_fold")
 
 
 def _setting(run: RunRecord, name: str) -> str | None:

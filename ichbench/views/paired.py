@@ -54,20 +54,11 @@ def _vote_slices(store: Store, run: dict[str, Any]) -> dict[str, np.ndarray] | N
 def _slice_thresholds(
     store: Store, run: dict[str, Any], patient_ids: np.ndarray
 ) -> np.ndarray | None:
-    """The voting threshold each test slice was cut at: the run's, or with outer folds
-    that of the outer fold that tested its patient. None when one is not known."""
-    if run.get("threshold") is not None:
-        return np.full(len(patient_ids), float(run["threshold"]))
-    by_outer = {
-        m["outer_fold"]: m["threshold"]
-        for m in store.outer_votes(run["run_id"])
-        if (m["scope"], m["split"]) == ("slice", "test") and m["threshold"] is not None
-    }
-    outer_of = {
-        p: outer for outer, tested in store.split(run["run_id"]).outer_tests.items() for p in tested
-    }
+    """The voting threshold each test slice was cut at (its patient's); None when one is
+    not known."""
+    cuts = store.patient_thresholds(run["run_id"])
     try:
-        return np.array([by_outer[outer_of[int(p)]] for p in patient_ids], dtype=float)
+        return np.array([cuts[int(p)] for p in patient_ids], dtype=float)
     except KeyError:
         return None
 

@@ -43,6 +43,8 @@ class RunData:
     outer_votes: list[dict[str, Any]] = field(default_factory=list)
     comparable: bool | None = None  # like for like with the literature (None: no result)
     outer_tests: dict[int, list[int]] = field(default_factory=dict)  # outer fold -> patients
+    # the voting threshold each test patient's slices were cut at (its outer fold's)
+    patient_cuts: dict[int, float] = field(default_factory=dict)
 
     @property
     def shown_test_patients(self) -> list[int]:
@@ -51,16 +53,6 @@ class RunData:
         if self.outer_folds > 1:
             return list(self.outer_tests.get(0, []))
         return list(self.test_patients)
-
-    def patient_thresholds(self) -> dict[int, float]:
-        """The voting threshold each test patient's slices were cut at: the run's, or that
-        of the outer fold that tested the patient."""
-        by_outer = {m["outer_fold"]: m["threshold"] for m in self.outer_metrics("slice")}
-        out = {}
-        for outer, patients in self.outer_tests.items():
-            cut = self.threshold if self.outer_folds == 1 else by_outer.get(outer)
-            out.update({p: cut for p in patients if cut is not None})
-        return out
 
     @property
     def outer_folds(self) -> int:
@@ -141,6 +133,7 @@ def load_run_data(store: Store, run_id: str, *, results: bool = True) -> RunData
         outer_votes=store.outer_votes(rid),
         comparable=store.comparable(rid),
         outer_tests=split.outer_tests,
+        patient_cuts=store.patient_thresholds(rid),
     )
     if results:
         data.epochs = store.epoch_rows(rid)
