@@ -3,6 +3,9 @@ that keep a real run to seconds on the CPU."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 from ichbench.cli.app import main
 
 TINY_ARGS = [
@@ -36,3 +39,18 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
 
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("Error:")]
+
+
+def interrupted_trial(key: tuple[int, int]):
+    """`RunProtocol.fold_trial` that first sends this process a real SIGINT when the trial
+    of `key` = (outer fold, fold) starts: Ctrl-C as that fold begins."""
+    from ichbench.protocol import RunProtocol
+
+    original = RunProtocol.fold_trial
+
+    def trial(self, dataset, split, at):
+        if at == key:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, dataset, split, at)
+
+    return trial

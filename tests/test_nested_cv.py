@@ -5,13 +5,11 @@ split."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import duckdb
 import pytest
-from cli_run import TINY_ARGS, error_lines, run_main
+from cli_run import TINY_ARGS, error_lines, interrupted_trial, run_main
 
 from ichbench.errors import ExitCode
 
@@ -126,14 +124,7 @@ def test_a_nested_run_interrupted_in_its_second_outer_fold_resumes(tmp_path, cap
     from ichbench.protocol import RunProtocol
 
     db = tmp_path / "runs.duckdb"
-    original = RunProtocol.fold_trial
-
-    def trial(self, dataset, split, key):
-        if key == (1, 1):
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, dataset, split, key)
-
-    monkeypatch.setattr(RunProtocol, "fold_trial", trial)
+    monkeypatch.setattr(RunProtocol, "fold_trial", interrupted_trial((1, 1)))
     code, _, err = run_main(capsys, "run", *TINY_ARGS, "--outer", str(OUTER), "--db", str(db))
     monkeypatch.undo()
     assert code == ExitCode.INTERRUPTED, err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from cli_run import TINY_ARGS, error_lines, run_main
+from cli_run import TINY_ARGS, error_lines, interrupted_trial, run_main
 from small_fs import tmpfs
 
 from ichbench.cli.app import main
@@ -27,18 +27,10 @@ def one(db: Path, sql: str, *params):
 
 def interrupted_run(capsys, monkeypatch, db: Path, *extra: str) -> str:
     """A run whose fold 0 is kept and fold 1 was interrupted (a real SIGINT)."""
-    import signal
 
     from ichbench.protocol import RunProtocol
 
-    original = RunProtocol.fold_trial
-
-    def trial(self, dataset, split, fold):
-        if fold == (0, 1):
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, dataset, split, fold)
-
-    monkeypatch.setattr(RunProtocol, "fold_trial", trial)
+    monkeypatch.setattr(RunProtocol, "fold_trial", interrupted_trial((0, 1)))
     code, _, err = run_main(capsys, "run", *TINY, *extra, "--db", str(db))
     monkeypatch.undo()
     assert code == ExitCode.INTERRUPTED, err

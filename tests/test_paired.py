@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_run import TINY_ARGS, error_lines, run_main
+from cli_run import TINY_ARGS, error_lines, interrupted_trial, run_main
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
@@ -261,9 +261,7 @@ def test_runs_with_other_test_patients_get_one_line(runs, capsys) -> None:
 def test_compare_refuses_runs_on_other_data_or_without_a_result(
     runs, capsys, tmp_path, monkeypatch
 ) -> None:
-    import os
     import shutil
-    import signal
 
     from ichbench.protocol import RunProtocol
 
@@ -275,14 +273,7 @@ def test_compare_refuses_runs_on_other_data_or_without_a_result(
     )
     assert code == 0, err
     other = Store(own, create=False).list_runs()[0]["run_id"]
-    original = RunProtocol.fold_trial
-
-    def trial(self, dataset, split, key):
-        if key == (0, 1):
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, dataset, split, key)
-
-    monkeypatch.setattr(RunProtocol, "fold_trial", trial)
+    monkeypatch.setattr(RunProtocol, "fold_trial", interrupted_trial((0, 1)))
     code, _, err = run_main(capsys, "run", *TINY_ARGS, "--seed", "5", "--db", str(own))
     monkeypatch.undo()
     assert code == 130, err

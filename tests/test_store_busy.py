@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from cli_run import TINY_ARGS
+from cli_run import TINY_ARGS, interrupted_trial
 
 from ichbench.store import Store
 
@@ -134,8 +134,6 @@ def test_a_fold_on_disk_is_finished_even_if_the_store_never_saw_it(tmp_path, mon
     """The store is held while fold 0 finishes and the run is interrupted at fold 1: fold
     0 lives only on disk. Resumed once the store is free, the run keeps fold 0 (it is not
     trained again) and finishes."""
-    import os
-    import signal
 
     from cli_run import TINY_ARGS, run_main
 
@@ -144,12 +142,7 @@ def test_a_fold_on_disk_is_finished_even_if_the_store_never_saw_it(tmp_path, mon
     monkeypatch.setenv("ICHBENCH_DB_TIMEOUT", "2")
     db = tmp_path / "busy.duckdb"
     Store(db)
-    original = RunProtocol.fold_trial
-
-    def trial(self, dataset, split, fold):
-        if fold == (0, 1):
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, dataset, split, fold)
+    trial = interrupted_trial((0, 1))
 
     reader = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(db)],
