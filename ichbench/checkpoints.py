@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ichbench.data.preprocess import network_input
+from ichbench.data.preprocess import context_table, gather_context, network_input
 from ichbench.device import inference_device
 from ichbench.errors import UsageError
 from ichbench.interfaces import BuildOptions, SliceDataset
@@ -67,9 +67,15 @@ def save_checkpoint(
     in_chans: int,
     image_size: int,
     windows: list[str],
+    context: int = 0,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> str:
     """Write a fold's kept weights atomically; returns the file name (relative to the run
-    folder), which the fold row records."""
+    folder), which the fold row records. With them goes what the network's inputs must
+    look like: the windows, the neighbouring slices stacked on each side (`context`) and
+    the normalisation (None: 0.5/0.5); checkpoints written before these keys existed
+    read as context 0 and 0.5/0.5, which is what they were trained on."""
     import torch
 
     folder = run_dir(Path(store_path), run_id)
@@ -84,6 +90,9 @@ def save_checkpoint(
                 "in_chans": in_chans,
                 "image_size": image_size,
                 "windows": list(windows),
+                "context": int(context),
+                "mean": list(mean) if mean is not None else None,
+                "std": list(std) if std is not None else None,
                 "fold": fold[1] if isinstance(fold, tuple) else fold,
                 "outer": fold[0] if isinstance(fold, tuple) else 0,
             },
@@ -136,10 +145,23 @@ class FoldModel:
     windows: tuple[str, ...]
     in_chans: int
     device: torch.device
+    context: int = 0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def prepare(self, images: np.ndarray) -> torch.Tensor:
-        """Cached uint8 images (N, C, H, W) as this network saw them in training."""
-        return network_input(images, self.input_size, self.device)
+        """Network inputs (N, in_chans, H, W), uint8 as cached, with each slice's context
+        already stacked (`rows_input`), as this network saw them in training."""
+        return network_input(images, self.input_size, self.device, mean=self.mean, std=self.std)
+
+    def rows_input(self, dataset: SliceDataset, rows: np.ndarray) -> np.ndarray:
+        """The cached images of dataset `rows` with their `context` neighbouring slices
+        stacked as channels, as training stacked them (uint8, for `prepare`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self.context:
+            return np.asarray(dataset.images[rows])
+        table = context_table(dataset.patient_ids, self.context)
+        return gather_context(dataset.images, table, rows)
 
 
 @dataclass
@@ -192,8 +214,15 @@ def load_fold_models(
             windows=tuple(ckpt["windows"]),
             in_chans=int(ckpt["in_chans"]),
             device=device,
+            context=int(ckpt.get("context") or 0),
+            mean=_stats(ckpt.get("mean")),
+            std=_stats(ckpt.get("std")),
         )
     return LoadedModels(models, problems)
+
+
+def _stats(values) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in values) if values is not None else None
 
 
 def fresh_model(

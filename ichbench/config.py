@@ -44,7 +44,46 @@ PRESETS: dict[str, dict] = {
         "strategies": ["augment:3.3"],
         "weights": ["ich:4"],
     },
+    # What the field's leading ICH systems do beyond the paper, on the network the device
+    # can train (the paper's ResNet50 at 224 px on a GPU, the quick network on a CPU):
+    # three windows as channels (the two the JPG release has), one neighbouring slice on
+    # each side, every training slice augmented, AdamW with a warmed-up cosine schedule,
+    # flipped test-time copies and a patient rule fitted on out-of-fold patients.
+    "modern": {
+        "windows": ["stack"],
+        "context": 1,
+        "augment_all": True,
+        "schedule": "cosine",
+        "warmup": 1,
+        "weight_decay": 1e-4,
+        "tta": "flip",
+        "patient_rule": "learned",
+        "weights": ["ich:4"],
+    },
 }
+
+RECIPE_OFF: dict[str, object] = {
+    "context": 0,
+    "schedule": "constant",
+    "warmup": 0,
+    "weight_decay": 0.0,
+    "augment_all": False,
+    "tta": "none",
+    "stage2": "none",
+}
+"""The recipe settings beyond the paper, at the values that switch them off (the paper's
+recipe). A configuration at these values hashes as configurations recorded before the
+settings existed, so the runs already in a store keep their identity."""
+
+SCHEDULES = ("constant", "cosine")
+TTA_MODES = ("none", "flip")
+STAGE2_KINDS = ("none", "gru", "conv")
+MAX_CONTEXT = 8  # neighbours on each side: 17 slices of 5 mm span a whole head
+
+WINDOW_STACK = "stack"
+STACK_WINDOWS = ("brain", "subdural", "bone")
+"""`--window stack`: the three windows RSNA 2019's leading entries gave a network as
+channels. The JPG release was exported with the brain and bone windows only."""
 
 # Settings of the machine, not of the experiment: a run resumed or repeated with another
 # value is the same configuration (the same config hash, skipped by a grid when finished).
@@ -53,6 +92,11 @@ EXECUTION_ONLY = ("device", "compile")
 MAX_IMAGE_SIZE = 2048  # beyond it the cached dataset alone outgrows any machine's memory
 
 TUNABLE = ("backbone", "image_size", "epochs", "batch_size", "lr", "patience", "pretrained")
+"""The network and its training length: a preset that does not set them (`modern`) takes
+them from the preset the device would get (`quick` on a CPU, `paper` on a GPU)."""
+
+# what a preset may set besides TUNABLE, each filled only where the user left it unset
+PRESET_RECIPE = ("windows", "patient_rule", "ensemble", *RECIPE_OFF)
 
 AUTO = "auto"
 
@@ -116,6 +160,20 @@ def preset_for_device(preset: str, device: str) -> str:
     return "paper" if device.startswith("cuda") else "quick"
 
 
+def network_preset(preset: str, device: str) -> str:
+    """The preset whose network and training length a run gets: its own when it sets
+    them, else the one `auto` would give on `device`."""
+    return preset if "backbone" in PRESETS.get(preset, {}) else preset_for_device(AUTO, device)
+
+
+def expand_windows(windows: list[str]) -> list[str]:
+    """`stack` stands for the three windows of `STACK_WINDOWS`, in place."""
+    out: list[str] = []
+    for w in windows:
+        out += list(STACK_WINDOWS) if w == WINDOW_STACK else [w]
+    return out
+
+
 def canonical_number(text: str) -> str:
     """One spelling per finite number (`3.30`, `3.3` -> `3.3`; `4.0` -> `4`; `1e-1` ->
     `0.1`), so that numeric plugin arguments hash by value; anything else is returned as
@@ -170,8 +228,10 @@ class RunConfig:
     backbone: str | None = None
     strategies: list[str] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)  # `ich:4`, `healthy:0.5`
-    ensemble: str = "mean"
-    patient_rule: str = "any"
+    # None: the preset's (the CLI passes None for an option the user did not give, so
+    # `--preset modern` can set them; a RunConfig built in code keeps the paper's)
+    ensemble: str | None = "mean"
+    patient_rule: str | None = "any"
     folds: int = 5
     test_size: float = 0.2  # the held-out fraction with one outer fold; unused with more
     # outer folds of patients (nested cross-validation): each is the test set once
@@ -181,7 +241,15 @@ class RunConfig:
     lr: float | None = None
     patience: int | None = None
     image_size: int | None = None
-    windows: list[str] = field(default_factory=lambda: ["brain"])
+    windows: list[str] | None = field(default_factory=lambda: ["brain"])
+    # the recipe beyond the paper (None: the preset's; RECIPE_OFF is the paper's recipe)
+    context: int | None = None  # neighbouring slices on each side stacked as channels
+    schedule: str | None = None  # learning rate: constant | cosine (per step)
+    warmup: int | None = None  # epochs of linear warmup before the schedule
+    weight_decay: float | None = None  # AdamW's decoupled decay; 0 = Adam
+    augment_all: bool | None = None  # augment every training slice on the fly
+    tta: str | None = None  # test-time augmentation of every prediction: none | flip
+    stage2: str | None = None  # sequence model over each scan's slices: none | gru | conv
     preset: str = "auto"
     seed: int = 0
     weights_file: str | None = None
@@ -203,11 +271,20 @@ class RunConfig:
         self.exclude = canonical_exclude(self.exclude)
         self.strategies = [canonical_spec(s) for s in self.strategies]
         self.weights = [canonical_spec(w) for w in self.weights]
-        self.windows = [w.strip().lower() for w in self.windows]
+        if self.windows is not None:
+            self.windows = expand_windows([w.strip().lower() for w in self.windows])
         self.preset = self.preset.strip().lower()
         self.device = self.device.strip().lower()
-        self.ensemble = canonical_spec(self.ensemble)
-        self.patient_rule = canonical_spec(self.patient_rule)
+        if self.ensemble is not None:
+            self.ensemble = canonical_spec(self.ensemble)
+        if self.patient_rule is not None:
+            self.patient_rule = canonical_spec(self.patient_rule)
+        for name in ("schedule", "tta", "stage2"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, value.strip().lower())
+        if isinstance(self.weight_decay, int) and not isinstance(self.weight_decay, bool):
+            self.weight_decay = float(self.weight_decay)
         if self.backbone is not None:
             self.backbone = canonical_spec(self.backbone)
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
@@ -219,9 +296,14 @@ class RunConfig:
         """Fill unset options from the preset chosen for `device`; validate the rest."""
         preset = preset_for_device(self.preset, device)
         if preset not in PRESETS:
-            raise UsageError(f"Unknown preset {self.preset!r}; expected auto, quick or paper")
+            raise UsageError(f"Unknown preset {self.preset!r}; expected auto, {', '.join(PRESETS)}")
         values = PRESETS[preset]
-        changes = {k: values[k] for k in TUNABLE if getattr(self, k) is None}
+        network = PRESETS[network_preset(preset, device)]
+        changes = {k: network[k] for k in TUNABLE if getattr(self, k) is None}
+        defaults = {"windows": ["brain"], "patient_rule": "any", "ensemble": "mean", **RECIPE_OFF}
+        for k in PRESET_RECIPE:
+            if getattr(self, k) is None:
+                changes[k] = values.get(k, defaults[k])
         weights = Path(self.weights_file) if self.weights_file else None
         digest = file_digest(weights) if weights is not None and weights.is_file() else None
         cfg = replace(self, preset=preset, device=device, weights_digest=digest, **changes)
@@ -260,12 +342,42 @@ class RunConfig:
             raise UsageError(f"--lr {self.lr}: must be above 0 and at most {MAX_LR:g}")
         if self.patience is not None and self.patience < 1:
             raise UsageError(f"--patience {self.patience}: must be at least 1")
+        self._validate_recipe()
         if self.weights_file and not Path(self.weights_file).is_file():
             raise UsageError(f"--weights {self.weights_file}: no such file")
         for text in self.weights:
             spec = parse_spec(text)
             if len(spec.args) != 1:
                 raise UsageError(f"--weight {text!r}: expected CLASS:W, e.g. ich:4 or healthy:0.5")
+
+    def _validate_recipe(self) -> None:
+        """The recipe settings beyond the paper, each against what the trainer can do."""
+        if self.context is not None and not 0 <= self.context <= MAX_CONTEXT:
+            raise UsageError(
+                f"--context {self.context}: must be 0 to {MAX_CONTEXT} neighbouring slices "
+                "on each side"
+            )
+        for option, value, allowed in (
+            ("--schedule", self.schedule, SCHEDULES),
+            ("--tta", self.tta, TTA_MODES),
+            ("--stage2", self.stage2, STAGE2_KINDS),
+        ):
+            if value is not None and value not in allowed:
+                raise UsageError(f"{option} {value}: expected one of {', '.join(allowed)}")
+        if self.warmup is not None and self.warmup < 0:
+            raise UsageError(f"--warmup {self.warmup}: must be 0 or more epochs")
+        if self.warmup and self.epochs is not None and self.warmup >= self.epochs:
+            raise UsageError(
+                f"--warmup {self.warmup} with --epochs {self.epochs}: the warmup must end "
+                "before the last epoch"
+            )
+        if self.weight_decay is not None and not (
+            math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1
+        ):
+            raise UsageError(
+                f"--weight-decay {self.weight_decay}: must be at least 0 and below 1 "
+                "(AdamW's decoupled decay per step, times the learning rate)"
+            )
 
     def strategy_specs(self) -> list[str]:
         """Strategies in command-line order, then the class weights as `weight:CLASS,W`."""
@@ -278,13 +390,17 @@ class RunConfig:
 
     def identity(self) -> dict:
         """The settings that determine the result (not where or how fast it is computed);
-        without a weights file and with one outer fold, exactly the settings of versions
-        before the digest and outer folds (so their runs keep their hashes)."""
+        without a weights file, with one outer fold and the paper's recipe, exactly the
+        settings of versions before those settings existed (so their runs keep their
+        hashes)."""
         identity = {k: v for k, v in self.as_dict().items() if k not in EXECUTION_ONLY}
         if identity["weights_digest"] is None:
             del identity["weights_digest"]
         if identity["outer"] == 1:
             del identity["outer"]
+        for name, off in RECIPE_OFF.items():
+            if identity[name] is None or identity[name] == off:
+                del identity[name]
         return identity
 
     @property

@@ -98,6 +98,13 @@ class DatasetSource(Protocol):
 # --------------------------------------------------------------------------- strategies
 
 
+BatchTransform = Callable[
+    ["torch.Tensor", "torch.Tensor", "torch.Generator"], tuple["torch.Tensor", "torch.Tensor"]
+]
+"""`(x, targets, generator) -> (x, targets)`: a transform of whole training batches (see
+`TrainPlan.batch_transform`)."""
+
+
 @dataclass
 class TrainPlan:
     """The training set of one fold as strategies reshape it.
@@ -110,6 +117,30 @@ class TrainPlan:
     device) replaces the weighted cross-entropy of the training batches only: validation
     picks the checkpoint by F1, never by this loss. `notes` must be JSON-serialisable; it is
     stored with the fold and shown by `ichbench show`.
+
+    `batch_transform(x, targets, generator) -> (x, targets)` changes whole training
+    batches, for what mixes samples (mixup, CutMix) and so cannot be a per-sample flag:
+
+    - `x`: float32 (B, C, H, W) in [0, 1] on the training device, after the on-the-fly
+      augmentation and before resizing and normalisation; the returned batch has the same
+      shape and should stay in [0, 1].
+    - `targets`: float32 (B, 2) soft targets, rows summing to 1, column 0 healthy, column 1
+      ICH. The first transform receives the one-hot labels, so a transform never needs
+      the hard labels and any number of them chain; it returns the targets of its output.
+    - `generator`: the transform's own `torch.Generator` on the training device, seeded
+      from the run's seed and the fold, apart from the augmentation's stream.
+
+    It runs once per batch inside the epoch: it must stay on the device (no `.item()`,
+    `.cpu()` or other read of a tensor's value on the host). Add one with
+    `with_batch_transform`, which chains it after any earlier strategy's.
+
+    With a batch transform the loss is called with the soft targets instead of the int64
+    labels: the default loss is then the class-weighted cross-entropy with probability
+    targets, normalised by the batch's total weight (one-hot targets give exactly the
+    loss of the hard labels), and a `loss_factory` loss must accept (B, 2) probability
+    targets too. Whatever the loss, if it has a method `set_epoch(epoch)`, the trainer
+    calls it with the 1-based epoch at the start of each epoch (the convention of
+    `DistributedSampler.set_epoch`), for losses that change over training.
     """
 
     indices: np.ndarray  # int64
@@ -117,9 +148,21 @@ class TrainPlan:
     class_weights: tuple[float, float] = (1.0, 1.0)  # (healthy, ich)
     loss_factory: Callable[[torch.Tensor], nn.Module] | None = None  # weights -> loss
     notes: dict[str, Any] = field(default_factory=dict)
+    batch_transform: BatchTransform | None = None  # (x, targets, generator) -> (x, targets)
 
     def with_(self, **changes: Any) -> TrainPlan:
         return replace(self, **changes)
+
+    def with_batch_transform(self, transform: BatchTransform, **changes: Any) -> TrainPlan:
+        """A new plan whose batch transform applies this plan's (if any), then `transform`
+        to its output; `changes` as in `with_`."""
+        from ichbench.augment import compose_batch_transforms
+
+        return replace(
+            self,
+            batch_transform=compose_batch_transforms(self.batch_transform, transform),
+            **changes,
+        )
 
 
 @dataclass(frozen=True)
@@ -164,6 +207,11 @@ class BuiltModel:
     pretrained: bool
     pretrained_source: str | None  # e.g. "file:/path", "timm-hub:resnet50.a1_in1k", "pypi:..."
     input_size: int | None = None  # forced input size (inception_v3: 299), None = any
+    # the per-channel mean and std of the inputs the weights were pretrained on (timm's
+    # pretrained config; ImageNet's for most), applied to inputs in [0, 1]; None: the
+    # network starts untrained and inputs are centred at 0.5 with std 0.5
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

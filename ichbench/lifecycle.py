@@ -254,15 +254,19 @@ class Lifecycle:
         now if the store is free, else as soon as it is."""
         t = time.perf_counter()
         cfg = job.protocol.cfg
+        shown = record.notes.get("input") or {}
         record.checkpoint = checkpoints.save_checkpoint(
             self.journal.store_path,
             job.run_id,
             record.key,
             state,
             backbone=cfg.backbone,
-            in_chans=len(cfg.windows),
+            in_chans=int(shown.get("in_chans") or len(cfg.windows)),
             image_size=cfg.image_size,
             windows=list(cfg.windows),
+            context=int(shown.get("context") or 0),
+            mean=shown.get("mean"),
+            std=shown.get("std"),
         )
         self.journal.write_fold(job.run_id, record)
         self.ingestion.take(job.run_id)

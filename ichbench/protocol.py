@@ -11,6 +11,7 @@ are raised as domain exceptions. A run's life in the store is `ichbench.lifecycl
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ichbench.blame import describe
 from ichbench.calibration import fit_calibrator
 from ichbench.config import RunConfig
 from ichbench.data.open import open_dataset
+from ichbench.data.preprocess import channel_stats
 from ichbench.data.resolve import resolve_dataset
 from ichbench.device import resolve_device
 from ichbench.errors import LeakageError, PluginError
@@ -86,6 +88,8 @@ class RunProtocol:
         self.cfg = config.resolved(device)
         self.device = torch.device(device)
         self.plugins = Plugins.create(self.cfg, self.registry)
+        if config.windows is None:  # the preset's windows, narrowed to what the data has
+            self.cfg = replace(self.cfg, windows=_offered(self.cfg.windows, self.plugins.dataset))
         self.timings: dict[str, float] = {"data": 0.0, "train": 0.0, "eval": 0.0}
         self._data: DeviceImages | None = None
         self._split: tuple[SliceDataset, NestedSplit] | None = None
@@ -143,6 +147,11 @@ class RunProtocol:
 
         return plugin_versions(self.registry, used)
 
+    def in_chans(self, dataset: SliceDataset) -> int:
+        """Input channels of the network: each window of the slice and of its `context`
+        neighbours on either side."""
+        return int(dataset.images.shape[1]) * (2 * int(self.cfg.context) + 1)
+
     def build_model(self, fold: int, in_chans: int) -> BuiltModel:
         checkpoints.seed_init(self.cfg.seed, fold)
         weights = Path(self.cfg.weights_file) if self.cfg.weights_file else None
@@ -182,14 +191,26 @@ class RunProtocol:
         for outer in split.outers:
             for fold in outer.folds:
                 self.plan_for(dataset, np.asarray(fold.train), fold.index)
-        built = self.build_model(0, dataset.images.shape[1])
+        built = self.build_model(0, self.in_chans(dataset))
         for outer in split.outers:
             n_test = int(np.isin(dataset.patient_ids, outer.test).sum())
             folds = len(outer.folds)
             self._combine(np.full((folds, n_test), 0.5), 0.5, np.full(folds, 0.5))
-        for count in sorted(set(np.unique(dataset.patient_ids, return_counts=True)[1].tolist())):
+        counts = sorted(set(np.unique(dataset.patient_ids, return_counts=True)[1].tolist()))
+        rule = self.plugins.patient_rule
+        if getattr(rule, "fits", False):  # fitted on two patients of each class and size
+            from ichbench.patient_features import PatientSlices
+
+            toy = [
+                PatientSlices(scores=s, decisions=s >= 0.5, label=label)
+                for count in counts
+                for label, s in ((0, np.linspace(0.0, 0.4, count)),) * 2
+                + ((1, np.linspace(0.0, 1.0, count)),) * 2
+            ]
+            rule = rule.fit(toy, 0.5)
+        for count in counts:
             scores = np.linspace(0.0, 1.0, count)
-            self.plugins.patient_rule.decide(scores, scores >= 0.5, 0.5)
+            rule.decide(scores, scores >= 0.5, 0.5)
         return built
 
     def _per_fold(self) -> bool:
@@ -223,12 +244,19 @@ class RunProtocol:
         """Train and evaluate one fold, `key` = (outer fold, fold): what an executor runs
         anywhere. Returns the record and the kept state dict (on the CPU)."""
         if self._data is None:
-            self._data = DeviceImages(dataset.images, dataset.labels, self.device)
+            self._data = DeviceImages(
+                dataset.images,
+                dataset.labels,
+                self.device,
+                patient_ids=dataset.patient_ids,
+                context=int(self.cfg.context),
+            )
         started = time.perf_counter()
         split, fold = nested.fold(key)
         key = key if isinstance(key, tuple) else (0, key)
         check_no_leakage(split)
-        built = self.build_model(fold.index, dataset.images.shape[1])
+        in_chans = self.in_chans(dataset)
+        built = self.build_model(fold.index, in_chans)
         train_p = np.asarray(fold.train)
         plan = self.plan_for(dataset, train_p, fold.index)
         base = np.flatnonzero(np.isin(dataset.patient_ids, train_p))
@@ -253,6 +281,13 @@ class RunProtocol:
             device=self.device,
             input_size=built.input_size,
             compile=self.cfg.compile,
+            schedule=str(self.cfg.schedule),
+            warmup=int(self.cfg.warmup),
+            weight_decay=float(self.cfg.weight_decay),
+            augment_all=bool(self.cfg.augment_all),
+            context=int(self.cfg.context),
+            tta=str(self.cfg.tta),
+            **dict(zip(("mean", "std"), channel_stats(built.mean, built.std, in_chans))),
         )
         t = time.perf_counter()
         state, best_epoch, history = train_fold(
@@ -265,10 +300,20 @@ class RunProtocol:
         test_prob = predict(built.model, self._data, test_rows, settings)
         curve = f1_curve(dataset.labels[val_rows], val_prob)
         threshold = best_threshold(curve)
+        notes = dict(plan.notes)
+        notes["input"] = {
+            "context": int(self.cfg.context),
+            "in_chans": in_chans,
+            "mean": list(settings.mean) if settings.mean is not None else None,
+            "std": list(settings.std) if settings.std is not None else None,
+        }
+        rule = self._fitted_rule(dataset, val_rows, val_prob, val_prob >= threshold, threshold)
+        if getattr(rule, "fitted", None) is not None:
+            notes["patient_rule"] = rule.fitted
         metrics, patients = [], []
         for name, rows, prob in (("val", val_rows, val_prob), ("test", test_rows, test_prob)):
             rows_metrics, decided = self._metrics(
-                "fold", fold.index, name, threshold, dataset, rows, prob, prob >= threshold
+                "fold", fold.index, name, threshold, dataset, rows, prob, prob >= threshold, rule
             )
             metrics += rows_metrics
             patients.append(decided)
@@ -301,7 +346,7 @@ class RunProtocol:
             epochs=history,
             compiled=self.cfg.compile,
             patients=PatientDecisions.concat(patients),
-            notes=dict(plan.notes),
+            notes=notes,
             outer=key[0],
         )
         return record, state
@@ -316,9 +361,10 @@ class RunProtocol:
         rows: np.ndarray,
         scores: np.ndarray,
         decisions: np.ndarray,
+        rule: object | None = None,
     ) -> tuple[list[MetricRow], PatientDecisions]:
         """Slice and patient metrics of one model on one split, and the patient decisions
-        the patient rule made there."""
+        the patient rule (`rule`: a fitted one, else the run's) made there."""
         labels = dataset.labels[rows]
         pids = dataset.patient_ids[rows]
         seed = self.cfg.seed
@@ -333,7 +379,7 @@ class RunProtocol:
             labels,
             scores,
             decisions,
-            self.plugins.patient_rule,
+            rule if rule is not None else self.plugins.patient_rule,
             threshold,
         )
         out.append(
@@ -349,6 +395,40 @@ class RunProtocol:
             decision=np.asarray(p_decisions, dtype=bool),
         )
         return out, decided
+
+    def _fitted_rule(
+        self,
+        dataset: SliceDataset,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        decisions: np.ndarray,
+        threshold: float,
+    ) -> object:
+        """The run's patient rule, fitted on these validation slices when it learns
+        (its class says `fits = True`): a fold's own validation patients for the fold's
+        figures, every out-of-fold validation patient for the vote; never a test patient.
+        A rule that does not learn is returned as it is."""
+        rule = self.plugins.patient_rule
+        if not getattr(rule, "fits", False):
+            return rule
+        from ichbench.patient_features import PatientSlices
+
+        pids, numbers = dataset.patient_ids[rows], dataset.slice_numbers[rows]
+        patients = []
+        for pid in np.unique(pids):
+            at = np.flatnonzero(pids == pid)
+            at = at[np.argsort(numbers[at], kind="stable")]
+            patients.append(
+                PatientSlices(
+                    scores=np.asarray(scores[at], dtype=float),
+                    decisions=np.asarray(decisions[at], dtype=bool),
+                    label=int(dataset.labels[rows[at]].max()),
+                )
+            )
+        fitted = rule.fit(patients, float(threshold))
+        if not hasattr(fitted, "decide"):
+            raise _wrong(rule, "fit", f"returned {type(fitted).__name__}, not a patient rule")
+        return fitted
 
     # ----------------------------------------------------------------- the vote
     def vote(
@@ -435,16 +515,6 @@ class RunProtocol:
         # a rule cutting each fold at its own threshold scores slices by the fraction of
         # folds voting ICH: its cut, for the patient rule too, is a majority
         cut = MAJORITY if self._per_fold() else threshold
-        metrics, test_patients = self._metrics(
-            "vote",
-            None,
-            "test",
-            cut,
-            dataset,
-            test_rows,
-            scores,
-            np.asarray(decisions, dtype=bool),
-        )
         lookup = {
             (p, s): i
             for i, (p, s) in enumerate(
@@ -465,6 +535,22 @@ class RunProtocol:
         val_decisions = val_prob_arr >= np.concatenate(val_cut)
         if self._per_fold():  # out of fold, one fold votes: the fraction is 0 or 1
             val_prob_arr = val_decisions.astype(float)
+        rule = self._fitted_rule(dataset, val_rows_arr, val_prob_arr, val_decisions, cut)
+        if getattr(rule, "fitted", None) is not None:
+            calibration.append(
+                {"outer": outer, "fold": None, "kind": "patient-rule", "params": rule.fitted}
+            )
+        metrics, test_patients = self._metrics(
+            "vote",
+            None,
+            "test",
+            cut,
+            dataset,
+            test_rows,
+            scores,
+            np.asarray(decisions, dtype=bool),
+            rule,
+        )
         val_metrics, val_patients = self._metrics(
             "vote",
             None,
@@ -474,6 +560,7 @@ class RunProtocol:
             val_rows_arr,
             val_prob_arr,
             val_decisions,
+            rule,
         )
         if not getattr(self.plugins.ensemble, "scores_are_probabilities", True):
             for row in metrics + val_metrics:  # vote fractions: no calibration to speak of
@@ -558,6 +645,17 @@ class RunProtocol:
 
 
 _PATIENT_FIELDS = ("split", "patient_id", "label", "score", "decision")
+
+
+def _offered(windows: Sequence[str], source: object) -> list[str]:
+    """A preset's windows narrowed to those the dataset source can give (its optional
+    `windows_offered()`; None: every window), so `--preset modern` stacks three windows
+    on NIfTI data and the two the JPG release has there; the first is kept at least."""
+    offered = getattr(source, "windows_offered", None)
+    have = offered() if callable(offered) else None
+    if have is None:
+        return list(windows)
+    return [w for w in windows if w in have] or list(windows[:1])
 
 
 def _wrong(plugin: object, method: str, problem: str) -> PluginError:

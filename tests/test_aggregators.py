@@ -38,10 +38,16 @@ def test_every_rule_is_registered_with_its_kind(registry):
         "mean",
         "median",
     ]
-    assert registry.names("patient") == ["any", "k-consecutive", "max-prob", "topk-mean"]
+    assert registry.names("patient") == [
+        "any",
+        "k-consecutive",
+        "learned",
+        "max-prob",
+        "topk-mean",
+    ]
     for name in registry.names("ensemble"):
         assert isinstance(registry.create("ensemble", name), EnsembleRule)
-    for spec in ("any", "k-consecutive:2", "max-prob", "topk-mean:3"):
+    for spec in ("any", "k-consecutive:2", "learned", "learned:2", "max-prob", "topk-mean:3"):
         assert isinstance(registry.create("patient", spec), PatientRule)
 
 

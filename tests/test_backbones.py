@@ -23,6 +23,8 @@ from ichbench_plugins.lite0 import (
 ARGS = {"timm": "timm:resnet18"}  # a registered name that needs an argument, and a legal one
 SMALLEST_INPUT = {"inception_v3": 75}
 DEFAULT_INPUT = 32
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def make_registry() -> Registry:
@@ -56,6 +58,7 @@ def forward(built: BuiltModel, in_chans: int, size: int, batch: int = 2) -> torc
 def test_every_backbone_gives_two_logits(name, in_chans):
     built = build(ARGS.get(name, name), in_chans=in_chans, pretrained=False)
     assert built.pretrained is False and built.pretrained_source is None
+    assert (built.mean, built.std) == (None, None)  # untrained: the core's 0.5/0.5
     logits = forward(built, in_chans, SMALLEST_INPUT.get(name, DEFAULT_INPUT))
     assert isinstance(logits, torch.Tensor)
     assert logits.shape == (2, 2)
@@ -87,6 +90,7 @@ def test_tinycnn_is_tiny_and_never_claims_pretraining():
     built = build("tinycnn", in_chans=1, pretrained=True)
     assert sum(p.numel() for p in built.model.parameters()) < 50_000
     assert (built.pretrained, built.pretrained_source) == (False, None)
+    assert (built.mean, built.std) == (None, None)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +128,7 @@ def test_efficientnet_lite0_is_pretrained_offline_from_pypi():
         raw["_blocks.15._project_conv.weight"],
     )
     assert built.model.state_dict()["classifier.weight"].shape == (2, 1280)
+    assert (built.mean, built.std) == HALF  # its own statistics, not ImageNet's
 
 
 def chelsea_batch(model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
@@ -211,6 +216,29 @@ def test_tinycnn_loads_its_own_checkpoint(tmp_path, no_network):
         built.model.state_dict()["conv3.weight"], first.state_dict()["conv3.weight"]
     )
     assert (built.pretrained, built.pretrained_source) == (True, f"file:{path}")
+    assert (built.mean, built.std) == (None, None)  # trained on ichbench's 0.5/0.5 inputs
+
+
+@pytest.mark.parametrize(
+    "spec, arch, stats",
+    [
+        ("timm:resnet18", "resnet18", IMAGENET),
+        ("mobilenetv2", "mobilenetv2_100", IMAGENET),
+        ("timm:vit_tiny_patch16_224", "vit_tiny_patch16_224", HALF),
+    ],
+)
+def test_weights_file_reports_the_architectures_pretraining_statistics(
+    tmp_path, no_network, spec, arch, stats
+):
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{arch}.safetensors"
+    save_file(timm.create_model(arch, pretrained=False).state_dict(), str(path))
+    built = build(spec, in_chans=1, weights=path)
+    assert built.pretrained is True
+    assert (built.mean, built.std) == stats  # RGB statistics, whatever in_chans is
+    assert all(isinstance(v, float) for v in built.mean + built.std)
 
 
 def test_missing_weights_file_is_named(tmp_path, no_network):
@@ -261,6 +289,7 @@ def test_pretrained_offline_falls_back_honestly(empty_hub_cache):
     with pytest.warns(UserWarning, match="resnet50: no pretrained weights .*HF_HUB_OFFLINE"):
         built = build("resnet50", pretrained=True)
     assert (built.pretrained, built.pretrained_source) == (False, None)
+    assert (built.mean, built.std) == (None, None)  # no pretraining, no statistics to honour
 
 
 def test_pretrained_with_an_unreachable_hub_falls_back(monkeypatch, empty_hub_cache):
@@ -292,6 +321,7 @@ def test_pretrained_from_the_local_hub_cache(monkeypatch, tmp_path):
         built = build("timm:resnet18", in_chans=1, pretrained=True)
     assert asked == [repo]
     assert (built.pretrained, built.pretrained_source) == (True, f"timm-hub:{repo}")
+    assert (built.mean, built.std) == IMAGENET
     torch.testing.assert_close(
         built.model.state_dict()["layer1.0.conv1.weight"],
         imagenet.state_dict()["layer1.0.conv1.weight"],

@@ -36,7 +36,7 @@ def test_domain_error_is_one_line(capsys, tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [
         "Error: Unknown strategy 'agument'. Did you mean 'augment'? Available: "
-        "augment, bootstrap, undersample, weight"
+        "augment, bootstrap, cutmix, mixup, undersample, weight"
     ]
     assert not (tmp_path / "r.duckdb").exists()
 

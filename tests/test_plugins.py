@@ -168,7 +168,7 @@ def test_unknown_names_suggest_the_closest():
         registry.create("strategy", "agument:3.3")
     message = str(info.value)
     assert "Unknown strategy 'agument'. Did you mean 'augment'?" in message
-    assert "Available: augment, bootstrap, undersample, weight" in message
+    assert "Available: augment, bootstrap, cutmix, mixup, undersample, weight" in message
     with pytest.raises(PluginError, match="Unknown patient rule 'nothing-like-it'. Available: "):
         registry.create("patient", "nothing-like-it")
 

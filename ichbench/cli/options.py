@@ -31,8 +31,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 # ---------------------------------------------------------------- the experiment
 
 DataOpt = Annotated[str, typer.Option("--data", help=DATA_HELP)]
-EnsembleOpt = Annotated[str, typer.Option("--ensemble", help="Fold ensemble rule.")]
-PatientRuleOpt = Annotated[str, typer.Option("--patient-rule", help="Patient rule.")]
+EnsembleOpt = Annotated[
+    str | None, typer.Option("--ensemble", help="Fold ensemble rule (default: the preset's, mean).")
+]
+PatientRuleOpt = Annotated[
+    str | None,
+    typer.Option("--patient-rule", help="Patient rule (default: the preset's; paper: any)."),
+]
 FoldsOpt = Annotated[int, typer.Option("--folds", help="Cross-validation folds.")]
 TestSizeOpt = Annotated[
     float,
@@ -68,15 +73,58 @@ PatienceOpt = Annotated[
 ]
 ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", help="Square input size in px.")]
 WindowOpt = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
-        "--window", help="CT window(s) stacked as channels, repeatable: brain, subdural, bone."
+        "--window",
+        help="CT window(s) stacked as channels, repeatable: brain, subdural, bone, or stack "
+        "for all three (the JPG release has brain and bone only). Default: the preset's.",
     ),
 ]
 PresetOpt = Annotated[
     str,
     typer.Option(
-        "--preset", help="auto (paper where training gets a GPU, quick otherwise), quick or paper."
+        "--preset",
+        help="auto (paper where training gets a GPU, quick otherwise), quick, paper, or "
+        "modern (the field's recipe on the device's network).",
+    ),
+]
+
+# the recipe beyond the paper's: each defaults to the preset's (off but for modern)
+ContextOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--context",
+        help="Slice context (2.5D): N neighbouring slices on each side stacked as channels.",
+    ),
+]
+ScheduleOpt = Annotated[
+    str | None,
+    typer.Option("--schedule", help="Learning-rate schedule per step: constant or cosine."),
+]
+WarmupOpt = Annotated[
+    int | None, typer.Option("--warmup", help="Epochs of linear learning-rate warmup.")
+]
+WeightDecayOpt = Annotated[
+    float | None,
+    typer.Option("--weight-decay", help="Decoupled weight decay (AdamW when above 0)."),
+]
+AugmentAllOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--augment-all/--no-augment-all",
+        help="Augment every training slice on the fly (augment:R adds ICH copies instead).",
+    ),
+]
+TtaOpt = Annotated[
+    str | None,
+    typer.Option("--tta", help="Test-time augmentation of every prediction: none or flip."),
+]
+Stage2Opt = Annotated[
+    str | None,
+    typer.Option(
+        "--stage2",
+        help="Second-stage sequence model over each scan's slice embeddings: none, gru or "
+        "conv; fitted on out-of-fold validation slices, stored as its own result.",
     ),
 ]
 SeedOpt = Annotated[
@@ -159,13 +207,10 @@ class D:
     """Defaults of the shared options, one place: `data: DataOpt = D.data`."""
 
     data = "synthetic"
-    ensemble = "mean"
-    patient_rule = "any"
     folds = 5
     test_size = 0.2
     outer = 1
     repeats = 1
-    window: list[str] = ["brain"]  # noqa: RUF012 - typer copies list defaults
     preset = "auto"
     seed = 0
     exclude = DEFAULT_EXCLUDE_TEXT
@@ -193,6 +238,13 @@ def experiment_config(options: Mapping[str, Any], **axes: Any) -> RunConfig:
         data=options["data"],
         ensemble=options["ensemble"],
         patient_rule=options["patient_rule"],
+        context=options["context"],
+        schedule=options["schedule"],
+        warmup=options["warmup"],
+        weight_decay=options["weight_decay"],
+        augment_all=options["augment_all"],
+        tta=options["tta"],
+        stage2=options["stage2"],
         folds=options["folds"],
         test_size=options["test_size"],
         outer=options["outer"],
@@ -201,7 +253,7 @@ def experiment_config(options: Mapping[str, Any], **axes: Any) -> RunConfig:
         lr=options["lr"],
         patience=options["patience"],
         image_size=options["image_size"],
-        windows=list(options["window"]),
+        windows=list(options["window"]) if options["window"] else None,
         preset=options["preset"],
         seed=options["seed"],
         weights_file=str(weights) if weights else None,

@@ -44,7 +44,7 @@ from ichbench.data.layout import (
 )
 from ichbench.data.nifti import decode_nifti, nifti_slice_count, read_nifti
 from ichbench.data.resize import resize_masks, resize_stack
-from ichbench.data.windows import Window, check_windows
+from ichbench.data.windows import JPG_WINDOWS, Window, check_windows
 from ichbench.errors import DataError, UsageError
 from ichbench.interfaces import LoadOptions, SliceDataset
 
@@ -217,6 +217,13 @@ class PhysioNetSource:
     def folder(self) -> Path:
         """The dataset folder (what `ichbench data check` inspects)."""
         return self.root
+
+    def windows_offered(self) -> tuple[str, ...] | None:
+        """The windows this folder can give: the JPG release's two, or None (any window:
+        NIfTI volumes are in Hounsfield units). A preset's window stack is narrowed to
+        them; a window the user names that is not offered is an error at load."""
+        layout, _ = detect_layout(self.root)
+        return JPG_WINDOWS if layout == JPG else None
 
     def load(
         self, options: LoadOptions, cache_dir: Path, progress: Progress | None = None

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ichbench.checkpoints import FoldModel
+    from ichbench.interfaces import SliceDataset
 
 CAM_CLASS = 1  # explain the ICH logit
 
@@ -69,19 +70,22 @@ def cam_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return spatial[-1] if spatial else convs[-1][0]
 
 
-def grad_cam(models: list[FoldModel], images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Grad-CAM of the ICH class for each uint8 image (N, C, H, W), averaged over the
-    fold models and rescaled to [0, 1]; (N, H, W) at the images' own size. Each model
-    sees the images exactly as it saw them in training (`FoldModel.prepare`)."""
+def grad_cam(
+    models: list[FoldModel], rows: np.ndarray, dataset: SliceDataset, batch: int = 16
+) -> np.ndarray:
+    """Grad-CAM of the ICH class for each of the dataset's `rows`, averaged over the fold
+    models and rescaled to [0, 1]; (N, H, W) at the images' own size. Each model sees
+    the slices exactly as it saw them in training, neighbouring slices stacked where it
+    was trained with them (`FoldModel.rows_input`, `FoldModel.prepare`)."""
     import torch
     import torch.nn.functional as F
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    height, width = images.shape[-2:]
-    total = np.zeros((len(images), height, width), dtype=np.float64)
+    height, width = dataset.images.shape[-2:]
+    total = np.zeros((len(rows), height, width), dtype=np.float64)
     for fm in models:
-        x_all = fm.prepare(images)
+        x_all = fm.prepare(fm.rows_input(dataset, rows))
         layer = cam_layer(fm.model, x_all)
         maps = []
         with GradCAM(model=fm.model, target_layers=[layer]) as cam:

@@ -141,7 +141,7 @@ def gradcam_section(
     fold_models = [models.models[k] for k in sorted(models.models)]
     images = np.asarray(dataset.images[rows])
     try:
-        cams = grad_cam(fold_models, images)
+        cams = grad_cam(fold_models, rows, dataset)
     except (ValueError, RuntimeError) as exc:
         section.notes.append(f"Grad-CAM could not be computed: {exc}")
         return
@@ -212,7 +212,7 @@ def tsne_section(
         section.notes.append(f"Too few test slices ({len(rows)}) for t-SNE.")
         return
     labels = dataset.labels[rows]
-    images = np.asarray(dataset.images[rows])
+    images = fm.rows_input(dataset, rows)
     try:
         before = fresh_model(str(data.run["backbone"]), fm.in_chans, seed, fold, fm.device)
         feats = {

@@ -37,17 +37,46 @@ def _compact(value: Any) -> Any:
     return value
 
 
+CORE_NOTES = ("input", "patient_rule")  # what the core, not a strategy, notes on a fold
+
+
+def recipe_text(cfg: dict[str, Any], folds: list[dict[str, Any]]) -> str:
+    """The recipe beyond the paper's as the run used it; "the paper's" when none of it."""
+    parts = []
+    if cfg.get("context"):
+        parts.append(f"context ±{cfg['context']} slice(s)")
+    if cfg.get("augment_all"):
+        parts.append("every slice augmented")
+    if cfg.get("schedule") not in (None, "constant"):
+        parts.append(f"{cfg['schedule']} schedule")
+    if cfg.get("warmup"):
+        parts.append(f"{cfg['warmup']} warmup epoch(s)")
+    if cfg.get("weight_decay"):
+        parts.append(f"AdamW, weight decay {cfg['weight_decay']:g}")
+    if cfg.get("tta") not in (None, "none"):
+        parts.append(f"test-time {cfg['tta']}")
+    if cfg.get("stage2") not in (None, "none"):
+        parts.append(f"stage 2 {cfg['stage2']}")
+    shown = [(f.get("notes") or {}).get("input") or {} for f in folds]
+    means = {tuple(i["mean"]) for i in shown if i.get("mean")}
+    if means:
+        parts.append("inputs normalised by the backbone's pretraining statistics")
+    return ", ".join(parts) or "the paper's"
+
+
 def notes_text(folds: list[dict[str, Any]]) -> str:
     """Each fold's strategy notes; folds recorded before notes were kept say so."""
     if not folds:
         return DASH
     if all(f.get("notes") is None for f in folds):
         return NOT_RECORDED
-    if all(f.get("notes") == {} for f in folds):
+    if all(not {k for k in f.get("notes") or {} if k not in CORE_NOTES} for f in folds):
         return "none"
     parts = []
     for f in folds:
         notes = f.get("notes")
+        if notes is not None:  # shown in rows of their own: the recipe, the patient rule
+            notes = {k: v for k, v in notes.items() if k not in CORE_NOTES}
         if notes is None:
             text = NOT_RECORDED
         elif not notes:
@@ -97,8 +126,12 @@ def warnings_text(warnings: list[dict] | None) -> str:
     )
 
 
+PATIENT_RULE = "patient-rule"  # the kind of a fitted patient rule among the fitted models
+
+
 def calibration_text(fitted: list[dict] | None) -> str:
     """The calibrators fitted on each fold's validation predictions, if any."""
+    fitted = [c for c in fitted or [] if c.get("kind") != PATIENT_RULE]
     if not fitted:
         return "none"
     kinds = sorted({c["kind"] for c in fitted})
@@ -107,6 +140,27 @@ def calibration_text(fitted: list[dict] | None) -> str:
     if fallbacks:
         text += f"; {fallbacks} left as the identity (one class in validation)"
     return text
+
+
+def patient_rule_text(fitted: list[dict] | None) -> str:
+    """A learned patient rule as fitted on the out-of-fold validation patients: its
+    coefficients per feature (standardised) and its threshold, per outer fold."""
+    rules = [c for c in fitted or [] if c.get("kind") == PATIENT_RULE]
+    if not rules:
+        return DASH
+    parts = []
+    for c in rules:
+        params = c.get("params") or {}
+        where = f"outer {c['outer']}: " if c.get("outer") is not None and len(rules) > 1 else ""
+        if params.get("fallback"):
+            parts.append(f"{where}fell back: {params['fallback']}")
+            continue
+        names = params.get("features") or []
+        coefs = params.get("coefficients") or []
+        terms = ", ".join(f"{n} {w:+.2f}" for n, w in zip(names, coefs))
+        cut = params.get("probability_threshold")
+        parts.append(f"{where}{terms}; ICH at p >= {cut:.2f}" if cut is not None else terms)
+    return "; ".join(parts)
 
 
 def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
@@ -145,9 +199,11 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
             f"lr {cfg.get('lr')}, patience {cfg.get('patience')}, "
             f"{cfg.get('image_size')} px, windows {windows}",
         ),
+        ("Recipe", recipe_text(cfg, data.folds)),
         ("Voting threshold", threshold_text(data)),
         ("Vote warnings", warnings_text(run.get("warnings"))),
         ("Fold calibration", calibration_text(run.get("calibration"))),
+        ("Learned patient rule", patient_rule_text(run.get("calibration"))),
         ("Preset", str(run.get("preset"))),
         ("Seed", str(run.get("seed"))),
         ("Device", str(run.get("device"))),
