@@ -364,6 +364,12 @@ class RunConfig:
         ):
             if value is not None and value not in allowed:
                 raise UsageError(f"{option} {value}: expected one of {', '.join(allowed)}")
+        if self.stage2 not in (None, "none") and self.ensemble not in (None, "mean"):
+            raise UsageError(
+                f"--stage2 {self.stage2} with --ensemble {self.ensemble}: the second stage "
+                "replaces the ensemble rule (it averages its own probabilities over the "
+                "fold models); leave --ensemble at mean"
+            )
         if self.warmup is not None and self.warmup < 0:
             raise UsageError(f"--warmup {self.warmup}: must be 0 or more epochs")
         if self.warmup and self.epochs is not None and self.warmup >= self.epochs:

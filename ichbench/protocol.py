@@ -26,7 +26,7 @@ from ichbench.data.open import open_dataset
 from ichbench.data.preprocess import channel_stats
 from ichbench.data.resolve import resolve_dataset
 from ichbench.device import resolve_device
-from ichbench.errors import LeakageError, PluginError
+from ichbench.errors import DataError, LeakageError, PluginError
 from ichbench.events import (
     DataLoaded,
     DataProgress,
@@ -318,6 +318,11 @@ class RunProtocol:
             metrics += rows_metrics
             patients.append(decided)
         both = np.concatenate([val_rows, test_rows])
+        embeddings = None
+        if self.cfg.stage2 not in (None, "none"):  # what a second stage reads, per slice
+            from ichbench.stage2 import slice_embeddings
+
+            embeddings = slice_embeddings(built.model, self._data, both, settings)
         predictions = Predictions(
             split=np.array(["val"] * len(val_rows) + ["test"] * len(test_rows)),
             patient_id=dataset.patient_ids[both],
@@ -348,6 +353,7 @@ class RunProtocol:
             patients=PatientDecisions.concat(patients),
             notes=notes,
             outer=key[0],
+            embeddings=embeddings,
         )
         return record, state
 
@@ -501,71 +507,35 @@ class RunProtocol:
         """One outer fold's vote: the voting threshold (argmax of the mean validation
         curve), the fold models combined on the test set by the ensemble rule and cut
         there, and each slice's out-of-fold validation prediction cut at the same
-        threshold. Returns it with its test rows and the rule's slice decisions."""
+        threshold (with `--stage2`, the second stage's instead: `_stage2_scores`).
+        Returns it with its test rows and the rule's slice decisions."""
         started = time.perf_counter()
         ordered, calibration = self._calibrated(dataset, ordered, outer)
-        threshold, mean_curve = voting_threshold([f.curve for f in ordered])
         test_rows = np.flatnonzero(np.isin(dataset.patient_ids, split.test))
-        key = list(
-            zip(dataset.patient_ids[test_rows].tolist(), dataset.slice_numbers[test_rows].tolist())
+        scored = (
+            self._stage2_scores(dataset, ordered, test_rows)
+            if self.cfg.stage2 not in (None, "none")
+            else self._stage1_scores(dataset, ordered, test_rows)
         )
-        fold_probs = np.stack([_probs_in_order(f.predictions, "test", key) for f in ordered])
-        fold_thresholds = np.array([f.threshold for f in ordered], dtype=float)
-        scores, decisions = self._combine(fold_probs, threshold, fold_thresholds)
-        # a rule cutting each fold at its own threshold scores slices by the fraction of
-        # folds voting ICH: its cut, for the patient rule too, is a majority
-        cut = MAJORITY if self._per_fold() else threshold
-        lookup = {
-            (p, s): i
-            for i, (p, s) in enumerate(
-                zip(dataset.patient_ids.tolist(), dataset.slice_numbers.tolist())
-            )
-        }
-        val_rows, val_prob, val_cut = [], [], []
-        for f in ordered:
-            mask = f.predictions.split == "val"
-            val_rows += [
-                lookup[(int(p), int(s))]
-                for p, s in zip(f.predictions.patient_id[mask], f.predictions.slice[mask])
-            ]
-            val_prob.append(f.predictions.prob[mask])
-            val_cut.append(np.full(int(mask.sum()), f.threshold if self._per_fold() else threshold))
-        val_rows_arr = np.asarray(val_rows)
-        val_prob_arr = np.concatenate(val_prob)
-        val_decisions = val_prob_arr >= np.concatenate(val_cut)
-        if self._per_fold():  # out of fold, one fold votes: the fraction is 0 or 1
-            val_prob_arr = val_decisions.astype(float)
+        cut, scores, decisions = scored.cut, scored.scores, scored.decisions
+        val_rows_arr, val_prob_arr, val_decisions = scored.val_rows, scored.val_prob, scored.val_dec
+        if scored.fitted is not None:
+            calibration.append({"outer": outer, "fold": None, **scored.fitted})
         rule = self._fitted_rule(dataset, val_rows_arr, val_prob_arr, val_decisions, cut)
         if getattr(rule, "fitted", None) is not None:
             calibration.append(
                 {"outer": outer, "fold": None, "kind": "patient-rule", "params": rule.fitted}
             )
         metrics, test_patients = self._metrics(
-            "vote",
-            None,
-            "test",
-            cut,
-            dataset,
-            test_rows,
-            scores,
-            np.asarray(decisions, dtype=bool),
-            rule,
+            "vote", None, "test", cut, dataset, test_rows, scores, decisions, rule
         )
         val_metrics, val_patients = self._metrics(
-            "vote",
-            None,
-            "val",
-            cut,
-            dataset,
-            val_rows_arr,
-            val_prob_arr,
-            val_decisions,
-            rule,
+            "vote", None, "val", cut, dataset, val_rows_arr, val_prob_arr, val_decisions, rule
         )
         if not getattr(self.plugins.ensemble, "scores_are_probabilities", True):
             for row in metrics + val_metrics:  # vote fractions: no calibration to speak of
                 row.brier = row.ece = None
-        warnings = self._distrust(ordered, threshold, val_metrics, outer)
+        warnings = self._distrust(ordered, scored.threshold, val_metrics, outer)
         predictions = Predictions(
             split=np.array(["test"] * len(test_rows)),
             patient_id=dataset.patient_ids[test_rows],
@@ -576,17 +546,110 @@ class RunProtocol:
         self.timings["eval"] += time.perf_counter() - started
         vote = VoteRecord(
             threshold=cut,
-            mean_curve=mean_curve,
+            mean_curve=scored.curve,
             metrics=metrics + val_metrics,
             predictions=predictions,
             wall_s=time.perf_counter() - started,
             patients=PatientDecisions.concat([val_patients, test_patients]),
             outer=outer,
             warnings=warnings,
-            decisions=np.asarray(decisions, dtype=bool),
+            decisions=decisions,
             calibration=calibration,
         )
-        return vote, test_rows, np.asarray(decisions, dtype=bool)
+        return vote, test_rows, decisions
+
+    def _oof_rows(self, dataset: SliceDataset, ordered: list[FoldRecord]) -> list[np.ndarray]:
+        """Each fold's validation slices as dataset rows, in its predictions' order."""
+        return [np.array(_rows_of(dataset, f.predictions, "val"), dtype=np.int64) for f in ordered]
+
+    def _stage1_scores(
+        self, dataset: SliceDataset, ordered: list[FoldRecord], test_rows: np.ndarray
+    ) -> _Scored:
+        """The paper's vote: the fold models' test probabilities combined by the ensemble
+        rule and cut at the voting threshold; out of fold, each validation slice's own
+        fold model's probability cut at the same threshold."""
+        threshold, mean_curve = voting_threshold([f.curve for f in ordered])
+        key = list(
+            zip(dataset.patient_ids[test_rows].tolist(), dataset.slice_numbers[test_rows].tolist())
+        )
+        fold_probs = np.stack([_probs_in_order(f.predictions, "test", key) for f in ordered])
+        fold_thresholds = np.array([f.threshold for f in ordered], dtype=float)
+        scores, decisions = self._combine(fold_probs, threshold, fold_thresholds)
+        # a rule cutting each fold at its own threshold scores slices by the fraction of
+        # folds voting ICH: its cut, for the patient rule too, is a majority
+        per_fold = self._per_fold()
+        val_prob, val_cut = [], []
+        for f in ordered:
+            mask = f.predictions.split == "val"
+            val_prob.append(f.predictions.prob[mask])
+            val_cut.append(np.full(int(mask.sum()), f.threshold if per_fold else threshold))
+        val_prob_arr = np.concatenate(val_prob)
+        val_decisions = val_prob_arr >= np.concatenate(val_cut)
+        if per_fold:  # out of fold, one fold votes: the fraction is 0 or 1
+            val_prob_arr = val_decisions.astype(float)
+        return _Scored(
+            threshold=threshold,
+            cut=MAJORITY if per_fold else threshold,
+            curve=mean_curve,
+            scores=scores,
+            decisions=np.asarray(decisions, dtype=bool),
+            val_rows=np.concatenate(self._oof_rows(dataset, ordered)),
+            val_prob=val_prob_arr,
+            val_dec=val_decisions,
+        )
+
+    def _stage2_scores(
+        self, dataset: SliceDataset, ordered: list[FoldRecord], test_rows: np.ndarray
+    ) -> _Scored:
+        """The second stage (`ichbench.stage2`): a sequence model over each scan's slice
+        embeddings, fitted on the out-of-fold validation slices only (each embedded by the
+        fold model that never trained on it). Its threshold is the argmax of the F1 curve
+        of its own cross-fitted predictions on those slices (each from a stage-2 model that
+        did not see that scan); on the test set, the mean over the fold models of the
+        stage-2 probabilities of each one's embeddings, cut there."""
+        from ichbench.stage2 import apply_stage2, cross_fit_stage2
+
+        val_rows = self._oof_rows(dataset, ordered)
+        sequences, slice_labels, patient_labels, order = [], [], [], []
+        for f, rows in zip(ordered, val_rows):
+            val = _embeddings(f, "val")
+            for at in _scans(dataset, rows):
+                sequences.append(val[at])
+                slice_labels.append(dataset.labels[rows[at]])
+                patient_labels.append(int(dataset.labels[rows[at]].max()))
+                order.append(rows[at])
+        result = cross_fit_stage2(
+            sequences,
+            slice_labels,
+            np.asarray(patient_labels),
+            str(self.cfg.stage2),
+            int(self.cfg.seed),
+        )
+        oof_rows = np.concatenate(order)
+        oof_prob = np.concatenate(result.oof_slice_probs)
+        curve = f1_curve(dataset.labels[oof_rows], oof_prob)
+        threshold = best_threshold(curve)
+        scores = np.zeros(len(test_rows))
+        for f in ordered:  # each fold model's test embeddings through the fitted stage 2
+            test = _embeddings(f, "test")
+            where = {r: i for i, r in enumerate(_rows_of(dataset, f.predictions, "test"))}
+            at_test = [
+                np.array([where[r] for r in test_rows[at]]) for at in _scans(dataset, test_rows)
+            ]
+            probs, _ = apply_stage2(result.net, [test[i] for i in at_test])
+            for at, p in zip(_scans(dataset, test_rows), probs):
+                scores[at] += p / len(ordered)
+        return _Scored(
+            threshold=threshold,
+            cut=threshold,
+            curve=curve,
+            scores=scores,
+            decisions=scores >= threshold,
+            val_rows=oof_rows,
+            val_prob=oof_prob,
+            val_dec=oof_prob >= threshold,
+            fitted={"kind": "stage2", "params": result.notes},
+        )
 
     def _calibrated(
         self, dataset: SliceDataset, ordered: list[FoldRecord], outer: int | None
@@ -645,6 +708,58 @@ class RunProtocol:
 
 
 _PATIENT_FIELDS = ("split", "patient_id", "label", "score", "decision")
+
+
+@dataclass
+class _Scored:
+    """What a vote's slice scores are, whichever stage made them: the threshold chosen on
+    validation data, the cut the decisions were made at (a majority for a rule voting per
+    fold), the validation curve behind it, the test scores and decisions, and the
+    out-of-fold validation slices (rows, scores, decisions); `fitted`: a model fitted for
+    the vote, as stored with the run."""
+
+    threshold: float
+    cut: float
+    curve: np.ndarray
+    scores: np.ndarray
+    decisions: np.ndarray
+    val_rows: np.ndarray
+    val_prob: np.ndarray
+    val_dec: np.ndarray
+    fitted: dict | None = None
+
+
+def _scans(dataset: SliceDataset, rows: np.ndarray) -> list[np.ndarray]:
+    """Positions in `rows` of each patient's slices, patient by patient, in slice order."""
+    pids, numbers = dataset.patient_ids[rows], dataset.slice_numbers[rows]
+    out = []
+    for pid in np.unique(pids):
+        at = np.flatnonzero(pids == pid)
+        out.append(at[np.argsort(numbers[at], kind="stable")])
+    return out
+
+
+def _rows_of(dataset: SliceDataset, pred: Predictions, split_name: str) -> list[int]:
+    """The dataset rows of a fold's predictions on one split, in their order."""
+    lookup = {
+        (p, s): i
+        for i, (p, s) in enumerate(
+            zip(dataset.patient_ids.tolist(), dataset.slice_numbers.tolist())
+        )
+    }
+    mask = pred.split == split_name
+    return [lookup[(int(p), int(s))] for p, s in zip(pred.patient_id[mask], pred.slice[mask])]
+
+
+def _embeddings(fold: FoldRecord, split_name: str) -> np.ndarray:
+    """A fold model's slice embeddings on one split, in its predictions' order; a fold
+    recorded without them (before `--stage2` asked for them) cannot feed a second stage."""
+    if fold.embeddings is None:
+        raise DataError(
+            f"fold {fold.fold} of outer fold {fold.outer} has no slice embeddings: the "
+            "second stage needs the fold files of the run folder, which are gone"
+        )
+    return fold.embeddings[fold.predictions.split == split_name]
 
 
 def _offered(windows: Sequence[str], source: object) -> list[str]:

@@ -122,6 +122,9 @@ class FoldRecord:
     patients: PatientDecisions | None = None  # the fold model's patient decisions (val, test)
     notes: dict[str, Any] = field(default_factory=dict)  # the strategies' TrainPlan.notes
     outer: int = 0  # the outer fold whose development patients this fold splits
+    # with a second stage: float32 (slices, D) embeddings of the predictions' slices, in
+    # their order; kept in the run folder's fold file, not in the store
+    embeddings: np.ndarray | None = None
 
     @property
     def key(self) -> tuple[int, int]:

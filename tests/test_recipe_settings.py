@@ -206,3 +206,42 @@ def test_context_and_tta_change_the_result_and_repeat_exactly(tmp_path):
     assert np.array_equal(test_probs(context=1), test_probs(context=1))
     assert not np.array_equal(plain, test_probs(context=1))
     assert not np.array_equal(plain, test_probs(tta="flip"))
+
+
+# ----------------------------------------------------------------- the second stage
+
+
+def test_stage2_refuses_an_ensemble_rule_it_would_replace():
+    with pytest.raises(UsageError, match="--stage2 gru with --ensemble fold-votes"):
+        RunConfig(preset="quick", stage2="gru", ensemble="fold-votes").resolved("cpu")
+
+
+@pytest.mark.parametrize("kind", ["gru", "conv"])
+def test_a_second_stage_is_fitted_on_out_of_fold_slices_and_decides_the_vote(
+    capsys, tmp_path, kind
+):
+    db = tmp_path / "r.duckdb"
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--stage2", kind, "--db", str(db))
+    assert code == 0, err
+    with duckdb.connect(str(db), read_only=True) as con:
+        run_id, calibration, threshold = con.execute(
+            "SELECT r.run_id, r.calibration, m.threshold FROM runs r JOIN metrics m USING "
+            "(run_id) WHERE m.model = 'vote' AND m.split = 'test' AND m.scope = 'slice'"
+        ).fetchone()
+        val_patients = {
+            p for (v,) in con.execute("SELECT val_patients FROM folds").fetchall() for p in v
+        }
+        curve = con.execute(
+            "SELECT count(*) FROM curves WHERE run_id = ? AND fold IS NULL", [run_id]
+        ).fetchone()[0]
+    (stage2,) = [c for c in json.loads(calibration) if c["kind"] == "stage2"]
+    # one scan per out-of-fold validation patient: no test patient reaches stage 2's fit
+    assert stage2["params"]["kind"] == kind
+    assert stage2["params"]["scans"] == len(val_patients)
+    assert curve == 101 and 0.0 <= threshold <= 1.0  # its own curve, and its threshold
+    # the fold files keep the embeddings a resumed run's vote reads again
+    from ichbench.store.journal import Journal
+
+    record = Journal(db).read_fold(run_id, (0, 0))
+    assert record.embeddings is not None
+    assert record.embeddings.shape == (len(record.predictions.prob), 65)  # tinycnn: 64 + 1

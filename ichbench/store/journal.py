@@ -98,7 +98,7 @@ class Journal:
 
     def write_fold(self, run_id: str, record: FoldRecord) -> None:
         meta = {f.name: getattr(record, f.name) for f in fields(FoldRecord)}
-        for name in ("curve", "predictions", "patients"):
+        for name in ("curve", "predictions", "patients", "embeddings"):
             meta.pop(name)
         meta["metrics"] = [_metric_dict(m) for m in record.metrics]
         meta["epochs"] = [asdict(e) for e in record.epochs]
@@ -106,6 +106,8 @@ class Journal:
         arrays |= _prefixed("pred", _columns(record.predictions))
         if record.patients is not None:
             arrays |= _prefixed("patient", _columns(record.patients))
+        if record.embeddings is not None:
+            arrays["embeddings"] = np.asarray(record.embeddings, dtype=np.float32)
         self._write_npz(run_id, fold_file(record.key), meta, arrays)
 
     def write_vote(self, run_id: str, votes: list[VoteRecord], wall_s: float) -> None:
@@ -167,6 +169,7 @@ class Journal:
             curve=arrays["curve"],
             predictions=Predictions(**_unprefixed("pred", arrays)),
             patients=_patients(arrays),
+            embeddings=arrays.get("embeddings"),
         )
 
     def read_vote(self, run_id: str) -> tuple[list[VoteRecord], float]:
