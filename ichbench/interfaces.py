@@ -250,7 +250,12 @@ class EnsembleRule(Protocol):
 
 @runtime_checkable
 class PatientRule(Protocol):
-    """Turns one patient's slices (ordered by slice number) into one score and decision."""
+    """Turns one patient's slices (ordered by slice number) into one score and decision.
+
+    A rule that learns says `fits = True` and has `fit(patients, threshold) -> PatientRule`
+    (`patients`: `ichbench.patient_features.PatientSlices`, out-of-fold validation patients
+    only): it returns a new fitted rule, whose optional `fitted` dict is stored with the
+    run; the core never calls `decide` on the unfitted one."""
 
     def decide(
         self, scores: np.ndarray, decisions: np.ndarray, threshold: float

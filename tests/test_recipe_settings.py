@@ -245,3 +245,35 @@ def test_a_second_stage_is_fitted_on_out_of_fold_slices_and_decides_the_vote(
     record = Journal(db).read_fold(run_id, (0, 0))
     assert record.embeddings is not None
     assert record.embeddings.shape == (len(record.predictions.prob), 65)  # tinycnn: 64 + 1
+
+
+# ----------------------------------------------------------------- normalisation
+
+
+def test_a_pretrained_backbone_sees_its_own_pretraining_statistics(capsys, tmp_path):
+    """ImageNet weights get ImageNet's mean and std (one channel: their mean, as timm
+    sums the RGB filters), in training and in every later reader of the checkpoints."""
+    import timm
+    from safetensors.torch import save_file
+
+    from ichbench.checkpoints import load_fold_models
+
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(weights))
+    db = tmp_path / "r.duckdb"
+    args = list(TINY_ARGS)
+    args[args.index("tinycnn")] = "timm:resnet18"
+    code, _, err = run_main(
+        capsys, "run", *args, "--weights", str(weights), "--pretrained", "--db", str(db)
+    )
+    assert code == 0, err
+    run_id = _latest(db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        notes = [json.loads(n) for (n,) in con.execute("SELECT notes FROM folds").fetchall()]
+    for n in notes:
+        assert n["input"]["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+        assert n["input"]["std"] == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
+    loaded = load_fold_models(db, run_id, [(0, 0)])
+    assert loaded.any, loaded.problems
+    model = next(iter(loaded.models.values()))
+    assert model.mean == pytest.approx((0.449,), abs=1e-3)
