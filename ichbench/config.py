@@ -252,6 +252,9 @@ class RunConfig:
     stage2: str | None = None  # sequence model over each scan's slices: none | gru | conv
     preset: str = "auto"
     seed: int = 0
+    # the seed of the patient split; None: `seed` (one seed moves split and training
+    # alike, as before the two were told apart)
+    split_seed: int | None = None
     weights_file: str | None = None
     # sha256 of the weights file's content, set when the configuration is resolved: the
     # file is identified by what it holds, so a file replaced under the same path is
@@ -283,6 +286,8 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, value.strip().lower())
+        if self.split_seed is not None and self.split_seed == self.seed:
+            self.split_seed = None  # the same split: one spelling, one hash
         if isinstance(self.weight_decay, int) and not isinstance(self.weight_decay, bool):
             self.weight_decay = float(self.weight_decay)
         if self.backbone is not None:
@@ -338,6 +343,8 @@ class RunConfig:
             )
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed {self.seed}: must be between 0 and {MAX_SEED}")
+        if self.split_seed is not None and not 0 <= self.split_seed <= MAX_SEED:
+            raise UsageError(f"--split-seed {self.split_seed}: must be between 0 and {MAX_SEED}")
         if self.lr is not None and not 0 < self.lr <= MAX_LR:
             raise UsageError(f"--lr {self.lr}: must be above 0 and at most {MAX_LR:g}")
         if self.patience is not None and self.patience < 1:
@@ -385,6 +392,11 @@ class RunConfig:
                 "(AdamW's decoupled decay per step, times the learning rate)"
             )
 
+    @property
+    def split_seed_used(self) -> int:
+        """The seed the patient split is drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def strategy_specs(self) -> list[str]:
         """Strategies in command-line order, then the class weights as `weight:CLASS,W`."""
         return list(self.strategies) + [
@@ -404,6 +416,8 @@ class RunConfig:
             del identity["weights_digest"]
         if identity["outer"] == 1:
             del identity["outer"]
+        if identity["split_seed"] is None:
+            del identity["split_seed"]
         for name, off in RECIPE_OFF.items():
             if identity[name] is None or identity[name] == off:
                 del identity[name]

@@ -79,3 +79,8 @@ class RunBusyError(StoreError):
             "to end, or stop it, before resuming"
         )
         self.run_id, self.owner = run_id, owner
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending a job, `kill`), raised where Ctrl-C would be, so a run
+    is left resumable exactly as after Ctrl-C, and records which of the two stopped it."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
 DASH = "\u2013"
+# `new_run_id`'s shape: the UTC start time, then a random part
+TIMESTAMPED_ID = re.compile(r"\d{8}-\d{6}-[0-9a-z]+")
+ID_TIME = len("20261201-005716")
 
 
 def fmt(
@@ -21,11 +25,16 @@ def fmt(
     return text
 
 
-def fmt_wall(seconds: float | None) -> str:
+def fmt_wall(seconds: float | None, short: bool = False) -> str:
+    """`1 min 02 s`; `short` (`1m02s`) for a column that must stay one word wide."""
     if seconds is None:
         return DASH
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
+    if short:
+        if hours:
+            return f"{hours}h{minutes:02d}m"
+        return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
@@ -39,3 +48,33 @@ def fmt_list(values: Iterable[str] | None) -> str:
     """Spec strings separated by spaces, as they are typed on the command line."""
     items = list(values or [])
     return " ".join(items) if items else "none"
+
+
+def short_run_ids(shown: Iterable[str], known: Collection[str]) -> dict[str, str]:
+    """Each shown run id as the shortest prefix no other known run id starts with, so it
+    can be typed back to `show`, `compare` or `report` (they take unique prefixes). A
+    prefix never stops inside the start time, so it still reads as a date and time;
+    ids of another shape are kept whole."""
+    ordered = sorted(set(known) | set(shown))
+    at = {run_id: i for i, run_id in enumerate(ordered)}
+    short = {}
+    for run_id in shown:
+        if not TIMESTAMPED_ID.fullmatch(run_id):
+            short[run_id] = run_id
+            continue
+        i = at[run_id]
+        neighbours = ordered[max(i - 1, 0) : i] + ordered[i + 1 : i + 2]
+        length = max([ID_TIME, *(_common(run_id, n) + 1 for n in neighbours)])
+        if length == ID_TIME + 1:  # not a prefix ending in the dash
+            length += 1
+        short[run_id] = run_id[:length]
+    return short
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -30,6 +30,7 @@ from ichbench.errors import (
     RunFinishedError,
     StoreBusyError,
     StoreError,
+    Terminated,
     UsageError,
 )
 from ichbench.events import FoldFinished, FoldSkipped, RunFinished, RunStarted, RunWarning
@@ -382,10 +383,11 @@ class Lifecycle:
                         on_trial(result.job, record)
                 if not waiting[result.job]:
                     yield finish(result.job)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            why = interruption(exc)
             for i, job in enumerate(jobs):
                 if i not in finished:
-                    self.mark(job, "interrupted")
+                    self.mark(job, "interrupted", why)
             self._settle_quietly(jobs)
             raise
         except BaseException as exc:
@@ -426,3 +428,8 @@ def run_config(
     assert isinstance(job, Job)  # without `reuse`, open creates or reopens, or raises
     (result,) = lifecycle.drive([job], LocalExecutor())
     return result
+
+
+def interruption(exc: KeyboardInterrupt) -> str:
+    """What stopped a run, as its record keeps it."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"

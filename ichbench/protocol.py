@@ -129,7 +129,7 @@ class RunProtocol:
                     outer=self.cfg.outer,
                     n_folds=self.cfg.folds,
                     test_size=self.cfg.test_size,
-                    seed=self.cfg.seed,
+                    seed=self.cfg.split_seed_used,
                 ),
             )
         return self._split[1]

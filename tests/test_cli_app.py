@@ -91,3 +91,24 @@ def test_sigterm_marks_a_run_interrupted(tmp_path):
     assert proc.returncode == ExitCode.INTERRUPTED, rest
     (run,) = Store(db, create=False).list_runs()
     assert run["status"] == "interrupted"
+    assert run["error"] == "terminated (SIGTERM)"  # why, kept with the run
+    assert f"Interrupted: resume with `ichbench run --resume {run['run_id']} --db {db}`" in (
+        " ".join(rest.split())
+    )
+
+
+def test_ctrl_c_says_how_to_resume_and_records_why(capsys, tmp_path, monkeypatch):
+    from cli_run import TINY_ARGS, interrupted_trial, run_main
+
+    from ichbench.protocol import RunProtocol
+    from ichbench.store import Store
+
+    monkeypatch.setattr(RunProtocol, "fold_trial", interrupted_trial((0, 1)))
+    db = tmp_path / "r.duckdb"
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--db", str(db))
+    assert code == ExitCode.INTERRUPTED
+    (run,) = Store(db, create=False).list_runs()
+    assert (run["status"], run["error"]) == ("interrupted", "interrupted (Ctrl-C)")
+    said = " ".join(err.split())
+    assert f"Interrupted: resume with `ichbench run --resume {run['run_id']} --db {db}`" in said
+    assert said.count("Interrupted") == 1

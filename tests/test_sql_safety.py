@@ -106,7 +106,6 @@ REFUSED = {
     "read-file": "SELECT * FROM read_csv('{dir}/notes.csv')",
     "read-file-by-name": "SELECT * FROM '{dir}/notes.csv'",
     "read-text": "SELECT content FROM read_text('{dir}/notes.csv')",
-    "unknown-table": "SELECT * FROM no_such_table",
 }
 
 
@@ -122,6 +121,16 @@ def test_statement_is_refused_with_one_line_and_changes_nothing(name, db):
     assert "rerun with --debug" not in errors[0], errors[0]
     assert done.returncode == ExitCode.STORE, errors[0]
     assert done.stdout.strip() == "" and "confidential" not in stderr, done.stdout
+    assert state(db) == before
+
+
+def test_a_query_naming_no_table_is_the_users_mistake_and_changes_nothing(db):
+    """An unknown table is a typo in the query, not a store that refuses: exit 2."""
+    before = state(db)
+    done = sql(db, "SELECT * FROM no_such_table")
+    errors = [line for line in ANSI.sub("", done.stderr).splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "no_such_table" in errors[0], done.stderr
+    assert done.returncode == ExitCode.USAGE
     assert state(db) == before
 
 

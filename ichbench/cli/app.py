@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 
 from ichbench import __version__
-from ichbench.cli.common import err
-from ichbench.errors import ExitCode, IchbenchError
+from ichbench.cli.common import err, said
+from ichbench.errors import ExitCode, IchbenchError, Terminated
 
 
 def _version(value: bool) -> None:
@@ -42,6 +42,7 @@ def create_app() -> typer.Typer:
 
     from ichbench.cli import (
         data_cmd,
+        export_cmd,
         grid_cmd,
         plugins_cmd,
         report_cmd,
@@ -56,12 +57,13 @@ def create_app() -> typer.Typer:
     report_cmd.register(app)
     grid_cmd.register(app)
     store_cmd.register(app)
+    export_cmd.register(app)
     sync_cmd.register(app)
     return app
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt  # a scheduler's SIGTERM marks the run interrupted, like Ctrl-C
+    raise Terminated  # a scheduler's SIGTERM marks the run interrupted, like Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,10 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     app = create_app()
+    said.interruption = False
     try:
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:
-            if code == ExitCode.INTERRUPTED:  # click turns Ctrl-C (and so SIGTERM) into 130
+            # click turns Ctrl-C (and so SIGTERM) into 130; a command may have said more
+            if code == ExitCode.INTERRUPTED and not said.interruption:
                 err.print("[yellow]Interrupted.[/]")
             sys.exit(code)
     except IchbenchError as exc:

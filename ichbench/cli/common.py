@@ -36,6 +36,15 @@ class _Console(Console):
         raise SystemExit(0)
 
 
+class Said:
+    """What a command already told the user, so the entry point does not say it again
+    (reset by every `main` call: tests run many commands in one process)."""
+
+    interruption = False  # a command said how the run it was driving was interrupted
+
+
+said = Said()
+
 out = _Console(width=_width(sys.stdout))  # data
 err = Console(stderr=True, width=_width(sys.stderr))  # progress, messages, errors
 

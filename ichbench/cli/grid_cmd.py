@@ -40,6 +40,7 @@ from ichbench.cli.options import (
     RepeatsOpt,
     ScheduleOpt,
     SeedOpt,
+    SplitSeedOpt,
     Stage2Opt,
     StrategyAxisOpt,
     TestSizeOpt,
@@ -133,6 +134,7 @@ def register(app: typer.Typer) -> None:
         stage2: Stage2Opt = None,
         preset: PresetOpt = D.preset,
         seed: SeedOpt = D.seed,
+        split_seed: SplitSeedOpt = None,
         weights: WeightsFileOpt = None,
         pretrained: PretrainedOpt = None,
         exclude: ExcludeOpt = D.exclude,
@@ -300,40 +302,49 @@ def _describe(cfg: RunConfig) -> list[str]:
 
 
 def _print_ranking(store, grid_id: str, configs) -> None:
+    from ichbench.cli import render
+    from ichbench.views import Row, TableData
     from ichbench.views.metrics import val_f1_cell
     from ichbench.views.paired import indistinguishable_from_best
 
     rows = [r for r in store.list_runs(grid_id=grid_id) if r["status"] == "finished"]
     rows.sort(key=lambda r: -(r["mean_val_f1"] or 0.0))
     near = indistinguishable_from_best(store, rows)
-    table = Table(
+    table = TableData(
+        id="ranking",
         title=f"Grid {grid_id}: ranked by mean validation F1 over folds (± sd)",
-        caption="≈ best: the out-of-fold validation F1 cannot be told from the best run's "
-        "(paired bootstrap over patients, 95% CI of the difference contains 0)",
+        columns=[
+            "Rank",
+            "Run",
+            "Strategies",
+            "Backbone",
+            "Mean val F1",
+            "≈ best",
+            "Vote test F1",
+            "Patient test F1",
+        ],
+        rows=[
+            Row(
+                [
+                    str(rank),
+                    row["run_id"],
+                    ", ".join(row["strategies"] or []) or "none",
+                    str(row["backbone"]),
+                    val_f1_cell(row),
+                    {True: "yes", False: "no"}.get(near.get(row["run_id"]), "–"),
+                    _fmt(row["slice_f1"]),
+                    _fmt(row["patient_f1"]),
+                ]
+            )
+            for rank, row in enumerate(rows, start=1)
+        ],
+        numeric_from=4,
+        note="≈ best: the out-of-fold validation F1 cannot be told from the best run's "
+        "(paired bootstrap over patients, 95% CI of the difference contains 0).",
     )
-    for col in (
-        "rank",
-        "run",
-        "strategies",
-        "backbone",
-        "mean val F1",
-        "≈ best",
-        "vote test F1",
-        "patient test F1",
-    ):
-        table.add_column(col)
-    for rank, row in enumerate(rows, start=1):
-        table.add_row(
-            str(rank),
-            row["run_id"],
-            ", ".join(row["strategies"] or []) or "none",
-            row["backbone"],
-            val_f1_cell(row),
-            {True: "yes", False: "no"}.get(near.get(row["run_id"]), "–"),
-            _fmt(row["slice_f1"]),
-            _fmt(row["patient_f1"]),
-        )
-    out.print(table)
+    known = [r["run_id"] for r in store.list_runs()]
+    whole = f"`ichbench runs --grid {grid_id} --wide` shows them whole"
+    render.emit(out, render.rich_table(table, known_ids=known, whole_ids=whole))
 
 
 def _select_honestly(store, grid_id: str) -> None:

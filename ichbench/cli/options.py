@@ -128,7 +128,20 @@ Stage2Opt = Annotated[
     ),
 ]
 SeedOpt = Annotated[
-    int, typer.Option("--seed", help="Seed of the split, the strategies and the initial weights.")
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of the initial weights, the strategies, the batches (and of the split "
+        "unless --split-seed is given).",
+    ),
+]
+SplitSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--split-seed",
+        help="Seed of the patient split (default: --seed), so training variance can be "
+        "studied on a fixed split.",
+    ),
 ]
 WeightsFileOpt = Annotated[
     Path | None,
@@ -256,6 +269,7 @@ def experiment_config(options: Mapping[str, Any], **axes: Any) -> RunConfig:
         windows=list(options["window"]) if options["window"] else None,
         preset=options["preset"],
         seed=options["seed"],
+        split_seed=options["split_seed"],
         weights_file=str(weights) if weights else None,
         pretrained=options["pretrained"],
         exclude=list(parse_exclude(options["exclude"], option="--exclude")),

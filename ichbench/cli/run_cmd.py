@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ichbench.cli.common import err, out
+from ichbench.cli.common import err, out, said
 from ichbench.cli.options import (
     AugmentAllOpt,
     BackboneOpt,
@@ -33,6 +34,7 @@ from ichbench.cli.options import (
     RepeatsOpt,
     ScheduleOpt,
     SeedOpt,
+    SplitSeedOpt,
     Stage2Opt,
     StrategyOpt,
     TestSizeOpt,
@@ -86,6 +88,7 @@ def register(app: typer.Typer) -> None:
         stage2: Stage2Opt = None,
         preset: PresetOpt = D.preset,
         seed: SeedOpt = D.seed,
+        split_seed: SplitSeedOpt = None,
         weights: WeightsFileOpt = None,
         pretrained: PretrainedOpt = None,
         exclude: ExcludeOpt = D.exclude,
@@ -93,6 +96,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = None,
         db: DbOpt = None,
         resume: ResumeOpt = None,
+        dry_run: DryRunOpt = False,
     ) -> None:
         """Run the 5-fold protocol with the voting threshold and store every result."""
         from ichbench.cli.render import print_run_tables
@@ -116,6 +120,9 @@ def register(app: typer.Typer) -> None:
                 ctx.params, backbone=backbone, strategies=strategy, weight_specs=weight
             )
             check_repeats(repeats, config.seed)
+            if dry_run:
+                _dry_run(config)
+                return
             if repeats > 1:
                 _run_repeats(config, repeats, db_path)
                 return
@@ -128,6 +135,42 @@ def register(app: typer.Typer) -> None:
             return
         print_run_tables(out, lifecycle.store, result.run_id)
         err.print(f"Stored as run [bold]{result.run_id}[/] in {lifecycle.store.path}")
+
+
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the resolved configuration (and whether pretrained weights are found) "
+        "and exit: no data loaded, nothing trained or stored.",
+    ),
+]
+
+
+def _dry_run(config: RunConfig) -> None:
+    """The resolved configuration with the first fold's network built (whether its
+    weights are found), and nothing else: no data, no store."""
+    from ichbench.protocol import RunProtocol
+    from ichbench.views.resolved import resolved_lines
+
+    protocol = RunProtocol(config)
+    channels = len(protocol.cfg.windows) * (2 * int(protocol.cfg.context) + 1)
+    built = protocol.build_model(0, channels)
+    pairs = resolved_lines(config, protocol, built)
+    print_pairs(out, "Resolved configuration (dry run: nothing trained)", pairs)
+
+
+def print_pairs(console, title: str, pairs: list[tuple[str, str]]) -> None:
+    """Field / value lines under a title, wrapped to the console's width."""
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for name, value in pairs:
+        grid.add_row(name, value)
+    console.print(f"[bold]{title}[/]")
+    console.print(grid)
 
 
 RESUME_OPTIONS = ("db", "compile", "resume")  # what a resumed run may still be given
@@ -185,14 +228,31 @@ def execute(config: RunConfig, store, *, resume: str | None = None, grid_id: str
     """
     from ichbench.cli.plugins_cmd import print_plugin_warnings
     from ichbench.cli.progress import RunProgress
+    from ichbench.errors import ExitCode
     from ichbench.executors import LocalExecutor
     from ichbench.lifecycle import Lifecycle
+    from ichbench.paths import default_db
     from ichbench.protocol import RunProtocol
 
     print_plugin_warnings()
     with RunProgress() as progress:
         protocol = RunProtocol(config, observers=[progress])
+        if resume is None:
+            from ichbench.views.resolved import resolved_lines
+
+            print_pairs(err, "Resolved configuration", resolved_lines(config, protocol))
         lifecycle = Lifecycle(store, grid_id=grid_id)
         job = lifecycle.open(protocol, resume=resume)
-        (result,) = lifecycle.drive([job], LocalExecutor())
-        return result, lifecycle
+        try:
+            (result,) = lifecycle.drive([job], LocalExecutor())
+        except KeyboardInterrupt:  # marked interrupted: say how to go on, once bars are gone
+            result = None
+    if result is None:
+        where = "" if Path(lifecycle.journal.store_path) == Path(default_db()) else " --db "
+        where += str(lifecycle.journal.store_path) if where else ""
+        err.print(
+            f"[yellow]Interrupted:[/] resume with `ichbench run --resume {job.run_id}{where}`"
+        )
+        said.interruption = True
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    return result, lifecycle

@@ -20,6 +20,7 @@ from ichbench.cli.common import emit_json, err, out
 from ichbench.cli.options import DbOpt, JsonOpt
 from ichbench.errors import UsageError
 from ichbench.store import Store
+from ichbench.store.sql import run_query
 from ichbench.views.metrics import (
     compare_table,
     literature_caveat,
@@ -63,6 +64,10 @@ def runs(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="At most this many runs.")
     ] = None,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Every column and whole run ids, however wide the table gets."),
+    ] = False,
     as_json: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -76,11 +81,18 @@ def runs(
     if not rows:
         err.print("No runs match.")
         return
-    out.print(render.rich_table(runs_table(rows)))
+    filtered = any(v is not None for v in (status, backbone, grid, limit))
+    known = [r["run_id"] for r in store.list_runs()] if filtered else [r["run_id"] for r in rows]
+    table = runs_table(rows, compact=not wide)
+    render.emit(out, render.rich_table(table, wide=wide, known_ids=known))
 
 
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id or a unique prefix of it.")],
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Each 95% CI in brackets beside its value, however wide."),
+    ] = False,
     as_json: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -100,7 +112,7 @@ def show(
             }
         )
         return
-    render.print_run(out, store, run["run_id"])
+    render.print_run(out, store, run["run_id"], wide=wide)
 
 
 def compare(
@@ -110,6 +122,10 @@ def compare(
     grid: Annotated[
         str | None, typer.Option("--grid", help="Also every run of this grid id.")
     ] = None,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Every column and whole run ids, however wide the tables get."),
+    ] = False,
     as_json: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -148,15 +164,16 @@ def compare(
             | ({"paired": paired} if paired is not None else {})
         )
         return
-    out.print(render.rich_table(compare_table(rows, baselines, "compare", brief=True)))
+    known = [r["run_id"] for r in store.list_runs()]
+    table = compare_table(rows, baselines, "compare", brief=True)
+    render.emit(out, render.rich_table(table, wide=wide, known_ids=known))
     if paired is not None:
-        render.print_paired(out, paired)
+        render.print_paired(out, paired, wide=wide)
     out.print()
-    out.print(render.rich_table(literature_table(reported)))
-    for row in rows:
-        caveat = literature_caveat(row, row["comparable"])
-        if caveat:
-            out.print(caveat, highlight=False)
+    literature = literature_table(reported, compact=not wide)
+    render.emit(out, render.rich_table(literature, wide=wide))
+    caveats = [literature_caveat(row, row["comparable"]) for row in rows]
+    render.print_lines(out, [c for c in caveats if c])
 
 
 def _check_comparable(a: dict, b: dict) -> None:
@@ -180,10 +197,17 @@ def sql(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects.")] = False,
     db: DbOpt = None,
 ) -> None:
-    """Run a read-only SQL query on the store (see docs/store.md for the schema)."""
+    """Run a read-only SQL query on the store (see docs/store.md for the schema). A
+    mistake in the query exits 2 with DuckDB's hints; an empty result says "0 rows" (on
+    stderr with --json or --csv, whose output stays valid)."""
     if as_csv and as_json:
         raise UsageError("--csv and --json are exclusive: choose one")
-    columns, rows = _open(db).query(query)
+    columns, rows = run_query(_open(db), query)
+    if not rows:
+        console = err if as_json or as_csv else out
+        console.print(
+            f"0 rows (columns: {', '.join(columns)})", highlight=False, markup=False, soft_wrap=True
+        )
     if as_json:
         emit_json([dict(zip(columns, row, strict=True)) for row in rows])
     elif as_csv:
@@ -192,7 +216,7 @@ def sql(
         writer.writerow(columns)
         writer.writerows(rows)
         out.out(buffer.getvalue(), end="", highlight=False)
-    else:
+    elif rows:
         out.print(render.sql_table(columns, rows, width=out.width))
 
 

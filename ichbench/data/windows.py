@@ -7,6 +7,7 @@ JPG releases come already windowed, so only the windows they were exported with 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,12 @@ def check_windows(names: tuple[str, ...], *, layout: str = "nifti") -> tuple[Win
         raise UsageError(f"Window listed twice in {', '.join(names)}")
     unknown = [n for n in names if n not in WINDOWS]
     if unknown:
-        raise UsageError(f"Unknown window {unknown[0]!r}; available: {', '.join(WINDOWS)}")
+        hint = difflib.get_close_matches(unknown[0], [*WINDOWS, "stack"], n=1)
+        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise UsageError(
+            f"Unknown window {unknown[0]!r}.{did_you_mean} Available: {', '.join(WINDOWS)} "
+            "(or stack for brain, subdural and bone)"
+        )
     if layout == "jpg":
         missing = [n for n in names if n not in JPG_WINDOWS]
         if missing:

@@ -77,7 +77,8 @@ class StoreReads:
     # ------------------------------------------------------------------ runs
 
     def resolve(self, run_id: str) -> str:
-        """The full id of a run given its id or a unique prefix of it."""
+        """The full id of a run given its id, or a unique prefix or suffix of it (the
+        random part a user sees at the end: `3a5f51`)."""
         with self._reader() as con:
             return self._resolve(con, run_id)
 
@@ -88,8 +89,9 @@ class StoreReads:
             [
                 r[0]
                 for r in con.execute(
-                    "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id LIMIT 6",
-                    [run_id],
+                    "SELECT run_id FROM runs WHERE starts_with(run_id, ?) OR ends_with(run_id, ?) "
+                    "ORDER BY run_id LIMIT 6",
+                    [run_id, run_id],
                 ).fetchall()
             ]
             if run_id
@@ -99,7 +101,7 @@ class StoreReads:
             return matches[0]
         if matches:
             raise StoreError(
-                f"Run id '{run_id}' is ambiguous: it starts "
+                f"Run id '{run_id}' is ambiguous: it starts or ends "
                 f"{', '.join(matches[:5])}{' ...' if len(matches) > 5 else ''}"
             )
         recent = [

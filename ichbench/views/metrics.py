@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ichbench.formatting import DASH, fmt, fmt_list, fmt_time, fmt_wall
+from ichbench.formatting import DASH, TIMESTAMPED_ID, fmt, fmt_list, fmt_time, fmt_wall
 from ichbench.records import METRIC_NAMES
 from ichbench.store.baselines import HOSEYNI, baseline_label, paper_and_cited
 from ichbench.views.model import PAGE, TERMINAL, Row, TableData, Wording
@@ -429,30 +429,28 @@ def _paper_backbone_rows(baselines: list[dict[str, Any]]) -> list[Row]:
 
 
 def literature_table(
-    baselines: list[dict[str, Any]], title: str = "Reported in the literature"
+    baselines: list[dict[str, Any]],
+    title: str = "Reported in the literature",
+    compact: bool = False,
 ) -> TableData:
-    """Every given literature row with its source, model, backbone and setting."""
+    """Every given literature row with its source, model, backbone and setting; `compact`
+    says those four in one column that wraps at its spaces, after the scope."""
     rows = []
     for b in baselines:
         model = b["model"] if b["fold"] is None else f"fold {b['fold']}"
-        rows.append(
-            Row(
-                [
-                    b["source"],
-                    model,
-                    str(b["backbone"]),
-                    str(b["setting"]),
-                    b["scope"],
-                    *[fmt(b.get(m)) for m in FIVE],
-                ]
-            )
-        )
+        names = [b["source"], model, str(b["backbone"]), str(b["setting"]), b["scope"]]
+        if compact:  # the scope first: the one short name a row can be told by
+            names = [b["scope"], f"{names[0]} {names[1]} {names[2]} ({names[3]})"]
+        rows.append(Row([*names, *[fmt(b.get(m)) for m in FIVE]]))
+    named = (
+        ["Scope", "Reported"] if compact else ["Source", "Model", "Backbone", "Setting", "Scope"]
+    )
     return TableData(
         id="literature",
         title=title,
-        columns=["Source", "Model", "Backbone", "Setting", "Scope", *[SHORT[m] for m in FIVE]],
+        columns=[*named, *[SHORT[m] for m in FIVE]],
         rows=rows,
-        numeric_from=5,
+        numeric_from=len(named),
     )
 
 
@@ -488,14 +486,17 @@ def repeats_table(summaries: list[dict[str, Any]]) -> TableData:
     )
 
 
-def runs_table(summaries: list[dict[str, Any]]) -> TableData:
-    """`ichbench runs`: one line per run (`run_summary` rows), newest first."""
+def runs_table(summaries: list[dict[str, Any]], compact: bool = False) -> TableData:
+    """`ichbench runs`: one line per run (`run_summary` rows), newest first. `compact`
+    (a terminal's default) leaves out the start time where every run id begins with it
+    and writes the wall time as one word, so that no cell has to wrap."""
+    timed = not (compact and all(TIMESTAMPED_ID.fullmatch(r["run_id"]) for r in summaries))
     rows = [
         Row(
             [
                 r["run_id"],
                 r["status"],
-                fmt_time(r["started_at"]),
+                *([fmt_time(r["started_at"])] if timed else []),
                 str(r["backbone"]),
                 fmt_list(r["strategies"]),
                 str(r["preset"]),
@@ -504,7 +505,7 @@ def runs_table(summaries: list[dict[str, Any]]) -> TableData:
                 fmt(r["slice_f1"]),
                 fmt(r["patient_f1"]),
                 val_f1_cell(r),
-                fmt_wall(r["wall_s"]),
+                fmt_wall(r["wall_s"], short=compact),
             ]
         )
         for r in summaries
@@ -513,12 +514,12 @@ def runs_table(summaries: list[dict[str, Any]]) -> TableData:
         id="runs",
         title="",
         rows=rows,
-        numeric_from=6,
+        numeric_from=6 if timed else 5,
         status_column=1,
         columns=[
             "Run",
             "Status",
-            "Started",
+            *(["Started"] if timed else []),
             "Backbone",
             "Strategies",
             "Preset",

@@ -64,6 +64,11 @@ def recipe_text(cfg: dict[str, Any], folds: list[dict[str, Any]]) -> str:
     return ", ".join(parts) or "the paper's"
 
 
+def seed_text(seed, split_seed) -> str:
+    """The run's seed, and the split's where `--split-seed` set it apart."""
+    return str(seed) if split_seed is None else f"{seed} (split seed {split_seed})"
+
+
 def notes_text(folds: list[dict[str, Any]]) -> str:
     """Each fold's strategy notes; folds recorded before notes were kept say so."""
     if not folds:
@@ -205,7 +210,7 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
         ("Fold calibration", calibration_text(run.get("calibration"))),
         ("Learned patient rule", patient_rule_text(run.get("calibration"))),
         ("Preset", str(run.get("preset"))),
-        ("Seed", str(run.get("seed"))),
+        ("Seed", seed_text(run.get("seed"), cfg.get("split_seed"))),
         ("Device", str(run.get("device"))),
         ("torch.compile", compiled_text(data.folds)),
         ("Strategy notes", notes_text(data.folds)),

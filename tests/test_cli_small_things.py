@@ -1,0 +1,86 @@
+"""Small things a daily user trips on: a misspelt window, a split that moved with the
+seed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cli_run import TINY_ARGS, error_lines, run_main
+
+from ichbench.config import RunConfig
+from ichbench.errors import UsageError
+from ichbench.protocol import RunProtocol
+
+
+def test_a_misspelt_window_gets_a_did_you_mean(capsys, tmp_path):
+    db = tmp_path / "r.duckdb"
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--window", "brian", "--db", str(db))
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith("Error: Unknown window 'brian'. Did you mean 'brain'? Available: ")
+    assert not db.exists()
+
+
+def _split_hash(tmp_path, **changes) -> str:
+    cfg = RunConfig(
+        data="synthetic:10,1,32",
+        backbone="tinycnn",
+        folds=2,
+        epochs=1,
+        image_size=32,
+        preset="quick",
+        **changes,
+    )
+    protocol = RunProtocol(cfg, cache_dir=tmp_path / "cache")
+    return protocol.split_of(protocol.load_data()).hash
+
+
+def test_split_seed_holds_the_split_while_the_seed_moves_training(tmp_path):
+    moving = {_split_hash(tmp_path, seed=s) for s in (0, 1, 2)}
+    assert len(moving) > 1  # as before: one seed moves the split too
+    fixed = {_split_hash(tmp_path, seed=s, split_seed=7) for s in (0, 1, 2)}
+    assert fixed == {_split_hash(tmp_path, seed=7)}
+    # the same split spelled two ways is one configuration
+    assert RunConfig(seed=3, split_seed=3).hash == RunConfig(seed=3).hash
+    assert RunConfig(seed=3, split_seed=4).hash != RunConfig(seed=3).hash
+    with pytest.raises(UsageError, match="--split-seed -1"):
+        RunConfig(preset="quick", split_seed=-1).resolved("cpu")
+
+
+def test_dry_run_says_what_would_happen_and_touches_nothing(capsys, tmp_path):
+    db = tmp_path / "r.duckdb"
+    cache = Path(os.environ["ICHBENCH_CACHE"])
+    code, out, err = run_main(
+        capsys,
+        "run",
+        "--dry-run",
+        "--preset",
+        "modern",
+        "--data",
+        "synthetic:10,1,32",
+        "--db",
+        str(db),
+    )
+    assert code == 0, err
+    pairs = [line.strip().split(None, 1) for line in out.splitlines()[1:]]
+    said = {p[0]: p[1].strip() for p in pairs if len(p) == 2}
+    assert said["Device"] == "cpu" and said["Dataset"] == "synthetic:10,1,32"
+    assert "tinycnn at 64 px; random initialisation" in out  # modern on a CPU: quick's net
+    assert "brain, subdural, bone" in out and "context ±1 slice(s)" in out
+    assert not db.exists()
+    assert not cache.exists() or not any(cache.iterdir())  # no data generated or loaded
+
+
+def test_a_run_says_its_resolved_configuration_before_it_starts(capsys, tmp_path):
+    db = tmp_path / "r.duckdb"
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--db", str(db))
+    assert code == 0, err
+    before = err.split("Run 20")[0]  # said before the run exists
+    assert "Resolved configuration" in before and "Config hash" in before
+    # the id is taken back by its random part (its end) as well as by a prefix
+    run_id = err.split("Run ")[1].split()[0]
+    for given in (run_id[-6:], run_id[:15]):
+        code, out, _ = run_main(capsys, "show", given, "--db", str(db))
+        assert code == 0 and run_id in out
