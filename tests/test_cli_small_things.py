@@ -84,3 +84,20 @@ def test_a_run_says_its_resolved_configuration_before_it_starts(capsys, tmp_path
     for given in (run_id[-6:], run_id[:15]):
         code, out, _ = run_main(capsys, "show", given, "--db", str(db))
         assert code == 0 and run_id in out
+
+
+def test_compare_says_which_settings_differ(capsys, tmp_path):
+    import json
+
+    db = tmp_path / "r.duckdb"
+    for extra in ([], ["--tta", "flip", "--strategy", "mixup"]):
+        code, _, err = run_main(capsys, "run", *TINY_ARGS, *extra, "--db", str(db))
+        assert code == 0, err
+    code, out, _ = run_main(capsys, "runs", "--json", "--db", str(db))
+    a, b = sorted(r["run_id"] for r in json.loads(out))
+    code, out, err = run_main(capsys, "compare", a, b, "--json", "--db", str(db))
+    assert code == 0, err
+    diff = json.loads(out)["config_diff"]
+    assert diff == {"strategies": {a: [], b: ["mixup"]}, "tta": {a: "none", b: "flip"}}
+    code, out, _ = run_main(capsys, "compare", a, b, "--db", str(db))
+    assert "Configuration differences" in out and "flip" in out

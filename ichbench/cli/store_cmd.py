@@ -28,6 +28,7 @@ from ichbench.views.metrics import (
     runs_table,
 )
 from ichbench.views.paired import paired_result
+from ichbench.views.provenance import config_diff, config_diff_table
 
 
 def _open(db: Path | None) -> Store:
@@ -158,15 +159,18 @@ def compare(
     paired = paired_result(store, rows[0], rows[1]) if len(rows) == 2 else None
     for row in rows:
         row["comparable"] = store.comparable(row["run_id"])
+    diff = config_diff({r["run_id"]: store.get_run(r["run_id"])["config"] for r in rows})
     if as_json:
         emit_json(
-            {"runs": rows, "baselines": reported}
+            {"runs": rows, "baselines": reported, "config_diff": diff}
             | ({"paired": paired} if paired is not None else {})
         )
         return
     known = [r["run_id"] for r in store.list_runs()]
     table = compare_table(rows, baselines, "compare", brief=True)
     render.emit(out, render.rich_table(table, wide=wide, known_ids=known))
+    if len(rows) > 1:
+        render.emit(out, render.rich_table(config_diff_table(diff), wide=wide, known_ids=known))
     if paired is not None:
         render.print_paired(out, paired, wide=wide)
     out.print()

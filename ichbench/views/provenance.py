@@ -232,3 +232,38 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
         rows=[Row([k, v], strong=k == "Status" and not data.finished) for k, v in items],
         numeric_from=99,
     )
+
+
+DIFF_IGNORED = ("device", "compile", "weights_digest")  # the machine, or the file's hash
+
+
+def config_diff(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The settings whose values differ between runs, {setting: {run id: value}}: what a
+    comparison compares, beside what it holds equal."""
+    keys = sorted({k for cfg in configs.values() for k in cfg} - set(DIFF_IGNORED))
+    return {
+        k: {run_id: cfg.get(k) for run_id, cfg in configs.items()}
+        for k in keys
+        if len({json.dumps(cfg.get(k), sort_keys=True) for cfg in configs.values()}) > 1
+    }
+
+
+def config_diff_table(diff: dict[str, dict[str, Any]], table_id: str = "config-diff") -> TableData:
+    """`config_diff` as a table: one row per differing setting, one column per run."""
+    run_ids = list(next(iter(diff.values()))) if diff else []
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return DASH
+        if isinstance(value, list):
+            return ", ".join(map(str, value)) or "none"
+        return str(value)
+
+    return TableData(
+        id=table_id,
+        title="Configuration differences",
+        columns=["Setting", *run_ids],
+        rows=[Row([k, *(cell(v) for v in values.values())]) for k, values in diff.items()],
+        numeric_from=len(run_ids) + 1,
+        note="" if diff else "The runs' configurations are the same (but for the machine).",
+    )
