@@ -26,6 +26,18 @@ TINY_ARGS = [
 ]
 
 
+TINY_CONFIG = dict(
+    data="synthetic:10,1,32",
+    backbone="tinycnn",
+    folds=2,
+    epochs=1,
+    image_size=32,
+    preset="quick",
+    device="cpu",
+)
+"""The same tiny run as `TINY_ARGS`, as `RunConfig` keywords."""
+
+
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
     """`ichbench ARGS` in this process: (exit code, stdout, stderr)."""
     try:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cli_run import TINY_ARGS, error_lines, run_main
+from cli_run import TINY_ARGS, TINY_CONFIG, error_lines, run_main
 
 from ichbench.config import RunConfig
 from ichbench.errors import UsageError
@@ -24,15 +24,7 @@ def test_a_misspelt_window_gets_a_did_you_mean(capsys, tmp_path):
 
 
 def _split_hash(tmp_path, **changes) -> str:
-    cfg = RunConfig(
-        data="synthetic:10,1,32",
-        backbone="tinycnn",
-        folds=2,
-        epochs=1,
-        image_size=32,
-        preset="quick",
-        **changes,
-    )
+    cfg = RunConfig(**{**TINY_CONFIG, **changes})
     protocol = RunProtocol(cfg, cache_dir=tmp_path / "cache")
     return protocol.split_of(protocol.load_data()).hash
 

@@ -8,7 +8,7 @@ import json
 import duckdb
 import numpy as np
 import pytest
-from cli_run import TINY_ARGS, error_lines, run_main
+from cli_run import TINY_ARGS, TINY_CONFIG, error_lines, run_main
 
 from ichbench.config import RECIPE_OFF, RunConfig
 from ichbench.errors import UsageError
@@ -186,16 +186,7 @@ def test_context_and_tta_change_the_result_and_repeat_exactly(tmp_path):
     """The settings reach training (the numbers move) and stay deterministic."""
 
     def test_probs(**changes) -> np.ndarray:
-        cfg = RunConfig(
-            data="synthetic:10,1,32",
-            backbone="tinycnn",
-            folds=2,
-            epochs=1,
-            image_size=32,
-            preset="quick",
-            device="cpu",
-            **changes,
-        )
+        cfg = RunConfig(**{**TINY_CONFIG, **changes})
         protocol = RunProtocol(cfg, cache_dir=tmp_path / "cache")
         dataset = protocol.load_data()
         split = protocol.split_of(dataset)
