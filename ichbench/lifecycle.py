@@ -35,7 +35,7 @@ from ichbench.errors import (
 )
 from ichbench.events import FoldFinished, FoldSkipped, RunFinished, RunStarted, RunWarning
 from ichbench.jobs import Busy, Executor, Job, RunResult, tagged
-from ichbench.provenance import new_run_id, run_record
+from ichbench.provenance import new_run_id, run_record, utc_now
 from ichbench.records import FoldRecord
 from ichbench.store.ingest import Ingestion
 from ichbench.store.journal import RUN_FILE, Journal, Pending, fold_label
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 class Lifecycle:
     """The store's side of runs: `store` may be a path, opened only once the inputs
     (configuration, plugins, data, split) have proved good, so bad input never creates
-    or touches it."""
+    or touches it. `name`, `tags` and `note` label every run it creates."""
 
     def __init__(
         self,
@@ -58,10 +58,14 @@ class Lifecycle:
         *,
         grid_id: str | None = None,
         device_label: str | None = None,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        note: str | None = None,
     ) -> None:
         self._store = store
         self.grid_id = grid_id
         self.device_label = device_label
+        self.name, self.tags, self.note = name, list(tags), note
         self.journal = Journal(store.path if hasattr(store, "path") else store)
         self.ingestion = Ingestion(self.journal)
         self._synced = False
@@ -132,7 +136,8 @@ class Lifecycle:
         self, protocol: RunProtocol, dataset: SliceDataset, split: NestedSplit, exclusive: bool
     ) -> Job:
         built = protocol.preflight(dataset, split)
-        run_id = new_run_id()
+        started = utc_now()
+        run_id = new_run_id(started)
         record = run_record(
             protocol,
             run_id,
@@ -141,6 +146,10 @@ class Lifecycle:
             built,
             device=self.device_label or device_label(protocol.device),
             grid_id=self.grid_id,
+            started_at=started,
+            name=self.name,
+            tags=self.tags,
+            note=self.note,
         )
         store = self.store
         self.journal.write_run(record)
@@ -416,14 +425,18 @@ def run_config(
     cache_dir: Path | None = None,
     registry=None,
     grid_id: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    note: str | None = None,
 ) -> RunResult:
     """Run one configuration in this process (or finish the unfinished run `resume`): a
-    grid of one, through the same lifecycle as any grid."""
+    grid of one, through the same lifecycle as any grid; a new run is labelled with
+    `name`, `tags` and `note`."""
     from ichbench.executors import LocalExecutor
     from ichbench.protocol import RunProtocol
 
     protocol = RunProtocol(config, registry=registry, observers=observers, cache_dir=cache_dir)
-    lifecycle = Lifecycle(store, grid_id=grid_id)
+    lifecycle = Lifecycle(store, grid_id=grid_id, name=name, tags=tags, note=note)
     job = lifecycle.open(protocol, resume=resume)
     assert isinstance(job, Job)  # without `reuse`, open creates or reopens, or raises
     (result,) = lifecycle.drive([job], LocalExecutor())

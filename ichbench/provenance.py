@@ -1,17 +1,21 @@
 """Where a run's numbers came from: its id, the code (git commit, library versions), the
 plugins it used and the process running it, recorded with every run so a result can be
-traced and repeated."""
+traced and repeated; and what its user calls it (name, tags, note), checked here once
+for every command that sets them."""
 
 from __future__ import annotations
 
 import platform
+import re
 import secrets
 import subprocess
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ichbench import __version__
+from ichbench.errors import UsageError
 from ichbench.liveness import this_process
 from ichbench.records import RunRecord
 
@@ -21,9 +25,60 @@ if TYPE_CHECKING:
     from ichbench.split import NestedSplit, Split
 
 
-def new_run_id() -> str:
-    """Sortable by creation time (UTC), unique by its random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+TAG = re.compile(r"[A-Za-z0-9_.:-]+")
+TAG_FORM = "letters, digits and _ . : - only"
+NAME_MAX = 200  # a name is a label for tables, not a note
+
+
+def utc_now() -> datetime:
+    """Now in UTC without a zone, as the store keeps every timestamp."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_run_id(at: datetime | None = None) -> str:
+    """Sortable by creation time (UTC), unique by its random suffix. Given the instant
+    recorded as the run's `started_at`, the id names that same second."""
+    at = utc_now() if at is None else at
+    return at.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def folder_safe(run_id: str) -> bool:
+    """Whether a run id can name a folder of the store's runs folder and nothing else:
+    not empty, not `.` or `..`, without a path separator or a NUL."""
+    return bool(run_id) and run_id not in (".", "..") and not any(c in run_id for c in "/\\\x00")
+
+
+def check_tags(tags: Iterable[str], option: str = "--tag") -> list[str]:
+    """Tags as given, each once, in order; a tag is one word so that it reads the same
+    in a table, a shell and a filter. A bad one is refused by name."""
+    checked: list[str] = []
+    for tag in tags:
+        if not TAG.fullmatch(tag):
+            raise UsageError(f"{option} {tag!r}: a tag is one word of {TAG_FORM}")
+        if tag not in checked:
+            checked.append(tag)
+    return checked
+
+
+def check_name(name: str | None) -> str | None:
+    """A run's name: one line of text, neither empty nor longer than NAME_MAX."""
+    if name is None:
+        return None
+    text = name.strip()
+    if not text or len(text) > NAME_MAX or any(not c.isprintable() for c in text):
+        raise UsageError(
+            f"--name {name!r}: a run's name is one line of 1 to {NAME_MAX} printable characters"
+        )
+    return text
+
+
+def check_note(note: str | None) -> str | None:
+    """A run's note: free text, lines included; an empty one is no note."""
+    if note is None:
+        return None
+    if "\x00" in note:
+        raise UsageError(f"--note {note!r}: a note cannot hold a NUL character")
+    return note.strip() or None
 
 
 def library_versions() -> dict[str, str]:
@@ -71,10 +126,17 @@ def run_record(
     *,
     device: str,
     grid_id: str | None,
+    started_at: datetime | None = None,
+    name: str | None = None,
+    tags: Iterable[str] = (),
+    note: str | None = None,
 ) -> RunRecord:
     """Everything a run row records about where its numbers come from: configuration and
-    its hash, data and split hashes, initial weights, code, plugins, and its process."""
+    its hash, data and split hashes, initial weights, code, plugins, and its process;
+    beside them, and outside the configuration, what its user calls it. `started_at` is
+    the instant `run_id` was made of (now when not given)."""
     cfg = protocol.cfg
+    started = utc_now() if started_at is None else started_at
     return RunRecord(
         run_id=run_id,
         dataset=protocol.plugins.dataset.name,
@@ -97,6 +159,10 @@ def run_record(
         plugins=protocol.plugin_versions(),
         owner=this_process(),
         more_outers=[{"test": list(s.test), "folds": _folds(s)} for s in split.outers[1:]],
+        started_at=started.isoformat(),
+        name=check_name(name),
+        tags=check_tags(tags),
+        note=check_note(note),
     )
 
 

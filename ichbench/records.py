@@ -157,6 +157,13 @@ class RunRecord:
     owner: str | None = None  # HOST:PID:START of the process running it (see ichbench.liveness)
     # the outer folds after the first, each {'test': [...], 'folds': {...}} as above
     more_outers: list[dict[str, Any]] = field(default_factory=list)
+    # when the run was created (UTC, ISO 8601 without a zone): the instant its id is made
+    # of, kept here so that a record taken into the store later keeps it
+    started_at: str | None = None
+    # what the user calls the run: labels, no part of its configuration or its hash
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    note: str | None = None
 
     def outer_splits(self) -> list[tuple[list[int], dict[int, dict[str, list[int]]]]]:
         """(test patients, folds) of every outer fold, the first one first."""

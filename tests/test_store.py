@@ -392,6 +392,9 @@ EXPECTED_SCHEMA = {
         ("slice_auc_hi", "DOUBLE"),
         ("patient_f1_lo", "DOUBLE"),
         ("patient_f1_hi", "DOUBLE"),
+        ("name", "VARCHAR"),
+        ("tags", "VARCHAR[]"),
+        ("note", "VARCHAR"),
     ],
     "runs": [
         ("run_id", "VARCHAR"),
@@ -422,6 +425,9 @@ EXPECTED_SCHEMA = {
         ("plugins", "JSON"),
         ("warnings", "JSON"),
         ("calibration", "JSON"),
+        ("name", "VARCHAR"),
+        ("tags", "VARCHAR[]"),
+        ("note", "VARCHAR"),
     ],
     "splits": [
         ("run_id", "VARCHAR"),

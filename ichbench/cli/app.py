@@ -44,6 +44,7 @@ def create_app() -> typer.Typer:
         data_cmd,
         export_cmd,
         grid_cmd,
+        manage_cmd,
         plugins_cmd,
         report_cmd,
         run_cmd,
@@ -59,6 +60,7 @@ def create_app() -> typer.Typer:
     store_cmd.register(app)
     export_cmd.register(app)
     sync_cmd.register(app)
+    manage_cmd.register(app)
     return app
 
 

@@ -94,6 +94,8 @@ def _counts_table(title: str, rows: list[tuple[str, str, str]]) -> Table:
 
 
 def _print_check(report) -> None:
+    from ichbench.data.inspect import missing_text
+
     used, full = report.used, report.all
     rows = [
         ("Patients", f"{used.patients}", f"{full.patients}"),
@@ -110,6 +112,13 @@ def _print_check(report) -> None:
         soft_wrap=True,
     )
     out.print(_counts_table("Contents", rows))
+    if report.missing:
+        out.print(
+            f"Not counted as used (in the label file, but no image): "
+            f"{missing_text(report.missing)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     excluded = ", ".join(f"{p:03d}" for p in report.excluded) or "none"
     out.print(
         f"Excluded: {excluded}   Masks: {report.masks}"
@@ -221,14 +230,22 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Class and slice-position distributions, as tables and a three-panel PNG."""
-    from ichbench.data.inspect import dataset_stats, folder_stats, plot_stats
+    from ichbench.data.inspect import dataset_stats, folder_stats, missing_text, plot_stats
 
     excluded = parse_exclude(exclude, option="--exclude")
     source, folder = _resolve(dataset)
+    missing: dict[int, int] = {}
     if folder is not None:
-        result = folder_stats(folder, excluded)
+        result, missing = folder_stats(folder, excluded)
     else:
         result = dataset_stats(_load(source, excluded))
+    if missing:
+        err.print(
+            f"Warning: not counted (in the label file, but no image): {missing_text(missing)}; "
+            "`ichbench data check` names the missing files",
+            highlight=False,
+            soft_wrap=True,
+        )
     target = png if png is not None or as_json else default_png(dataset)
     if target is not None:
         plot_stats(result, str(getattr(source, "name", dataset)), target)
@@ -238,6 +255,7 @@ def stats(
                 "dataset": getattr(source, "name", dataset),
                 "exclude": list(excluded),
                 **result.as_dict(),
+                "missing": {"patients": sorted(missing), "slices": sum(missing.values())},
                 "png": str(target) if target else None,
             }
         )

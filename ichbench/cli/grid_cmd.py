@@ -32,12 +32,15 @@ from ichbench.cli.options import (
     FoldsOpt,
     ImageSizeOpt,
     LrOpt,
+    NameOpt,
+    NoteOpt,
     OuterOpt,
     PatienceOpt,
     PatientRuleOpt,
     PresetOpt,
     PretrainedOpt,
     RepeatsOpt,
+    RunTagOpt,
     ScheduleOpt,
     SeedOpt,
     SplitSeedOpt,
@@ -145,6 +148,9 @@ def register(app: typer.Typer) -> None:
         address: AddressOpt = None,
         cpus_per_trial: CpusOpt = 1.0,
         dry_run: DryRunOpt = False,
+        name: NameOpt = None,
+        tag: RunTagOpt = [],  # noqa: B006
+        note: NoteOpt = None,
     ) -> None:
         """Run the cartesian product of the given options; rank by mean validation F1."""
         from ichbench.cli.plugins_cmd import print_plugin_warnings
@@ -181,14 +187,15 @@ def register(app: typer.Typer) -> None:
         print_plugin_warnings()
         store = db or default_db()  # opened once the inputs are known to be good
         trials = make_executor(executor, address, device=device, cpus_per_trial=cpus_per_trial)
+        labels = {"name": name, "tags": tag, "note": note}
         try:
             if executor == "local":
-                _run_local(trials, configs, store, plan.grid_id)
+                _run_local(trials, configs, store, plan.grid_id, **labels)
             else:
                 configs = _for_cluster(configs, trials.device)
                 _check_all(configs)
                 err.print(trials.describe())
-                _run_distributed(trials, configs, store, plan.grid_id)
+                _run_distributed(trials, configs, store, plan.grid_id, **labels)
         finally:
             trials.close()
         _print_ranking(Store(store, create=False), plan.grid_id, configs)
@@ -214,12 +221,12 @@ def _for_cluster(configs: list[RunConfig], trial_device: str) -> list[RunConfig]
     ]
 
 
-def _run_local(executor, configs: list[RunConfig], store, grid_id: str) -> None:
+def _run_local(executor, configs: list[RunConfig], store, grid_id: str, **labels) -> None:
     """One configuration after the other, with the progress bars of `ichbench run`."""
     from ichbench.cli.progress import RunProgress
     from ichbench.lifecycle import Lifecycle
 
-    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label)
+    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label, **labels)
     for i, cfg in enumerate(configs, start=1):
         label = f"[{i}/{len(configs)}] {' '.join(_describe(cfg))}"
         with RunProgress() as progress:
@@ -245,7 +252,7 @@ def _plan(lifecycle, cfg: RunConfig, progress, label: str):
     return None
 
 
-def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) -> None:
+def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str, **labels) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
     once; a line per fold and per run as results come back."""
     from ichbench.cli.progress import GridProgress, fold_line, fold_name
@@ -253,7 +260,7 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str) ->
     from ichbench.lifecycle import Lifecycle
 
     labels = [" ".join(_describe(cfg)) for cfg in configs]
-    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label)
+    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label, **labels)
     with GridProgress() as progress:
         jobs, job_labels = [], []
         try:

@@ -216,6 +216,51 @@ WeightAxisOpt = Annotated[
 ]
 
 
+# what a user calls the runs a command makes: labels, never part of the configuration
+def _checked_name(value: str | None) -> str | None:
+    from ichbench.provenance import check_name
+
+    return check_name(value)
+
+
+def _checked_tags(value: list[str] | None) -> list[str]:
+    from ichbench.provenance import check_tags
+
+    return check_tags(value or [])
+
+
+def _checked_note(value: str | None) -> str | None:
+    from ichbench.provenance import check_note
+
+    return check_note(value)
+
+
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="A name for the run (a grid's: every run it makes), shown by runs and show. "
+        "A label: not part of the configuration or its hash.",
+        callback=_checked_name,
+    ),
+]
+RunTagOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--tag",
+        help="A tag for the run, repeatable: one word of letters, digits and _ . : - "
+        "(ichbench runs --tag T filters by it; ichbench tag changes them later).",
+        callback=_checked_tags,
+    ),
+]
+NoteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--note", help="A note on the run, free text, shown by show.", callback=_checked_note
+    ),
+]
+
+
 class D:
     """Defaults of the shared options, one place: `data: DataOpt = D.data`."""
 

@@ -41,7 +41,10 @@ STATUS_COLOURS = {"finished": "green", "running": "cyan", "failed": "red", "inte
 GAP = 2  # spaces between the columns of a compact table (it has no vertical rules)
 
 # `0.91 [0.85–0.95]` (a metric) and `+0.012 [-0.020, +0.041]` (a paired difference)
-CI = re.compile(r"(?P<v>[+-]?\d+\.\d+) \[(?P<lo>[+-]?\d+\.\d+)(?P<sep>–|, )(?P<hi>[+-]?\d+\.\d+)\]")
+CI = re.compile(
+    r"(?P<v>[+-]?\d+\.\d+) \[(?P<lo>[+-]?\d+\.\d+)(?P<sep>–|, )(?P<hi>[+-]?\d+\.\d+)\]"
+    r"(?P<mark>\*?)"  # a degenerate interval's mark
+)
 SD = re.compile(r"(?P<v>[+-]?\d+\.\d+) ± (?P<sd>\d+\.\d+)")  # mean ± sd
 
 
@@ -141,7 +144,7 @@ def _cell_at(cell: str, level: int) -> str:
         lo, hi = m["lo"], m["hi"]
         if level >= 2:
             lo, hi = _no_zero(lo), _no_zero(hi)
-        return f"{m['v']}\n{lo}{m['sep']}{hi}"
+        return f"{m['v']}\n{lo}{m['sep']}{hi}{m['mark']}"
     if m := SD.fullmatch(cell):
         return f"{m['v']}\n±{m['sd']}"
     return cell

@@ -26,12 +26,15 @@ from ichbench.cli.options import (
     FoldsOpt,
     ImageSizeOpt,
     LrOpt,
+    NameOpt,
+    NoteOpt,
     OuterOpt,
     PatienceOpt,
     PatientRuleOpt,
     PresetOpt,
     PretrainedOpt,
     RepeatsOpt,
+    RunTagOpt,
     ScheduleOpt,
     SeedOpt,
     SplitSeedOpt,
@@ -97,6 +100,9 @@ def register(app: typer.Typer) -> None:
         db: DbOpt = None,
         resume: ResumeOpt = None,
         dry_run: DryRunOpt = False,
+        name: NameOpt = None,
+        tag: RunTagOpt = [],  # noqa: B006
+        note: NoteOpt = None,
     ) -> None:
         """Run the 5-fold protocol with the voting threshold and store every result."""
         from ichbench.cli.render import print_run_tables
@@ -124,9 +130,9 @@ def register(app: typer.Typer) -> None:
                 _dry_run(config)
                 return
             if repeats > 1:
-                _run_repeats(config, repeats, db_path)
+                _run_repeats(config, repeats, db_path, name=name, tags=tag, note=note)
                 return
-        result, lifecycle = execute(config, store, resume=resume)
+        result, lifecycle = execute(config, store, resume=resume, name=name, tags=tag, note=note)
         if not lifecycle.pending(result.run_id).empty:
             err.print(
                 f"Run [bold]{result.run_id}[/] finished; its results are on disk in "
@@ -150,8 +156,8 @@ DryRunOpt = Annotated[
 def _dry_run(config: RunConfig) -> None:
     """The resolved configuration with the first fold's network built (whether its
     weights are found), and nothing else: no data, no store."""
+    from ichbench.cli.resolved import resolved_lines
     from ichbench.protocol import RunProtocol
-    from ichbench.views.resolved import resolved_lines
 
     protocol = RunProtocol(config)
     channels = len(protocol.cfg.windows) * (2 * int(protocol.cfg.context) + 1)
@@ -193,7 +199,7 @@ def _check_resume(ctx: typer.Context, resume: str) -> None:
         )
 
 
-def _run_repeats(config: RunConfig, repeats: int, db_path) -> None:
+def _run_repeats(config: RunConfig, repeats: int, db_path, **labels) -> None:
     """The run again with seeds SEED … SEED+R−1, every one checked before the first
     starts; they share a grid id (`repeats-…`), so SQL can group them."""
     import hashlib
@@ -213,13 +219,22 @@ def _run_repeats(config: RunConfig, repeats: int, db_path) -> None:
     run_ids = []
     for i, cfg in enumerate(configs, start=1):
         err.print(f"[bold]Repeat {i}/{repeats}[/] (seed {cfg.seed})")
-        result, lifecycle = execute(cfg, db_path, grid_id=group)
+        result, lifecycle = execute(cfg, db_path, grid_id=group, **labels)
         run_ids.append(result.run_id)
     print_repeats(out, lifecycle.store, run_ids)
     err.print(f"Stored as {repeats} runs with grid id [bold]{group}[/] in {lifecycle.store.path}")
 
 
-def execute(config: RunConfig, store, *, resume: str | None = None, grid_id: str | None = None):
+def execute(
+    config: RunConfig,
+    store,
+    *,
+    resume: str | None = None,
+    grid_id: str | None = None,
+    name: str | None = None,
+    tags: list[str] | tuple[str, ...] = (),
+    note: str | None = None,
+):
     """Run one configuration with progress bars; returns the result and its lifecycle.
 
     `store` may be a path: the store is then opened only after the configuration, the
@@ -238,10 +253,10 @@ def execute(config: RunConfig, store, *, resume: str | None = None, grid_id: str
     with RunProgress() as progress:
         protocol = RunProtocol(config, observers=[progress])
         if resume is None:
-            from ichbench.views.resolved import resolved_lines
+            from ichbench.cli.resolved import resolved_lines
 
             print_pairs(err, "Resolved configuration", resolved_lines(config, protocol))
-        lifecycle = Lifecycle(store, grid_id=grid_id)
+        lifecycle = Lifecycle(store, grid_id=grid_id, name=name, tags=tags, note=note)
         job = lifecycle.open(protocol, resume=resume)
         try:
             (result,) = lifecycle.drive([job], LocalExecutor())

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +20,10 @@ from ichbench.cli import render
 from ichbench.cli.common import emit_json, err, out
 from ichbench.cli.options import DbOpt, JsonOpt
 from ichbench.errors import UsageError
+from ichbench.formatting import DASH, fmt_list
+from ichbench.provenance import check_tags
 from ichbench.store import Store
+from ichbench.store.reads import SORTABLE, STATUSES
 from ichbench.store.sql import run_query
 from ichbench.views.metrics import (
     compare_table,
@@ -27,6 +31,7 @@ from ichbench.views.metrics import (
     literature_table,
     runs_table,
 )
+from ichbench.views.model import TableData
 from ichbench.views.paired import paired_result
 from ichbench.views.provenance import config_diff, config_diff_table
 
@@ -62,6 +67,39 @@ def runs(
         str | None, typer.Option("--backbone", help="Only runs of this backbone.")
     ] = None,
     grid: Annotated[str | None, typer.Option("--grid", help="Only runs of this grid id.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="Only runs with this tag; repeatable: every one of them."),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset", help="Only runs whose dataset's name holds this text (any case)."
+        ),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="Only runs with this strategy: a spec (augment:3.3, weight:ich,4) or a name "
+            "(augment: any ratio).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Only runs started then or later: an ISO date or date-time, UTC."
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            help="Order by this run_summary column, highest first (runs without it last): "
+            + ", ".join(SORTABLE)
+            + ". Default: newest first.",
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="At most this many runs.")
     ] = None,
@@ -73,8 +111,26 @@ def runs(
     db: DbOpt = None,
 ) -> None:
     """List runs, newest first, with their vote's test F1."""
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
+    if sort is not None and sort not in SORTABLE:
+        raise UsageError(f"--sort {sort!r}: expected one of {', '.join(SORTABLE)}")
+    tags = check_tags(tag or [])
+    started = _since(since) if since is not None else None
+    if strategy is not None and not strategy.strip():
+        raise UsageError("--strategy '': expected a strategy spec or name, e.g. augment:3.3")
     store = _open(db)
-    rows = store.list_runs(status=status, backbone=backbone, grid_id=grid, limit=limit)
+    rows = store.list_runs(
+        status=status,
+        backbone=backbone,
+        grid_id=grid,
+        limit=limit,
+        tags=tags,
+        dataset=dataset,
+        strategy=strategy,
+        since=started,
+        sort=sort,
+    )
     _say_waiting(store)
     if as_json:
         emit_json(rows)
@@ -82,10 +138,48 @@ def runs(
     if not rows:
         err.print("No runs match.")
         return
-    filtered = any(v is not None for v in (status, backbone, grid, limit))
+    given = (status, backbone, grid, limit, dataset, strategy, since)
+    filtered = bool(tags) or any(v is not None for v in given)
     known = [r["run_id"] for r in store.list_runs()] if filtered else [r["run_id"] for r in rows]
-    table = runs_table(rows, compact=not wide)
+    table = _with_labels(runs_table(rows, compact=not wide), rows)
     render.emit(out, render.rich_table(table, wide=wide, known_ids=known))
+
+
+def _since(text: str) -> datetime:
+    """`--since`: an ISO date (midnight) or date-time, in UTC unless it names its zone."""
+    try:
+        value = datetime.fromisoformat(text.strip().removesuffix("Z").removesuffix("z"))
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: expected an ISO date or date-time in UTC, e.g. 2026-01-31 "
+            "or 2026-01-31T14:30"
+        ) from None
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _with_labels(table: TableData, rows: list[dict[str, Any]]) -> TableData:
+    """The runs' names and tags beside their ids, in columns that only appear when a run
+    shown has them, so a store that nobody labels reads as before."""
+    columns = [
+        (header, cells)
+        for header, cells in (
+            ("Name", [r.get("name") or DASH for r in rows]),
+            ("Tags", [fmt_list(r.get("tags")) if r.get("tags") else DASH for r in rows]),
+        )
+        if any(cell != DASH for cell in cells)
+    ]
+    for offset, (header, cells) in enumerate(columns, start=1):
+        table.columns.insert(offset, header)
+        if table.short_columns is not None:
+            table.short_columns.insert(offset, header)
+        for row, cell in zip(table.rows, cells):
+            row.cells.insert(offset, cell)
+    table.numeric_from += len(columns)
+    if table.status_column is not None:
+        table.status_column += len(columns)
+    return table
 
 
 def show(
@@ -113,7 +207,7 @@ def show(
             }
         )
         return
-    render.print_run(out, store, run["run_id"], wide=wide)
+    render.print_run(out, store, run["run_id"], wide)
 
 
 def compare(

@@ -1,8 +1,10 @@
 """`ichbench data check` and `ichbench data stats`: what a dataset holds and what is wrong.
 
 Both work from the label file and file listings (NIfTI headers at most), so they answer in
-a moment even on the full release. `check --deep` also decodes every image, which finds
-what only decoding can (NaN voxels, a truncated .nii.gz, a JPG that is not an image).
+a moment even on the full release. A slice counts as used only when its image is there: a
+label row whose volume, patient folder or JPG is missing is named, never counted.
+`check --deep` also decodes every image, which finds what only decoding can (NaN voxels,
+a truncated .nii.gz, a JPG that is not an image).
 Sources that are not folders (a third party's dataset plugin) are loaded and summarised.
 """
 
@@ -14,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ichbench.data.labels import LabelStats, label_stats, label_warnings, read_labels, stats_of
+from ichbench.data.labels import (
+    LabelStats,
+    LabelTable,
+    label_stats,
+    label_warnings,
+    read_labels,
+    stats_of,
+)
 from ichbench.data.physionet import (
     JPG,
     LAYOUT_NAMES,
@@ -52,6 +61,7 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     deep: bool = False
+    missing: dict[int, int] = field(default_factory=dict)  # patient -> label rows without image
 
     @property
     def ok(self) -> bool:
@@ -68,6 +78,11 @@ class CheckReport:
             "masks": self.masks,
             "all": self.all.as_dict(),
             "used": self.used.as_dict(),
+            "missing": {
+                "patients": sorted(self.missing),
+                "slices": sum(self.missing.values()),
+                "by_patient": {f"{p:03d}": n for p, n in sorted(self.missing.items())},
+            },
             "warnings": self.warnings,
             "errors": self.errors,
         }
@@ -120,6 +135,45 @@ def _stray_warnings(folder: PhysioNetFolder) -> list[str]:
     return out
 
 
+def _image_rows(folder: PhysioNetFolder, labels: LabelTable) -> np.ndarray:
+    """Which label rows have their image, from file names and NIfTI headers only: the
+    patient's volume holds that slice number, or its brain JPG exists. A volume whose
+    header cannot be read holds none."""
+    found = np.zeros(len(labels), dtype=bool)
+    for pid in labels.patients():
+        files = folder.patients.get(pid)
+        if files is None:
+            continue
+        rows = labels.patient_ids == pid
+        try:
+            if folder.layout == JPG:
+                present = np.asarray(sorted(jpg_slices(files.image / "brain", pid)), dtype=np.int64)
+                found |= rows & np.isin(labels.slice_numbers, present)
+            else:
+                found |= rows & (labels.slice_numbers <= folder.slice_count(pid))
+        except DataError:
+            continue
+    return found
+
+
+def _present(folder: PhysioNetFolder) -> tuple[LabelStats, dict[int, int]]:
+    """Statistics of the used rows whose images are there, and the rows left out per
+    patient. Positions keep the label file's slice counts, so a missing slice moves no
+    other slice to another position bin."""
+    used = folder.used
+    found = _image_rows(folder, used)
+    ids, counts = np.unique(used.patient_ids[~found], return_counts=True)
+    missing = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    return label_stats(used.select(found), used.slice_counts()), missing
+
+
+def missing_text(missing: dict[int, int]) -> str:
+    """`19 slices of patient 050, 1 slice of patient 100`: what was not counted."""
+    return ", ".join(
+        f"{n} slice{'s' if n != 1 else ''} of patient {p:03d}" for p, n in sorted(missing.items())
+    )
+
+
 def check_folder(
     root: Path,
     exclude: tuple[int, ...] = DEFAULT_EXCLUDE,
@@ -142,8 +196,8 @@ def check_folder(
     else:
         errors = match_problems(root, layout, label_path, labels, patients, exclude)
     folder = PhysioNetFolder(root, layout, label_path, labels, patients, tuple(exclude))
-    used = folder.used
-    present = [p for p in used.patients() if p in patients]
+    used, missing = _present(folder)
+    present = [p for p in folder.used.patients() if p in patients]
     warnings = label_warnings(labels) + _stray_warnings(folder)
     for pid in present:
         try:
@@ -160,12 +214,13 @@ def check_folder(
         layout=LAYOUT_NAMES[layout],
         label_file=str(label_path),
         all=label_stats(labels),
-        used=label_stats(used),
+        used=used,
         excluded=sorted(set(exclude) & set(labels.patients())),
         masks=_masks_summary(folder, present),
         warnings=warnings,
         errors=errors,
         deep=deep,
+        missing=missing,
     )
 
 
@@ -187,10 +242,20 @@ def _decode_all(
     return errors
 
 
-def folder_stats(root: Path, exclude: tuple[int, ...] = DEFAULT_EXCLUDE) -> LabelStats:
-    """Statistics of a folder's used patients from its label file alone."""
-    layout, label_path = detect_layout(Path(root).expanduser())
-    return label_stats(read_labels(label_path).without(exclude))
+def folder_stats(
+    root: Path, exclude: tuple[int, ...] = DEFAULT_EXCLUDE
+) -> tuple[LabelStats, dict[int, int]]:
+    """Statistics of a folder's used slices that have their image (label file, file names
+    and NIfTI headers), and the label rows left out per patient for want of one. Where the
+    images cannot be matched to patients at all, the label file alone is counted."""
+    root = Path(root).expanduser()
+    layout, label_path = detect_layout(root)
+    labels = read_labels(label_path)
+    try:
+        patients = scan_patients(root, layout)
+    except DataError:
+        return label_stats(labels.without(exclude)), {}
+    return _present(PhysioNetFolder(root, layout, label_path, labels, patients, tuple(exclude)))
 
 
 def dataset_stats(dataset: SliceDataset) -> LabelStats:
@@ -204,14 +269,32 @@ def dataset_stats(dataset: SliceDataset) -> LabelStats:
 
 
 def plot_stats(stats: LabelStats, title: str, path: Path) -> Path:
-    """Three panels: slices per class, patients per class, ICH slices by relative position."""
+    """Three panels: slices per class, patients per class, ICH slices by relative position.
+
+    The position panel's legend sits under the panels, outside every axes: its bars fill
+    the plot wherever the slices are, so no corner of it is free for certain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = stats_figure(stats, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def stats_figure(stats: LabelStats, title: str):
+    """`plot_stats`'s figure, drawn but not saved (a test measures where its parts lie)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
     colors = ["#4c72b0", "#c44e52"]
     for ax, (what, values) in zip(
         axes[:2],
@@ -249,11 +332,12 @@ def plot_stats(stats: LabelStats, title: str, path: Path) -> Path:
     )
     axes[2].set_title("Slices by relative position")
     axes[2].set_xlabel("(slice - 1) / (slices - 1)")
-    axes[2].legend(loc="upper right", fontsize=8)
+    fig.legend(
+        *axes[2].get_legend_handles_labels(),
+        loc="outside lower right",
+        ncols=2,
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

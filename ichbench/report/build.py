@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ichbench.report import model_sections as M
 from ichbench.report import store_sections as S
+from ichbench.report.config_table import config_table, without_config_row
 from ichbench.report.html import render_html
 from ichbench.report.markdown import render_markdown
 from ichbench.report.page import (
@@ -28,6 +29,7 @@ from ichbench.report.page import (
     ReportResult,
     RunReport,
     Section,
+    number_figures,
 )
 from ichbench.store import Store
 from ichbench.views import RunData, load_run_data
@@ -123,13 +125,14 @@ def _run_sections(
     rid = data.run_id
     sec: dict[str, Section] = {}
 
-    def add(section_id: str, title: str) -> Section:
-        sec[section_id] = Section(section_id + suffix, title)
+    def add(section_id: str, title: str, paper: str = "") -> Section:
+        sec[section_id] = Section(section_id + suffix, title, paper=paper)
         return sec[section_id]
 
-    add("provenance", "Configuration and provenance").table = provenance_table(
-        data, "provenance" + suffix
+    add("provenance", "Provenance").table = without_config_row(
+        provenance_table(data, "provenance" + suffix)
     )
+    add("config", "Configuration").table = config_table(data.config, "config" + suffix)
     add("table-slice", "Slice level (Table I)").table = metrics_table(
         data, baselines, "slice", "table-slice" + suffix
     )
@@ -141,8 +144,8 @@ def _run_sections(
         sec["table-slice"].notes.append(caveat)
 
     ctx.step(f"{rid}: drawing figures from the store")
-    S.threshold_section(data, add("fig-threshold", "F1 against threshold (Figure 4)"))
-    S.confusion_section(data, add("fig-confusion", "Confusion matrices (Figures 5 and 8)"))
+    S.threshold_section(data, add("fig-threshold", "F1 against threshold", "Fig. 4"))
+    S.confusion_section(data, add("fig-confusion", "Confusion matrices", "Figs. 5 and 8"))
     S.roc_section(data, add("fig-roc", "ROC curves"))
     S.reliability_section(data, add("fig-calibration", "Calibration (reliability diagram)"))
     S.strip_section(data, add("fig-strip", "Per-patient view of the vote"))
@@ -151,11 +154,11 @@ def _run_sections(
     ctx.step(f"{rid}: loading the dataset")
     dataset, problem = M.load_dataset(data)
     S.distribution_section(
-        data, dataset, problem, add("fig-dataset", "Dataset distributions (Figure 1)")
+        data, dataset, problem, add("fig-dataset", "Dataset distributions", "Fig. 1")
     )
 
-    cam_sec = add("fig-gradcam", "Grad-CAM on test ICH slices (Figure 7)")
-    tsne_sec = add("fig-tsne", "t-SNE of test-slice embeddings (Figure 6)")
+    cam_sec = add("fig-gradcam", "Grad-CAM on test ICH slices", "Fig. 7")
+    tsne_sec = add("fig-tsne", "t-SNE of test-slice embeddings", "Fig. 6")
     ctx.step(f"{rid}: loading fold models")
     models = None
     if ctx.options.cam or ctx.options.tsne:
@@ -182,7 +185,8 @@ def _run_sections(
 def _write(out: Path, reports: list[RunReport], compare: list[Section], db: Path) -> ReportResult:
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
-    sections = compare + [s for r in reports for s in r.sections]
+    sections = compare + [s for r in reports for s in r.sections]  # in page order
+    number_figures(sections)
     for s in sections:
         if s.figure is not None:
             s.figure.filename = f"{s.id}.png"

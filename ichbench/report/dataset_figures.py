@@ -72,12 +72,6 @@ def distribution_figure(
         ax.set_ylabel(f"Number of {unit}")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.margins(y=0.15)
-        ax.legend(
-            handles=[
-                Patch(facecolor="grey", alpha=a, edgecolor="black", label=n) for n, _, a in groups
-            ],
-            loc="upper right",
-        )
     edges = np.linspace(0, 1, bins + 1)
     ich_pos = np.asarray(positions)[labels == 1]
     all_counts, _ = np.histogram(np.asarray(positions), bins=edges)
@@ -117,10 +111,12 @@ def distribution_figure(
         0, max(5.0, float(np.nanmax(100 * frac)) * 1.3 if np.isfinite(frac).any() else 5.0)
     )
     handles = [
+        *(Patch(facecolor="grey", alpha=a, edgecolor="black", label=n) for n, _, a in groups),
         Patch(facecolor=ICH, edgecolor="black", label="ICH slices"),
         Line2D([], [], color=VOTE, marker="o", label="% of slices that are ICH"),
     ]
-    axes[2].legend(handles=handles, loc="upper left")
+    # one legend under the panels: bars reach every corner of these axes on some dataset
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     n_p = len(np.unique(patient_ids))
     fig.suptitle(f"Dataset: {n_p} patients, {len(labels)} slices ({source})")
     return fig

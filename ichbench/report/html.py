@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ichbench import __version__
-from ichbench.report.page import RunReport, Section, summary, title
+from ichbench.report.page import RunReport, Section, caption, heading, summary, title
 from ichbench.views import TableData
 from ichbench.views.metrics import status_note
 
@@ -23,7 +23,7 @@ FOOTER = (
     "the run and read back from the store; literature rows are as published. "
     "CIs: 95%.</footer>"
 )
-_WITH_CI = re.compile(r"^(\S+) \[(.+)\]$")
+_WITH_CI = re.compile(r"^(\S+) \[(.+)\](\*?)$")  # `*`: a zero-width interval, footnoted
 
 
 @cache
@@ -74,11 +74,12 @@ def _cell_html(text: str) -> str:
     match = _WITH_CI.match(text)
     if not match:
         return _e(text)
-    return f'{_e(match.group(1))}<span class="ci">[{_e(match.group(2))}]</span>'
+    value, interval, mark = match.groups()
+    return f'{_e(value)}<span class="ci">[{_e(interval)}]{_e(mark)}</span>'
 
 
 def _section_html(s: Section) -> str:
-    parts = [f'<section id="{_e(s.id)}"><h2>{_e(s.title)}</h2>']
+    parts = [f'<section id="{_e(s.id)}"><h2>{_e(heading(s))}</h2>']
     parts += [f'<div class="note">{_e(n)}</div>' for n in s.notes]
     if s.table is not None:
         parts.append(table_html(s.table))
@@ -89,7 +90,7 @@ def _section_html(s: Section) -> str:
             f'<figure><img alt="{_e(s.figure.title)}" '
             f'style="width: min(100%, {width}px)" '
             f'src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(s.figure.caption)}</figcaption></figure>"
+            f"<figcaption>{_e(caption(s))}</figcaption></figure>"
         )
     parts.append("</section>")
     return "\n".join(parts)
@@ -101,10 +102,12 @@ def _badge(status: str) -> str:
 
 
 def render_html(reports: list[RunReport], compare: list[Section], generated: str, db: Path) -> str:
-    heading = title(reports)
+    page_title = title(reports)
     several = len(reports) > 1
     head = [
-        f"<header><h1>{_e(heading)}" + ("" if several else _badge(reports[0].data.status)) + "</h1>"
+        f"<header><h1>{_e(page_title)}"
+        + ("" if several else _badge(reports[0].data.status))
+        + "</h1>"
     ]
     for r in reports:
         prefix = f"{r.data.run_id}: " if several else ""
@@ -124,10 +127,10 @@ def render_html(reports: list[RunReport], compare: list[Section], generated: str
     ]
     toc = ["<nav><strong>Contents</strong><ol>"]
     for c in compare:
-        toc.append(f'<li><a href="#{_e(c.id)}">{_e(c.title)}</a></li>')
+        toc.append(f'<li><a href="#{_e(c.id)}">{_e(heading(c))}</a></li>')
     for r in reports:
         for s in r.sections:
-            label = f"{r.data.run_id}: {s.title}" if several else s.title
+            label = f"{r.data.run_id}: {heading(s)}" if several else heading(s)
             toc.append(f'<li><a href="#{_e(s.id)}">{_e(label)}</a></li>')
     toc.append("</ol></nav>")
     body = []
@@ -144,7 +147,7 @@ def render_html(reports: list[RunReport], compare: list[Section], generated: str
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(heading)}</title><style>\n{css()}</style></head><body><main>\n"
+        f"<title>{_e(page_title)}</title><style>\n{css()}</style></head><body><main>\n"
         + "\n".join(head + banners + toc + body)
         + f"\n{FOOTER}</main></body></html>\n"
     )

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ichbench import __version__
-from ichbench.report.page import RunReport, Section, summary, title
+from ichbench.report.page import RunReport, Section, caption, heading, summary, title
 from ichbench.views import TableData
 from ichbench.views.metrics import status_note
 
 
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A cell's text, its `|` and `*` (a footnote mark, not emphasis) escaped."""
+    return str(text).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
 
 
 def table_md(t: TableData) -> str:
@@ -37,12 +38,12 @@ def table_md(t: TableData) -> str:
 
 
 def _section_md(s: Section, level: str = "##") -> str:
-    parts = [f"{level} {s.title}", ""]
+    parts = [f"{level} {heading(s)}", ""]
     parts += [f"> **Note:** {n}\n" for n in s.notes]
     if s.table is not None:
         parts += [table_md(s.table), ""]
     if s.figure is not None:
-        parts += [f"![{s.figure.title}]({s.figure.filename})", "", f"_{s.figure.caption}_", ""]
+        parts += [f"![{s.figure.title}]({s.figure.filename})", "", f"_{caption(s)}_", ""]
     return "\n".join(parts)
 
 

@@ -10,6 +10,7 @@ from ichbench.views import RunData, TableData
 
 SECTION_IDS = (
     "provenance",
+    "config",
     "fig-dataset",
     "table-slice",
     "table-patient",
@@ -40,6 +41,7 @@ class FigureOut:
     png: bytes
     width_in: float = 10.0  # the figure's width in inches: its natural size on the page
     filename: str = ""
+    number: int = 0  # its place among the page's figures, from 1 (`number_figures`)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Section:
     table: TableData | None = None
     figure: FigureOut | None = None
     notes: list[str] = field(default_factory=list)
+    paper: str = ""  # the paper's counterpart ("Fig. 4"), cited in the caption
 
 
 @dataclass
@@ -72,6 +75,33 @@ def figure_out(fig, title: str, caption: str) -> FigureOut:
     from ichbench.report import figures as F
 
     return FigureOut(title, caption, F.png_bytes(fig), width_in=float(fig.get_figwidth()))
+
+
+def number_figures(sections: list[Section]) -> None:
+    """Number the figures 1, 2, ... in the order the page shows them. The paper's own
+    numbers do not follow this page's order (its t-SNE, Fig. 6, comes after its Grad-CAM,
+    Fig. 7, here), so they are cited in the captions instead of numbering the figures."""
+    n = 0
+    for s in sections:
+        if s.figure is not None:
+            n += 1
+            s.figure.number = n
+
+
+def heading(s: Section) -> str:
+    """A section's heading, as the page and its contents list show it."""
+    if s.figure is not None and s.figure.number:
+        return f"Figure {s.figure.number}. {s.title}"
+    return s.title
+
+
+def caption(s: Section) -> str:
+    """A figure's caption: its number, what it shows, and the paper's figure it matches."""
+    text = s.figure.caption if s.figure is not None else ""
+    if s.paper:
+        text = f"{text.rstrip()} Compare the paper's {s.paper}."
+    number = s.figure.number if s.figure is not None else 0
+    return f"Figure {number}. {text}" if number else text
 
 
 def title(reports: list[RunReport]) -> str:

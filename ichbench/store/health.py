@@ -9,9 +9,9 @@ checksum when it reads the block, and a truncated file fails to read. Counting r
 not enough, since DuckDB answers `count(*)` from metadata without reading a block.
 
 An older store is read as it is, never upgraded by a reader: on the reading connection,
-each table, column or view that a later migration adds is supplied by a temporary view
-of the same name (no rows, or the column NULL), so every reader, and a user's SQL, sees
-the current schema. The first write upgrades the store.
+each table, column or view that a later migration adds or redefines is supplied by a
+temporary view of the same name (no rows, or the column NULL), so every reader, and a
+user's SQL, sees the current schema. The first write upgrades the store.
 """
 
 from __future__ import annotations
@@ -146,13 +146,16 @@ def _older_value(table: str, column: str) -> str:
     it would write there, NULL unless it says otherwise."""
     if column == "outer_fold":
         return migrations.OUTER_FOLD_OF_OLDER_ROWS.get(table, "NULL")
+    if table == "runs":
+        return migrations.LABELS_OF_OLDER_ROWS.get(column, "NULL")
     return "NULL"
 
 
 def compat_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The statements that give a reading connection the current schema over an older
-    store: a temporary view for each table, column or view it lacks. None for a store
-    that has every migration."""
+    store: a temporary view for each table, column or view it lacks, and for each view
+    that a later migration redefined (its columns as now, read through the stand-ins of
+    its tables). None for a store that has every migration."""
     if not migrations.pending(con):
         return []
     have, want = schema_of(con), expected()
@@ -176,6 +179,6 @@ def compat_views(con: duckdb.DuckDBPyConnection) -> list[str]:
                 f"FROM {database}.main.{quote(table)}"
             )
     for view, sql in want.views.items():
-        if view not in have.views and sql.startswith("CREATE VIEW "):
+        if have.views.get(view) != sql and sql.startswith("CREATE VIEW "):
             statements.append("CREATE TEMP VIEW " + sql.removeprefix("CREATE VIEW "))
     return statements

@@ -449,6 +449,63 @@ JOIN decided b ON a.dataset_hash = b.dataset_hash AND a.patient_id = b.patient_i
 """)
 
 
+# What the label columns hold on runs recorded before them: no name, no tags, no note.
+# Also how a reader sees an older store it must not upgrade.
+LABELS_OF_OLDER_ROWS = {"name": "NULL", "tags": "[]", "note": "NULL"}
+
+
+def m007_run_labels(con: duckdb.DuckDBPyConnection) -> None:
+    """What a user calls a run, so that it can be found, filtered and tidied up again: a
+    name, tags and a note. They label a run and are not settings of it, so they are no
+    part of its configuration or its hash. `run_summary` carries them too, so that SQL
+    over it can filter by them."""
+    con.execute("ALTER TABLE runs ADD COLUMN name VARCHAR")
+    con.execute("ALTER TABLE runs ADD COLUMN tags VARCHAR[]")
+    con.execute(f"UPDATE runs SET tags = {LABELS_OF_OLDER_ROWS['tags']}")
+    con.execute("ALTER TABLE runs ADD COLUMN note VARCHAR")
+    con.execute("DROP VIEW run_summary")
+    con.execute("""
+CREATE VIEW run_summary AS
+WITH vote AS (
+    SELECT m.run_id, m.scope, m.sensitivity, m.specificity, m.precision, m.f1,
+           m.accuracy, m.auc, m.f1_lo, m.f1_hi, m.auc_lo, m.auc_hi
+    FROM metrics m JOIN runs r USING (run_id)
+    WHERE m.model = 'vote' AND m.split = 'test' AND m.outer_fold IS NULL
+      AND r.status = 'finished'
+),
+val AS (
+    SELECT run_id, avg(f1) AS mean_val_f1, stddev_samp(f1) AS sd_val_f1
+    FROM metrics
+    WHERE model = 'fold' AND scope = 'slice' AND split = 'val'
+    GROUP BY run_id
+),
+done AS (
+    SELECT run_id, count(*) AS folds_finished
+    FROM folds WHERE status = 'finished' GROUP BY run_id
+)
+SELECT r.run_id, r.status, r.started_at, r.finished_at, r.dataset, r.backbone,
+       r.strategies, r.ensemble, r.patient_rule, r.preset, r.seed, r.device,
+       r.pretrained, r.grid_id, r.config_hash, r.dataset_hash, r.threshold,
+       coalesce(d.folds_finished, 0) AS folds_finished,
+       s.sensitivity AS slice_sensitivity, s.specificity AS slice_specificity,
+       s.precision AS slice_precision, s.f1 AS slice_f1, s.accuracy AS slice_accuracy,
+       s.auc AS slice_auc,
+       p.sensitivity AS patient_sensitivity, p.specificity AS patient_specificity,
+       p.precision AS patient_precision, p.f1 AS patient_f1, p.accuracy AS patient_accuracy,
+       v.mean_val_f1, r.wall_s, r.error,
+       coalesce(TRY_CAST(json_extract(r.config, '$.outer') AS INTEGER), 1) AS outer_folds,
+       v.sd_val_f1, s.f1_lo AS slice_f1_lo, s.f1_hi AS slice_f1_hi,
+       s.auc_lo AS slice_auc_lo, s.auc_hi AS slice_auc_hi,
+       p.f1_lo AS patient_f1_lo, p.f1_hi AS patient_f1_hi,
+       r.name, r.tags, r.note
+FROM runs r
+LEFT JOIN vote s ON s.run_id = r.run_id AND s.scope = 'slice'
+LEFT JOIN vote p ON p.run_id = r.run_id AND p.scope = 'patient'
+LEFT JOIN val v ON v.run_id = r.run_id
+LEFT JOIN done d ON d.run_id = r.run_id
+""")
+
+
 MIGRATIONS: list[Migration] = [
     ("m001_initial_tables", m001_initial_tables),
     ("m002_seed_baselines", m002_seed_baselines),
@@ -456,6 +513,7 @@ MIGRATIONS: list[Migration] = [
     ("m004_owner_and_compiled", m004_owner_and_compiled),
     ("m005_patient_decisions_notes_plugins", m005_patient_decisions_notes_plugins),
     ("m006_outer_folds", m006_outer_folds),
+    ("m007_run_labels", m007_run_labels),
 ]
 
 

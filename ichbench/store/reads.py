@@ -11,8 +11,10 @@ only one of a run of the study's single split).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,24 @@ from ichbench.store.rows import (
 
 STATUSES = migrations.RUN_STATUSES
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+# the `run_summary` columns runs can be sorted by: highest (or newest) first
+SORTABLE = (
+    "started_at",
+    "finished_at",
+    "slice_f1",
+    "slice_sensitivity",
+    "slice_specificity",
+    "slice_precision",
+    "slice_accuracy",
+    "slice_auc",
+    "patient_f1",
+    "patient_sensitivity",
+    "patient_specificity",
+    "patient_precision",
+    "patient_accuracy",
+    "mean_val_f1",
+    "folds_finished",
+)
 
 
 @dataclass
@@ -127,19 +147,46 @@ class StoreReads:
         backbone: str | None = None,
         grid_id: str | None = None,
         limit: int | None = None,
+        *,
+        tags: Sequence[str] = (),
+        dataset: str | None = None,
+        strategy: str | None = None,
+        since: datetime | None = None,
+        sort: str | None = None,
     ) -> list[dict[str, Any]]:
-        """`run_summary` rows, newest first."""
+        """`run_summary` rows, newest first (or by `sort`, one of SORTABLE, highest first,
+        runs without a value last). Filters: every tag of `tags`; `dataset` anywhere in
+        the dataset's name, in any case; a `strategy` spec among the run's (`augment:3.3`)
+        or a strategy's name (`augment`: any ratio); started at `since` (UTC) or later."""
         if status is not None and status not in STATUSES:
             raise StoreError(f"Unknown status '{status}'; expected one of {', '.join(STATUSES)}")
+        if sort is not None and sort not in SORTABLE:
+            raise StoreError(f"Cannot sort runs by '{sort}'; expected one of {', '.join(SORTABLE)}")
         where, params = [], []
         for column, value in (("status", status), ("backbone", backbone), ("grid_id", grid_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if tags:
+            where.append("list_has_all(coalesce(tags, []), ?)")
+            params.append(list(tags))
+        if dataset is not None:
+            where.append("contains(lower(coalesce(dataset, '')), lower(?))")
+            params.append(dataset)
+        if strategy is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM unnest(strategies) AS s(spec) "
+                "WHERE s.spec = ? OR starts_with(s.spec, ?))"
+            )
+            params += [strategy, strategy + ":"]
+        if since is not None:
+            where.append("started_at >= ?")
+            params.append(since)
         sql = "SELECT * FROM run_summary"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC, run_id"
+        order = "" if sort is None else f"{SORTABLE[SORTABLE.index(sort)]} DESC NULLS LAST, "
+        sql += f" ORDER BY {order}started_at DESC, run_id"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(max(0, int(limit)))

@@ -15,15 +15,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 
 from ichbench import paths
 from ichbench.errors import RunBusyError, RunFinishedError, StoreBusyError, StoreError
+from ichbench.provenance import folder_safe
 from ichbench.records import (
     FoldRecord,
     RunRecord,
@@ -209,11 +213,11 @@ class Store(StoreReads):
                 "INSERT INTO runs (run_id, status, started_at, dataset, dataset_hash, config, "
                 "config_hash, backbone, strategies, ensemble, patient_rule, seed, preset, "
                 "device, pretrained, pretrained_source, versions, git_sha, split_hash, "
-                "grid_id, owner, plugins) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "grid_id, owner, plugins, name, tags, note) VALUES (?, 'running', ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     run.run_id,
-                    now(),
+                    _started(run),
                     run.dataset,
                     run.dataset_hash,
                     to_json(run.config),
@@ -233,6 +237,9 @@ class Store(StoreReads):
                     run.grid_id,
                     run.owner or owner.this_process(),
                     optional_json(getattr(run, "plugins", None)),
+                    getattr(run, "name", None),
+                    list(getattr(run, "tags", None) or []),
+                    getattr(run, "note", None),
                 ],
             )
             writes.insert_splits(con, run)
@@ -386,11 +393,136 @@ class Store(StoreReads):
                 [status, error, run_id],
             )
 
+    def set_tags(
+        self, run_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> tuple[str, list[str]]:
+        """Add and remove tags of a run (an id or a unique prefix or suffix) in one
+        transaction; returns its full id and its tags now. Tags label a run, whatever its
+        status: no process ever writes them but this."""
+        with self._transaction() as con:
+            full = self._resolve(con, run_id)
+            row = con.execute("SELECT tags FROM runs WHERE run_id = ?", [full]).fetchone()
+            tags = [t for t in row[0] or [] if t not in remove]
+            tags += [t for t in dict.fromkeys(add) if t not in tags]
+            con.execute("UPDATE runs SET tags = ? WHERE run_id = ?", [tags, full])
+        return full, tags
+
+    def run_folder(self, run_id: str) -> Path:
+        """The run's own folder (`<store>.runs/<run_id>/`); an id that would name any
+        other place (a path separator, `..`) is refused, so removing a run never reaches
+        outside the store's runs folder."""
+        root = paths.run_dir(self.path, "run").parent
+        folder = root / run_id
+        if not folder_safe(run_id) or folder.parent != root:
+            raise StoreError(
+                f"Run id {run_id!r} in {self.path} does not name a folder of {root}; "
+                "refusing to touch it"
+            )
+        return folder
+
+    def remove_runs(self, run_ids: Sequence[str]) -> list[Removed]:
+        """Delete runs (full ids): their rows from every table of the store, in one
+        transaction, then, once that has committed, their folders (checkpoints,
+        journal). A grid's honest selection that picked one of them is deleted with it,
+        since its pooled estimate was made of that run's results. A run that a live
+        process of this host is running (this one included) is refused with a StoreError
+        naming that process, and then nothing is deleted; a `running` run whose process
+        is gone may go, as may one of another host, which cannot be checked from here.
+        A folder that cannot be removed is reported on the returned entry, its rows
+        already gone."""
+        ids = list(dict.fromkeys(run_ids))
+        folders = {run_id: self.run_folder(run_id) for run_id in ids}
+        with self._transaction() as con:
+            for run_id in ids:
+                if self._require_run(con, run_id) == "running":
+                    holder = con.execute(
+                        "SELECT owner FROM runs WHERE run_id = ?", [run_id]
+                    ).fetchone()[0]
+                    if holder == owner.this_process() or owner.alive_elsewhere(holder):
+                        raise StoreError(_live_run_message(run_id, holder))
+            grids = [
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT grid_id FROM grid_selections "
+                    "WHERE list_contains(?, run_id) ORDER BY grid_id",
+                    [ids],
+                ).fetchall()
+            ]
+            for table in ("grid_selections", "grid_selection_metrics"):
+                con.execute(f"DELETE FROM {table} WHERE list_contains(?, grid_id)", [grids])
+            for table in _tables_with_run_id(con):
+                con.execute(
+                    f"DELETE FROM {health.quote(table)} WHERE list_contains(?, run_id)", [ids]
+                )
+        return [
+            Removed(run_id, folders[run_id], _remove_folder(folders[run_id]), grids)
+            for run_id in ids
+        ]
+
     def _require_run(self, con: duckdb.DuckDBPyConnection, run_id: str) -> str:
         row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
             raise StoreError(f"Unknown run '{run_id}' in {self.path}")
         return row[0]
+
+
+@dataclass
+class Removed:
+    """A run deleted from the store: its folder, why that folder is still there (None
+    once it is gone, or when there was none), and the grids whose selection went too."""
+
+    run_id: str
+    folder: Path
+    folder_error: str | None = None
+    grids: list[str] = field(default_factory=list)
+
+
+def _tables_with_run_id(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every table of the store that holds rows of runs: those of today and any that a
+    later migration adds, so that removing a run leaves none of it behind."""
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT c.table_name FROM duckdb_columns() c "
+            "JOIN duckdb_tables() t ON t.table_oid = c.table_oid "
+            "WHERE c.database_name = current_database() AND c.schema_name = 'main' "
+            "AND c.column_name = 'run_id' ORDER BY c.table_name = 'runs', c.table_name"
+        ).fetchall()
+    ]
+
+
+def _remove_folder(folder: Path) -> str | None:
+    """Remove a run's folder; a symbolic link is removed, never followed. Returns why it
+    could not be, or None."""
+    try:
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)
+    except OSError as exc:
+        return f"{exc.strerror or exc} ({exc.filename or folder})"
+    return None
+
+
+def _live_run_message(run_id: str, holder: str) -> str:
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    return (
+        f"Run {run_id} is being run by process {pid} on {host}; stop it before removing "
+        "it (nothing was removed)"
+    )
+
+
+def _started(run: RunRecord) -> datetime:
+    """When the run was created, as its record says (a record taken in from the journal
+    later keeps its own time); now for a record that does not say."""
+    started = getattr(run, "started_at", None)
+    if not started:
+        return now()
+    try:
+        return datetime.fromisoformat(started)
+    except (TypeError, ValueError):
+        raise StoreError(f"Run '{run.run_id}': started_at {started!r} is no timestamp") from None
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

@@ -37,8 +37,38 @@ PAPER_NAME = "Hoseyni et al."
 SHAPES = {"slice": "Table I", "patient": "Table III"}
 
 
-def metric_cell(row: dict[str, Any], name: str) -> str:
-    return fmt(row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"))
+DEGENERATE = "*"
+DEGENERATE_NOTE = (
+    "* A zero-width interval: (nearly) every bootstrap resample gave the same value, "
+    "so there were too few patients, or too few of one class, for a CI."
+)
+
+
+def degenerate_ci(row: dict[str, Any], name: str) -> bool:
+    """An interval of zero width: at least 95% of the resamples gave one value. It says
+    nothing about the uncertainty, only that the test set was too small to show any."""
+    lo, hi = row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    return lo is not None and hi is not None and lo == hi
+
+
+def metric_cell(row: dict[str, Any], name: str, mark: bool = False) -> str:
+    """`0.91 [0.85–0.95]`; with `mark`, a zero-width interval is flagged (`DEGENERATE`)
+    for a table that explains it (`DEGENERATE_NOTE`)."""
+    text = fmt(row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"))
+    if mark and row.get(name) is not None and degenerate_ci(row, name):
+        text += DEGENERATE
+    return text
+
+
+def _marked(rows: list[Row]) -> bool:
+    return any(c.endswith(DEGENERATE) for r in rows if not r.group for c in r.cells)
+
+
+def _with_note(text: str, rows: list[Row]) -> str:
+    """`text` followed by the footnote on zero-width intervals where a cell is flagged."""
+    if not _marked(rows):
+        return text
+    return f"{text} {DEGENERATE_NOTE}" if text else DEGENERATE_NOTE
 
 
 def status_note(data: RunData) -> str:
@@ -75,7 +105,7 @@ def _outer_rows(data: RunData, scope: str, wording: Wording) -> list[Row]:
                 [
                     wording.pooled,
                     DASH,
-                    *[metric_cell(pooled, n) for n in METRIC_NAMES],
+                    *[metric_cell(pooled, n, mark=True) for n in METRIC_NAMES],
                     str(pooled["n"]),
                 ],
                 strong=True,
@@ -88,7 +118,7 @@ def _outer_rows(data: RunData, scope: str, wording: Wording) -> list[Row]:
                 [
                     wording.outer.format(outer=m["outer_fold"]),
                     fmt(m["threshold"]),
-                    *[metric_cell(m, n) for n in METRIC_NAMES],
+                    *[metric_cell(m, n, mark=True) for n in METRIC_NAMES],
                     str(m["n"]),
                 ]
             )
@@ -151,7 +181,7 @@ def _run_rows(data: RunData, scope: str, wording: Wording, placeholders: bool = 
                 [
                     label,
                     fmt(m["threshold"]),
-                    *[metric_cell(m, n) for n in METRIC_NAMES],
+                    *[metric_cell(m, n, mark=True) for n in METRIC_NAMES],
                     str(m["n"]),
                 ]
             )
@@ -163,7 +193,7 @@ def _run_rows(data: RunData, scope: str, wording: Wording, placeholders: bool = 
                 [
                     wording.vote,
                     fmt(vote["threshold"]),
-                    *[metric_cell(vote, n) for n in METRIC_NAMES],
+                    *[metric_cell(vote, n, mark=True) for n in METRIC_NAMES],
                     str(vote["n"]),
                 ],
                 strong=True,
@@ -244,9 +274,9 @@ def metrics_table(
         title=title,
         columns=_metric_columns(False),
         rows=rows,
-        caption=_caption(data, scope),
+        caption=_with_note(_caption(data, scope), rows),
         short_columns=_metric_columns(True),
-        note=_notes(data),
+        note=_with_note(_notes(data), rows),
     )
 
 
@@ -265,8 +295,8 @@ def run_tables(
         title=f"{scope.title()} level, test set ({data.run_id})",
         columns=_metric_columns(True),
         rows=rows,
-        caption=_caption(data, scope),
-        note=_notes(data),
+        caption=_with_note(_caption(data, scope), rows),
+        note=_with_note(_notes(data), rows),
     )
     paper, cited = paper_and_cited(baselines, scope)
     reported = TableData(
@@ -354,9 +384,13 @@ def compare_table(
         rows=rows,
         numeric_from=4,
         status_column=1,
-        caption="Slice-level metrics with 95% CIs (patient bootstrap); patient level with "
-        "the run's patient rule. Mean val F1: mean ± sd over folds (of every outer fold) of "
-        "the validation F1 at each fold's threshold. A run that did not finish has no vote.",
+        caption=_with_note(
+            "Slice-level metrics with 95% CIs (patient bootstrap); patient level with "
+            "the run's patient rule. Mean val F1: mean ± sd over folds (of every outer fold) "
+            "of the validation F1 at each fold's threshold. A run that did not finish has no "
+            "vote.",
+            rows,
+        ),
     )
 
 
@@ -366,7 +400,7 @@ def _compare_row(r: dict[str, Any], metrics: list[dict[str, Any]], brief: bool) 
 
     def cell(scope: str, name: str) -> str:
         if scope in vote and finished:
-            return metric_cell(vote[scope], name)
+            return metric_cell(vote[scope], name, mark=True)
         return fmt(r.get(f"{scope}_{name}"))
 
     values = [

@@ -180,8 +180,14 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
     if run.get("error"):
         status += f": {run['error']}"
     windows = ", ".join(cfg.get("windows") or []) or DASH
+    labels = [
+        ("Name", run.get("name")),
+        ("Tags", ", ".join(run.get("tags") or [])),
+        ("Note", run.get("note")),
+    ]
     items = [
         ("Run", data.run_id),
+        *((key, value) for key, value in labels if value),
         ("Status", status),
         ("Dataset", f"{run.get('dataset')}"),
         ("Dataset hash", str(run.get("dataset_hash"))),
