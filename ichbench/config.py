@@ -312,6 +312,8 @@ class RunConfig:
         weights = Path(self.weights_file) if self.weights_file else None
         digest = file_digest(weights) if weights is not None and weights.is_file() else None
         cfg = replace(self, preset=preset, device=device, weights_digest=digest, **changes)
+        if self.warmup is None and cfg.warmup and cfg.epochs is not None:
+            cfg.warmup = min(cfg.warmup, cfg.epochs - 1)  # a preset's warmup fits the epochs
         if not self.strategies and not self.weights:
             cfg.strategies = list(values.get("strategies", []))
             cfg.weights = list(values.get("weights", []))

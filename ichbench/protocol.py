@@ -26,7 +26,7 @@ from ichbench.data.open import open_dataset
 from ichbench.data.preprocess import channel_stats
 from ichbench.data.resolve import resolve_dataset
 from ichbench.device import resolve_device
-from ichbench.errors import DataError, LeakageError, PluginError
+from ichbench.errors import DataError, LeakageError, PluginError, UsageError
 from ichbench.events import (
     DataLoaded,
     DataProgress,
@@ -90,6 +90,13 @@ class RunProtocol:
         self.plugins = Plugins.create(self.cfg, self.registry)
         if config.windows is None:  # the preset's windows, narrowed to what the data has
             self.cfg = replace(self.cfg, windows=_offered(self.cfg.windows, self.plugins.dataset))
+        elif _offered(self.cfg.windows, self.plugins.dataset) != self.cfg.windows:
+            have = _offered(self.cfg.windows, self.plugins.dataset)
+            raise UsageError(
+                f"--window {','.join(self.cfg.windows)}: {self.cfg.data} offers only "
+                f"{' and '.join(self.plugins.dataset.windows_offered())} (its "
+                f"images come windowed); use --window {' --window '.join(have)}"
+            )
         self.timings: dict[str, float] = {"data": 0.0, "train": 0.0, "eval": 0.0}
         self._data: DeviceImages | None = None
         self._split: tuple[SliceDataset, NestedSplit] | None = None

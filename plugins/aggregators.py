@@ -367,12 +367,18 @@ class FittedLearned:
         return score, score >= self.cut
 
 
+MAX_K = 1000  # slices averaged: more than any CT scan has (a top-k over all is the mean)
+
+
 def learned_factory(spec: Spec) -> Learned:
-    form = f"learned[:K] with K an integer >= 1 (default {LEARNED_DEFAULT_K})"
+    form = f"learned[:K] with K an integer from 1 to {MAX_K} (default {LEARNED_DEFAULT_K})"
     args = expect_args(spec, (0, 1), form)
     if not args:
         return Learned()
-    return Learned(parse_int(spec, args[0], form=form, minimum=1))
+    k = parse_int(spec, args[0], form=form, minimum=1)
+    if k > MAX_K:
+        raise UsageError(f"{spec.name}: {k} is above {MAX_K}; expected {form}")
+    return Learned(k)
 
 
 @hookimpl

@@ -34,8 +34,10 @@ BOOTSTRAP_FORM = "bootstrap:R with R >= 1 (1 adds nothing)"
 UNDERSAMPLE_FORM = "undersample:R with R > 0 (healthy samples kept per ICH sample)"
 MIXUP_ALPHA = 0.2  # Zhang et al.'s choice for ImageNet
 CUTMIX_ALPHA = 1.0  # Yun et al.'s: λ uniform on [0, 1]
-MIXUP_FORM = f"mixup or mixup:ALPHA with ALPHA > 0, finite (default {MIXUP_ALPHA:g})"
-CUTMIX_FORM = f"cutmix or cutmix:ALPHA with ALPHA > 0, finite (default {CUTMIX_ALPHA:g})"
+# Beta(α, α) is drawn in float32; far below its limit it is already a point mass at 0.5
+MAX_ALPHA = 1e6
+MIXUP_FORM = f"mixup or mixup:ALPHA with 0 < ALPHA <= {MAX_ALPHA:g} (default {MIXUP_ALPHA:g})"
+CUTMIX_FORM = f"cutmix or cutmix:ALPHA with 0 < ALPHA <= {MAX_ALPHA:g} (default {CUTMIX_ALPHA:g})"
 
 
 def _note(plan: TrainPlan, step: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +223,10 @@ def _alpha(spec: Spec, form: str, default: float) -> float:
     args = expect_args(spec, (0, 1), form)
     if not args:
         return default
-    return parse_float(spec, args[0], form=form, minimum=0.0, exclusive_minimum=True)
+    alpha = parse_float(spec, args[0], form=form, minimum=0.0, exclusive_minimum=True)
+    if alpha > MAX_ALPHA:
+        raise UsageError(f"{spec.name}: {args[0]} is above {MAX_ALPHA:g}; expected {form}")
+    return alpha
 
 
 def mixup_factory(spec: Spec) -> BatchMix:

@@ -93,3 +93,19 @@ def test_compare_says_which_settings_differ(capsys, tmp_path):
     assert diff == {"strategies": {a: [], b: ["mixup"]}, "tta": {a: "none", b: "flip"}}
     code, out, _ = run_main(capsys, "compare", a, b, "--db", str(db))
     assert "Configuration differences" in out and "flip" in out
+
+
+def test_h_is_help_and_run_ids_complete_from_the_store(capsys, tmp_path, monkeypatch):
+    from ichbench.cli.common import complete_run_ids
+
+    code, out, _ = run_main(capsys, "show", "-h")
+    assert code == 0 and "show [OPTIONS] {RUN}" in " ".join(out.split())
+    db = tmp_path / "r.duckdb"
+    monkeypatch.setenv("ICHBENCH_DB", str(db))
+    assert complete_run_ids("2026") == []  # no store: nothing, and nothing created
+    assert not db.exists()
+    code, _, err = run_main(capsys, "run", *TINY_ARGS)
+    assert code == 0, err
+    (run_id,) = complete_run_ids("")
+    assert complete_run_ids(run_id[:8]) == [run_id] == complete_run_ids(run_id[-4:])
+    assert complete_run_ids("nothing-like-it") == []

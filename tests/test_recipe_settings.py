@@ -78,6 +78,9 @@ def test_absurd_recipe_values_are_refused(changes, message):
         ("--schedule", "step", "Error: --schedule step: expected one of constant, cosine"),
         ("--tta", "x", "Error: --tta x: expected one of none, flip"),
         ("--window", "stack,brain", "Error: Unknown window 'stack,brain'"),
+        ("--strategy", "mixup:1e39", "Error: mixup: 1e+39 is above 1e+06"),
+        ("--strategy", "cutmix:1e300", "Error: cutmix: 1e+300 is above 1e+06"),
+        ("--patient-rule", "learned:99999999999999999999999", "Error: learned: "),
     ],
 )
 def test_bad_recipe_options_exit_2_and_write_nothing(capsys, tmp_path, option, value, expected):
@@ -101,6 +104,23 @@ def test_a_presets_window_stack_is_narrowed_to_what_the_data_offers():
     assert _offered(["brain", "subdural", "bone"], _JpgLike()) == ["brain", "bone"]
     assert _offered(["brain", "subdural", "bone"], object()) == ["brain", "subdural", "bone"]
     assert _offered(["subdural"], _JpgLike()) == ["subdural"]  # refused at load, by name
+
+
+def test_window_stack_on_the_jpg_release_is_the_users_mistake(capsys, tmp_path, jpg_sample_dir):
+    db = tmp_path / "r.duckdb"
+    args = ["run", "--data", str(jpg_sample_dir), "--window", "stack", "--db", str(db)]
+    code, _, err = run_main(capsys, *args, "--folds", "2", "--exclude", "none")
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith("Error: --window brain,subdural,bone: ") and "--window bone" in line
+    assert not db.exists()
+
+
+def test_a_presets_warmup_fits_a_short_run():
+    cfg = RunConfig(preset="modern", windows=None, patient_rule=None, epochs=1).resolved("cpu")
+    assert cfg.warmup == 0
+    with pytest.raises(UsageError, match="--warmup 1 with --epochs 1"):
+        RunConfig(preset="modern", warmup=1, epochs=1).resolved("cpu")
 
 
 def test_modern_preset_on_the_jpg_release_stacks_its_two_windows(jpg_sample_dir):

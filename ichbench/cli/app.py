@@ -26,8 +26,9 @@ def create_app() -> typer.Typer:
         name="ichbench",
         help="Train, compare and query intracranial-hemorrhage classifiers on head CT.",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion / --show-completion for the user's shell
         pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
 
     @app.callback()

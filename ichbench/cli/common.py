@@ -78,3 +78,22 @@ def _finite(value: Any) -> Any:
 def emit_json(value: Any) -> None:
     """JSON goes out verbatim (no wrapping, no markup) so it can be piped."""
     out.out(to_json(value), highlight=False)
+
+
+def complete_run_ids(incomplete: str) -> list[str]:
+    """Shell completion of a RUN argument: the ids in the default store ($ICHBENCH_DB or
+    ./runs.duckdb) that start or end with what was typed, newest first. Read-only, and
+    silent when there is no store or it is busy: completion must never fail or write."""
+    import duckdb
+
+    from ichbench.paths import default_db
+
+    path = default_db()
+    if not path.is_file():
+        return []
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            rows = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC").fetchall()
+    except duckdb.Error:
+        return []
+    return [r for (r,) in rows if r.startswith(incomplete) or r.endswith(incomplete)]

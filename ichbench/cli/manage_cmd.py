@@ -15,14 +15,19 @@ import typer
 from rich.markup import escape
 
 from ichbench import paths
-from ichbench.cli.common import err, out
+from ichbench.cli.common import complete_run_ids, err, out
 from ichbench.cli.options import DbOpt
 from ichbench.errors import ExitCode, UsageError
 from ichbench.provenance import check_tags, folder_safe
 from ichbench.store import Store
 
 RunsArg = Annotated[
-    list[str], typer.Argument(metavar="RUN", help="Run ids or unique prefixes (or suffixes).")
+    list[str],
+    typer.Argument(
+        metavar="RUN",
+        help="Run ids or unique prefixes (or suffixes).",
+        autocompletion=complete_run_ids,
+    ),
 ]
 
 
@@ -37,7 +42,12 @@ def _open(db) -> Store:
 
 
 def tag(
-    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id or a unique prefix.")],
+    run_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN", help="Run id or a unique prefix.", autocompletion=complete_run_ids
+        ),
+    ],
     tags: Annotated[
         list[str],
         typer.Argument(

@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 
-from ichbench.cli.common import err, out
+from ichbench.cli.common import complete_run_ids, err, out
 from ichbench.cli.options import DbOpt
 
 RunsArg = Annotated[
     list[str],
     typer.Argument(
-        metavar="RUN...", help="Run ids (or unique prefixes); several give a comparison."
+        metavar="RUN...",
+        help="Run ids (or unique prefixes); several give a comparison.",
+        autocompletion=complete_run_ids,
     ),
 ]
 OutOpt = Annotated[

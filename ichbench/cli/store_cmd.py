@@ -17,7 +17,7 @@ import typer
 
 from ichbench import paths
 from ichbench.cli import render
-from ichbench.cli.common import emit_json, err, out
+from ichbench.cli.common import complete_run_ids, emit_json, err, out
 from ichbench.cli.options import DbOpt, JsonOpt
 from ichbench.errors import UsageError
 from ichbench.formatting import DASH, fmt_list
@@ -183,7 +183,12 @@ def _with_labels(table: TableData, rows: list[dict[str, Any]]) -> TableData:
 
 
 def show(
-    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id or a unique prefix of it.")],
+    run_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN", help="Run id or a unique prefix of it.", autocompletion=complete_run_ids
+        ),
+    ],
     wide: Annotated[
         bool,
         typer.Option("--wide", help="Each 95% CI in brackets beside its value, however wide."),
@@ -212,7 +217,10 @@ def show(
 
 def compare(
     run_ids: Annotated[
-        list[str] | None, typer.Argument(metavar="RUN", help="Run ids or unique prefixes.")
+        list[str] | None,
+        typer.Argument(
+            metavar="RUN", help="Run ids or unique prefixes.", autocompletion=complete_run_ids
+        ),
     ] = None,
     grid: Annotated[
         str | None, typer.Option("--grid", help="Also every run of this grid id.")

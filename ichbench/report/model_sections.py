@@ -178,7 +178,7 @@ def gradcam_section(
         fig,
         "Grad-CAM",
         f"Grad-CAM (pytorch-grad-cam) of the ICH logit, averaged over the fold models "
-        f"that the vote combines. Slices: at most two per test patient; {chosen}. "
+        f"{_combined_by(data)}. Slices: at most two per test patient; {chosen}. "
         f"{mask_note.capitalize()}. Left: the CT (first window); right: the heat map over "
         "it. Titles: the vote's probability, green when flagged at the voting threshold.",
     )
@@ -250,3 +250,11 @@ def tsne_section(
         "F1). The silhouette score (−1 to 1) measures how far apart the two classes lie "
         "in the full embedding.",
     )
+
+
+def _combined_by(data: RunData) -> str:
+    """What the fold models feed: the vote, or a second stage over their embeddings."""
+    stage2 = data.config.get("stage2")
+    if stage2 not in (None, "none"):
+        return f"(stage 1: a second-stage {stage2} reads their slice embeddings for the vote)"
+    return "that the vote combines"

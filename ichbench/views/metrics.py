@@ -221,7 +221,7 @@ def _caption(data: RunData, scope: str) -> str:
         )
     caption = (
         f"Each fold's model at its own validation threshold; the vote combines the "
-        f"fold models ({data.run.get('ensemble') or 'mean'}) at the voting threshold"
+        f"fold models ({_combination(data)}) at the voting threshold"
         + (f" ({fmt(data.threshold)})" if data.threshold is not None else "")
         + f". 95% CIs in brackets ({ci}). n = test {unit}."
     )
@@ -565,3 +565,12 @@ def runs_table(summaries: list[dict[str, Any]], compact: bool = False) -> TableD
             "Wall",
         ],
     )
+
+
+def _combination(data) -> str:
+    """How the vote combined the fold models: the ensemble rule, or the second stage that
+    replaces it."""
+    stage2 = (data.config or {}).get("stage2")
+    if stage2 not in (None, "none"):
+        return f"a second-stage {stage2} over each scan's slice embeddings, mean over folds"
+    return str(data.run.get("ensemble") or "mean")

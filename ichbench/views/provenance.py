@@ -132,11 +132,12 @@ def warnings_text(warnings: list[dict] | None) -> str:
 
 
 PATIENT_RULE = "patient-rule"  # the kind of a fitted patient rule among the fitted models
+STAGE2 = "stage2"  # the kind of a fitted second stage
 
 
 def calibration_text(fitted: list[dict] | None) -> str:
     """The calibrators fitted on each fold's validation predictions, if any."""
-    fitted = [c for c in fitted or [] if c.get("kind") != PATIENT_RULE]
+    fitted = [c for c in fitted or [] if c.get("kind") not in (PATIENT_RULE, STAGE2)]
     if not fitted:
         return "none"
     kinds = sorted({c["kind"] for c in fitted})
@@ -145,6 +146,25 @@ def calibration_text(fitted: list[dict] | None) -> str:
     if fallbacks:
         text += f"; {fallbacks} left as the identity (one class in validation)"
     return text
+
+
+def stage2_text(fitted: list[dict] | None) -> str:
+    """The second stage as fitted on the out-of-fold validation scans, per outer fold."""
+    stages = [c for c in fitted or [] if c.get("kind") == STAGE2]
+    if not stages:
+        return DASH
+    parts = []
+    for c in stages:
+        p = c.get("params") or {}
+        where = f"outer {c['outer']}: " if c.get("outer") is not None and len(stages) > 1 else ""
+        text = (
+            f"{where}{p.get('kind')} on {p.get('scans')} out-of-fold scans, "
+            f"{p.get('feature_dim')} features, cross-fitted in {p.get('folds_used')} folds"
+        )
+        if p.get("fallback"):
+            text += f" ({p['fallback']})"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def patient_rule_text(fitted: list[dict] | None) -> str:
@@ -215,6 +235,7 @@ def provenance_table(data: RunData, table_id: str = "provenance") -> TableData:
         ("Vote warnings", warnings_text(run.get("warnings"))),
         ("Fold calibration", calibration_text(run.get("calibration"))),
         ("Learned patient rule", patient_rule_text(run.get("calibration"))),
+        ("Second stage", stage2_text(run.get("calibration"))),
         ("Preset", str(run.get("preset"))),
         ("Seed", seed_text(run.get("seed"), cfg.get("split_seed"))),
         ("Device", str(run.get("device"))),
