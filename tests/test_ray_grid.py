@@ -296,12 +296,13 @@ def test_cli_grid_over_ray_then_local_finds_it_finished(local_ray, grid_cache, t
         "--db",
         db,
     ]
-    main(args + ["--executor", "ray"])
+    main(args + ["--executor", "ray", "--name", "over-ray", "--tag", "cluster"])
     captured = capsys.readouterr()
     assert captured.err.count("Finished ") == 2
     assert " fold 2: threshold " in captured.err
     runs = Store(db).list_runs()
     assert len(runs) == 2 and {r["status"] for r in runs} == {"finished"}
+    assert {(r["name"], tuple(r["tags"])) for r in runs} == {("over-ray", ("cluster",))}
     assert all(r["run_id"][:8] in captured.out for r in runs)  # the ranking table
     main(args)  # the local executor resumes nothing: both configurations are finished
     again = " ".join(capsys.readouterr().err.split())

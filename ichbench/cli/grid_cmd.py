@@ -252,7 +252,7 @@ def _plan(lifecycle, cfg: RunConfig, progress, label: str):
     return None
 
 
-def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str, **labels) -> None:
+def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str, **run_labels) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
     once; a line per fold and per run as results come back."""
     from ichbench.cli.progress import GridProgress, fold_line, fold_name
@@ -260,7 +260,7 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str, **
     from ichbench.lifecycle import Lifecycle
 
     labels = [" ".join(_describe(cfg)) for cfg in configs]
-    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label, **labels)
+    lifecycle = Lifecycle(store, grid_id=grid_id, device_label=executor.device_label, **run_labels)
     with GridProgress() as progress:
         jobs, job_labels = [], []
         try:
