@@ -307,7 +307,9 @@ class Lifecycle:
         folds.update(computed)
         votes = job.protocol.vote(job.dataset, job.split, folds)
         vote = votes[-1]  # the headline
-        wall = time.perf_counter() - job.started
+        # a resumed run took its kept folds' time in earlier invocations: they count too
+        earlier = sum(float(f.wall_s or 0.0) for k, f in folds.items() if k not in computed)
+        wall = time.perf_counter() - job.started + earlier
         t = time.perf_counter()
         self.journal.write_vote(job.run_id, votes, wall)
         self.ingestion.take(job.run_id)

@@ -109,3 +109,35 @@ def test_h_is_help_and_run_ids_complete_from_the_store(capsys, tmp_path, monkeyp
     (run_id,) = complete_run_ids("")
     assert complete_run_ids(run_id[:8]) == [run_id] == complete_run_ids(run_id[-4:])
     assert complete_run_ids("nothing-like-it") == []
+
+
+def test_run_json_is_the_id_and_the_vote_on_stdout_and_a_resume_counts_all_its_time(
+    capsys, tmp_path, monkeypatch
+):
+    import json
+
+    from cli_run import interrupted_trial
+
+    from ichbench.store import Store
+
+    db = tmp_path / "r.duckdb"
+    original = RunProtocol.fold_trial
+    monkeypatch.setattr(RunProtocol, "fold_trial", interrupted_trial((0, 1)))
+    code, _, _ = run_main(capsys, "run", *TINY_ARGS, "--db", str(db))
+    assert code == 130
+    monkeypatch.setattr(RunProtocol, "fold_trial", original)
+    (run,) = Store(db, create=False).list_runs()
+    code, out, err = run_main(capsys, "run", "--resume", run["run_id"], "--json", "--db", str(db))
+    assert code == 0, err
+    said = json.loads(out)  # nothing but JSON on stdout
+    assert said["run_id"] == run["run_id"]
+    assert {(r["scope"], r["split"]) for r in said["vote"]} >= {
+        ("slice", "test"),
+        ("patient", "test"),
+    }
+    store = Store(db, create=False)
+    folds = store.folds(run["run_id"])
+    # fold 0 was trained by the first invocation: its time is part of the run's
+    assert store.get_run(run["run_id"])["wall_s"] >= sum(f["wall_s"] for f in folds)
+    code, _, err = run_main(capsys, "run", *TINY_ARGS, "--json", "--repeats", "2", "--db", str(db))
+    assert code == 2 and "--json with --repeats" in err

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ichbench.cli.common import err, out, said
+from ichbench.cli.common import emit_json, err, out, said
 from ichbench.cli.options import (
     AugmentAllOpt,
     BackboneOpt,
@@ -51,6 +51,7 @@ from ichbench.cli.options import (
     given_options,
 )
 from ichbench.config import RunConfig, check_repeats
+from ichbench.errors import UsageError
 
 ResumeOpt = Annotated[
     str | None,
@@ -100,6 +101,7 @@ def register(app: typer.Typer) -> None:
         db: DbOpt = None,
         resume: ResumeOpt = None,
         dry_run: DryRunOpt = False,
+        as_json: RunJsonOpt = False,
         name: NameOpt = None,
         tag: RunTagOpt = [],  # noqa: B006
         note: NoteOpt = None,
@@ -130,6 +132,8 @@ def register(app: typer.Typer) -> None:
                 _dry_run(config)
                 return
             if repeats > 1:
+                if as_json:
+                    raise UsageError("--json with --repeats: give --json one run at a time")
                 _run_repeats(config, repeats, db_path, name=name, tags=tag, note=note)
                 return
         result, lifecycle = execute(config, store, resume=resume, name=name, tags=tag, note=note)
@@ -139,10 +143,22 @@ def register(app: typer.Typer) -> None:
                 f"{lifecycle.journal.folder(result.run_id)}"
             )
             return
-        print_run_tables(out, lifecycle.store, result.run_id)
+        if as_json:  # the id and the headline vote's metrics; progress stays on stderr
+            rows = lifecycle.store.run_metrics(result.run_id)
+            emit_json({"run_id": result.run_id, "vote": [r for r in rows if r["model"] == "vote"]})
+        else:
+            print_run_tables(out, lifecycle.store, result.run_id)
         err.print(f"Stored as run [bold]{result.run_id}[/] in {lifecycle.store.path}")
 
 
+RunJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the run id and its vote's metrics as JSON on stdout (progress stays on "
+        "stderr).",
+    ),
+]
 DryRunOpt = Annotated[
     bool,
     typer.Option(
@@ -179,7 +195,7 @@ def print_pairs(console, title: str, pairs: list[tuple[str, str]]) -> None:
     console.print(grid)
 
 
-RESUME_OPTIONS = ("db", "compile", "resume")  # what a resumed run may still be given
+RESUME_OPTIONS = ("db", "compile", "resume", "as_json")  # what a resumed run may be given
 
 
 def _check_resume(ctx: typer.Context, resume: str) -> None:
