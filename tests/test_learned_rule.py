@@ -141,12 +141,12 @@ def test_learned_is_registered_and_fits(registry):
     assert registry.create("patient", "learned:5").k == 5
 
 
-@pytest.mark.parametrize("spec", ["learned:0", "learned:x", "learned:1,2"])
+@pytest.mark.parametrize("spec", ["learned:0", "learned:x", "learned:1,2", "learned:1001"])
 def test_bad_specs_name_the_form(registry, spec):
     with pytest.raises(UsageError) as info:
         registry.create("patient", spec)
     assert str(info.value).startswith("learned: ")
-    assert "expected learned[:K] with K an integer >= 1" in str(info.value)
+    assert "expected learned[:K] with K an integer from 1 to 1000" in str(info.value)
 
 
 def test_unfitted_rule_refuses_to_decide(registry):
