@@ -426,18 +426,14 @@ class RunProtocol:
             return rule
         from ichbench.patient_features import PatientSlices
 
-        pids, numbers = dataset.patient_ids[rows], dataset.slice_numbers[rows]
-        patients = []
-        for pid in np.unique(pids):
-            at = np.flatnonzero(pids == pid)
-            at = at[np.argsort(numbers[at], kind="stable")]
-            patients.append(
-                PatientSlices(
-                    scores=np.asarray(scores[at], dtype=float),
-                    decisions=np.asarray(decisions[at], dtype=bool),
-                    label=int(dataset.labels[rows[at]].max()),
-                )
+        patients = [
+            PatientSlices(
+                scores=np.asarray(scores[at], dtype=float),
+                decisions=np.asarray(decisions[at], dtype=bool),
+                label=int(dataset.labels[rows[at]].max()),
             )
+            for at in _scans(dataset, rows)
+        ]
         fitted = rule.fit(patients, float(threshold))
         if not hasattr(fitted, "decide"):
             raise _wrong(rule, "fit", f"returned {type(fitted).__name__}, not a patient rule")
@@ -637,14 +633,14 @@ class RunProtocol:
         curve = f1_curve(dataset.labels[oof_rows], oof_prob)
         threshold = best_threshold(curve)
         scores = np.zeros(len(test_rows))
+        scans = _scans(dataset, test_rows)
         for f in ordered:  # each fold model's test embeddings through the fitted stage 2
             test = _embeddings(f, "test")
             where = {r: i for i, r in enumerate(_rows_of(dataset, f.predictions, "test"))}
-            at_test = [
-                np.array([where[r] for r in test_rows[at]]) for at in _scans(dataset, test_rows)
-            ]
-            probs, _ = apply_stage2(result.net, [test[i] for i in at_test])
-            for at, p in zip(_scans(dataset, test_rows), probs):
+            probs, _ = apply_stage2(
+                result.net, [test[[where[r] for r in test_rows[at]]] for at in scans]
+            )
+            for at, p in zip(scans, probs):
                 scores[at] += p / len(ordered)
         return _Scored(
             threshold=threshold,
