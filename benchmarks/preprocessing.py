@@ -2,11 +2,16 @@
 content hash) in slices per second, and a cached load (fingerprint the files, map the
 arrays) in milliseconds.
 
+The first load is timed once per worker count of `--workers` (each into a fresh cache:
+patients decoded in that many processes, `ichbench.data.cache.fill_rows`), and the
+entries they build are checked to be the same bytes.
+
 The dataset is generated first by the synthetic generator in the PhysioNet v1.3.x layout
 (timed separately) and then read by the same reader as real data.
 
     python benchmarks/preprocessing.py                              # 40 patients, 256 → 128 px
     python benchmarks/preprocessing.py --patients 80 --native 512 --image-size 224
+    python benchmarks/preprocessing.py --workers 1,2,4
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--windows", default="brain", help="comma-separated CT windows")
     p.add_argument("--warm-repeats", type=int, default=5)
     p.add_argument(
+        "--workers",
+        default="1,2",
+        help="comma-separated worker process counts, one cold load each (1: in-process)",
+    )
+    p.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -40,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from ichbench.data.physionet import PhysioNetSource
+    from ichbench.data.physionet import PhysioNetSource, load_folder
     from ichbench.data.synth import generate
     from ichbench.interfaces import LoadOptions
 
@@ -55,6 +65,24 @@ def main(argv: list[str] | None = None) -> dict:
             image_size=args.image_size, windows=tuple(args.windows.split(",")), exclude=()
         )
         source = PhysioNetSource(folder)
+        by_workers = []
+        first = None
+        for count in [int(w) for w in args.workers.split(",")]:
+            fresh = work / f"cache-{count}w"
+            shutil.rmtree(fresh, ignore_errors=True)
+            with timed() as t_built:
+                built = load_folder(folder, options, fresh, name=source.name, workers=count)
+            images = np.asarray(built.images).tobytes()
+            first = images if first is None else first
+            assert images == first, f"{count} workers built other bytes"
+            by_workers.append(
+                {
+                    "workers": count,
+                    "first_load_s": t_built.seconds,
+                    "slices_per_s": len(built) / t_built.seconds,
+                }
+            )
+            shutil.rmtree(fresh, ignore_errors=True)
         cache = work / "cache"
         shutil.rmtree(cache, ignore_errors=True)
         with timed() as t_cold:
@@ -89,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cached_read_all_images_s": statistics.median(read),
         "source_mb": volume_mb,
         "cache_mb": cache_mb,
+        "by_workers": by_workers,
     }
     name = args.name or f"preprocessing-{args.patients}p-{args.native}to{args.image_size}px"
     write_result(name, result, summary(result))
@@ -135,6 +164,16 @@ def summary(r: dict) -> str:
             ),
             "",
             f"Source volumes {r['source_mb']:.0f} MiB; cache entry {r['cache_mb']:.0f} MiB.",
+            "",
+            "First load by worker processes (same bytes each; 1 = in-process):",
+            "",
+            md_table(
+                ["workers", "first load", "slices/s"],
+                [
+                    [w["workers"], f"{w['first_load_s']:.2f} s", f"**{w['slices_per_s']:.0f}**"]
+                    for w in r.get("by_workers", [])
+                ],
+            ),
         ]
     )
 

@@ -201,23 +201,24 @@ def load_fold_models(
             ckpt = load_checkpoint(path)
             built = _build(str(ckpt["backbone"]), int(ckpt["in_chans"]))
             built.model.load_state_dict(ckpt["state_dict"])
+            model = FoldModel(  # a field of the wrong type is a damaged file, too
+                fold=fold,
+                model=built.model,
+                backbone=str(ckpt["backbone"]),
+                input_size=built.input_size,
+                image_size=int(ckpt["image_size"]),
+                windows=tuple(ckpt["windows"]),
+                in_chans=int(ckpt["in_chans"]),
+                device=device,
+                context=int(ckpt.get("context") or 0),
+                mean=_stats(ckpt.get("mean")),
+                std=_stats(ckpt.get("std")),
+            )
         except Exception as exc:  # a corrupt or foreign file must not stop the caller
             problems.append(f"fold {fold}: cannot load {path} ({type(exc).__name__}: {exc})")
             continue
         built.model.to(device).eval()
-        models[fold] = FoldModel(
-            fold=fold,
-            model=built.model,
-            backbone=str(ckpt["backbone"]),
-            input_size=built.input_size,
-            image_size=int(ckpt["image_size"]),
-            windows=tuple(ckpt["windows"]),
-            in_chans=int(ckpt["in_chans"]),
-            device=device,
-            context=int(ckpt.get("context") or 0),
-            mean=_stats(ckpt.get("mean")),
-            std=_stats(ckpt.get("std")),
-        )
+        models[fold] = model
     return LoadedModels(models, problems)
 
 

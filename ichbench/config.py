@@ -75,6 +75,7 @@ RECIPE_OFF: dict[str, object] = {
 recipe). A configuration at these values hashes as configurations recorded before the
 settings existed, so the runs already in a store keep their identity."""
 
+WEIGHT_CLASSES = ("healthy", "ich")  # what `--weight CLASS:W` weighs: the two labels
 SCHEDULES = ("constant", "cosine")
 TTA_MODES = ("none", "flip")
 STAGE2_KINDS = ("none", "gru", "conv")
@@ -87,7 +88,7 @@ channels. The JPG release was exported with the brain and bone windows only."""
 
 # Settings of the machine, not of the experiment: a run resumed or repeated with another
 # value is the same configuration (the same config hash, skipped by a grid when finished).
-EXECUTION_ONLY = ("device", "compile")
+EXECUTION_ONLY = ("device", "compile", "device_memory")
 
 MAX_IMAGE_SIZE = 2048  # beyond it the cached dataset alone outgrows any machine's memory
 
@@ -267,6 +268,10 @@ class RunConfig:
     # compiled results repeat, but differ from eager ones: other rounding, and Inductor
     # draws its own dropout masks, so a network with dropout follows another trajectory
     compile: bool = False
+    # GiB the dataset's images may take on the training device; beyond it they are
+    # streamed from the cache (`ichbench.streaming`). None: a CUDA device's free memory,
+    # no limit on the CPU. A setting of the machine: the batches are the same either way
+    device_memory: float | None = None
 
     def __post_init__(self) -> None:
         """Put every field in its canonical spelling: construction, `replace` and
@@ -334,6 +339,10 @@ class RunConfig:
                 f"--batch-size {self.batch_size}: must be at least {MIN_BATCH_SIZE} "
                 "(a one-sample batch cannot train batch norm, so it is skipped)"
             )
+        if self.device_memory is not None and not (
+            math.isfinite(self.device_memory) and self.device_memory > 0
+        ):
+            raise UsageError(f"--device-memory {self.device_memory}: must be above 0 GiB")
         check_folds(self.folds)
         check_test_size(self.test_size)
         check_outer_count(self.outer)
@@ -400,10 +409,17 @@ class RunConfig:
         return self.seed if self.split_seed is None else self.split_seed
 
     def strategy_specs(self) -> list[str]:
-        """Strategies in command-line order, then the class weights as `weight:CLASS,W`."""
+        """Strategies in command-line order, then the class weights as `weight:CLASS,W`:
+        the registry's names, what the plugins are created from."""
         return list(self.strategies) + [
             "weight:" + ",".join((parse_spec(w).name,) + parse_spec(w).args) for w in self.weights
         ]
+
+    def typed_specs(self) -> list[str]:
+        """Strategies, then class weights, as the user types them (`--strategy augment:3.3
+        --weight ich:4` gives `augment:3.3`, `ich:4`): what the store records and every
+        table shows, so that the spelling of the command line finds the run again."""
+        return list(self.strategies) + list(self.weights)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -26,11 +26,13 @@ class Event:
 
 @dataclass(frozen=True)
 class DataProgress(Event):
-    """Patients decoded so far while a dataset is preprocessed (first use only)."""
+    """Patients done so far while a dataset is prepared (first use only): preprocessed, or
+    before that generated (`stage` says which)."""
 
     kind: ClassVar[str] = "data_progress"
     done: int
     total: int
+    stage: str = "Preprocessing"
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ class SliceDataset:
     windows: tuple[str, ...] = ("brain",)
     source: str = ""  # a path or description of where it came from
     not_found_excluded: tuple[int, ...] = ()  # excluded patients the source does not hold
+    # patient-level-only data (CQ500): each patient's label; slice labels are then -1
+    patient_truth: dict[int, int] | None = None
+    # the source's own patient names (RSNA, CQ500 and DICOM name patients by strings; the
+    # int ids are their 1-based rank in sorted order)
+    patient_names: dict[int, str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -64,8 +69,15 @@ class SliceDataset:
     def patients(self) -> np.ndarray:
         return np.unique(self.patient_ids)
 
+    @property
+    def has_slice_labels(self) -> bool:
+        """False for a patient-level-only dataset: fit to evaluate on, never to train on."""
+        return self.patient_truth is None
+
     def patient_labels(self) -> dict[int, int]:
-        """A patient is ICH if any of its slices is."""
+        """A patient is ICH if any of its slices is (or as `patient_truth` says, when set)."""
+        if self.patient_truth is not None:
+            return dict(self.patient_truth)
         out: dict[int, int] = {}
         for pid, label in zip(self.patient_ids.tolist(), self.labels.tolist()):
             out[pid] = max(out.get(pid, 0), label)
@@ -83,7 +95,10 @@ class LoadOptions:
 
 @runtime_checkable
 class DatasetSource(Protocol):
-    """Returned by a dataset factory. `load` goes through the preprocessing cache."""
+    """Returned by a dataset factory. `load` goes through the preprocessing cache and
+    reports `progress(done, total)` while it preprocesses; a source with a long stage
+    before that (generating, fetching) may report it as `progress(done, total,
+    description="Generating ...")`, which the core shows on its own line and bar."""
 
     name: str
 

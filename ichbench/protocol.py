@@ -11,6 +11,7 @@ are raised as domain exceptions. A run's life in the store is `ichbench.lifecycl
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -80,8 +81,14 @@ class RunProtocol:
         registry: Registry | None = None,
         observers: list[Observer] | None = None,
         cache_dir: Path | None = None,
+        allow_random_init: bool = False,
     ) -> None:
         self.registry = registry or get_registry()
+        # `--pretrained` typed (or a stored run that recorded pretrained weights) is a
+        # requirement: without weights the run stops before it starts, unless allowed
+        self.requires_pretrained = config.pretrained is True and not allow_random_init
+        self._said: set[str] = set()  # the backbone's warnings, said once per run
+        self.build_warnings: list[str] = []
         self.emit = Emitter(observers)
         self.cache_dir = cache_dir or default_cache_dir()
         device = resolve_device(config.device)
@@ -108,9 +115,14 @@ class RunProtocol:
             self.cfg,
             source=self.plugins.dataset,
             cache_dir=self.cache_dir,
-            progress=lambda done, total: self.emit(DataProgress(done=done, total=total)),
+            progress=self._data_progress,
         )
         self.timings["data"] += time.perf_counter() - started
+        if not dataset.has_slice_labels:
+            raise UsageError(
+                f"{self.cfg.data} has only patient-level labels: use it with "
+                f"`ichbench evaluate RUN --data {self.cfg.data}`"
+            )
         self.emit(DataLoaded(slices=len(dataset), patients=len(dataset.patients)))
         absent = sorted(set(getattr(dataset, "not_found_excluded", ())) - set(DEFAULT_EXCLUDE))
         if absent:  # the default exclusion is for the real release, silent elsewhere
@@ -123,6 +135,11 @@ class RunProtocol:
                 )
             )
         return dataset
+
+    def _data_progress(self, done: int, total: int, description: str | None = None) -> None:
+        """A dataset source's progress, as an event; `description` names a stage before
+        preprocessing (a generator's)."""
+        self.emit(DataProgress(done=done, total=total, stage=description or "Preprocessing"))
 
     def split_of(self, dataset: SliceDataset) -> NestedSplit:
         """The run's split of `dataset`, every outer fold of it (computed once per
@@ -159,12 +176,41 @@ class RunProtocol:
         neighbours on either side."""
         return int(dataset.images.shape[1]) * (2 * int(self.cfg.context) + 1)
 
+    def configured_in_chans(self) -> int:
+        """The input channels the configuration asks for, known before any data is loaded
+        (each window of the slice and of its `context` neighbours)."""
+        return len(self.cfg.windows) * (2 * int(self.cfg.context) + 1)
+
+    def check_weights_found(self) -> None:
+        """`check_pretrained` on the first fold's network, before any data or store is
+        touched; nothing to do unless pretrained weights are required."""
+        if self.requires_pretrained:
+            self.check_pretrained(self.build_model(0, self.configured_in_chans()))
+
     def build_model(self, fold: int, in_chans: int) -> BuiltModel:
+        """The fold's network, seeded. What the backbone warns about (no pretrained weights,
+        and why) reaches the observers once per run as a RunWarning, not as a Python
+        warning per fold."""
         checkpoints.seed_init(self.cfg.seed, fold)
         weights = Path(self.cfg.weights_file) if self.cfg.weights_file else None
-        return self.plugins.backbone.build(
-            BuildOptions(in_chans=in_chans, pretrained=bool(self.cfg.pretrained), weights=weights)
+        options = BuildOptions(
+            in_chans=in_chans, pretrained=bool(self.cfg.pretrained), weights=weights
         )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            built = self.plugins.backbone.build(options)
+        for warning in caught:
+            if warning.category is not UserWarning:  # a library's own: left to Python
+                warnings.warn_explicit(
+                    warning.message, warning.category, warning.filename, warning.lineno
+                )
+                continue
+            message = str(warning.message)
+            self.build_warnings.append(message)
+            if message not in self._said:
+                self._said.add(message)
+                self.emit(RunWarning(message=message))
+        return built
 
     def plan_for(self, dataset: SliceDataset, train_patients: np.ndarray, fold: int) -> TrainPlan:
         """The fold's training set as the strategies reshape it; never holds a row of a
@@ -199,6 +245,7 @@ class RunProtocol:
             for fold in outer.folds:
                 self.plan_for(dataset, np.asarray(fold.train), fold.index)
         built = self.build_model(0, self.in_chans(dataset))
+        self.check_pretrained(built)
         for outer in split.outers:
             n_test = int(np.isin(dataset.patient_ids, outer.test).sum())
             folds = len(outer.folds)
@@ -219,6 +266,19 @@ class RunProtocol:
             scores = np.linspace(0.0, 1.0, count)
             rule.decide(scores, scores >= 0.5, 0.5)
         return built
+
+    def check_pretrained(self, built: BuiltModel) -> None:
+        """Pretrained weights asked for and not found stop the run before it is recorded,
+        naming what the backbone tried; `--allow-random-init` lets it train from random
+        initialisation (recorded as pretrained=false)."""
+        if not self.requires_pretrained or built.pretrained:
+            return
+        said = " ".join(dict.fromkeys(self.build_warnings)) or "no reason given."
+        raise UsageError(
+            f"--pretrained: {self.cfg.backbone} got no pretrained weights. The backbone "
+            f"said: {said} With --allow-random-init the run goes on from random "
+            "initialisation."
+        )
 
     def _per_fold(self) -> bool:
         """Whether the ensemble rule cuts each fold at its own threshold (its class says
@@ -251,13 +311,18 @@ class RunProtocol:
         """Train and evaluate one fold, `key` = (outer fold, fold): what an executor runs
         anywhere. Returns the record and the kept state dict (on the CPU)."""
         if self._data is None:
-            self._data = DeviceImages(
+            from ichbench.streaming import StreamedImages, images_for
+
+            self._data = images_for(
                 dataset.images,
                 dataset.labels,
                 self.device,
                 patient_ids=dataset.patient_ids,
                 context=int(self.cfg.context),
+                device_memory=self.cfg.device_memory,
             )
+            if isinstance(self._data, StreamedImages):  # said once, where the run is shown
+                self.emit(RunWarning(message=self._data.describe()))
         started = time.perf_counter()
         split, fold = nested.fold(key)
         key = key if isinstance(key, tuple) else (0, key)

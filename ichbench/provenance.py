@@ -144,7 +144,7 @@ def run_record(
         config=cfg.as_dict(),
         config_hash=cfg.hash,
         backbone=cfg.backbone,
-        strategies=cfg.strategy_specs(),
+        strategies=cfg.typed_specs(),
         seed=cfg.seed,
         preset=cfg.preset,
         device=device,

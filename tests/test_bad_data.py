@@ -173,6 +173,15 @@ def test_a_volume_without_the_intercept_is_refused_by_its_range(tmp_path):
         load(root, tmp_path / "cache")
 
 
+def test_a_volume_scaled_far_outside_hounsfield_units_is_refused(tmp_path):
+    """A header scaled a million times over (air at about -1e9, bone at +1e9): every
+    window would saturate, so the load stops and names the file."""
+    root = nifti_dataset(tmp_path)
+    set_header_fields(root / "ct_scans/049.nii", scl_slope=1e6, scl_inter=-1e9)
+    with pytest.raises(DataError, match=r"049\.nii: values from .* far outside Hounsfield"):
+        load(root, tmp_path / "cache")
+
+
 def test_a_constant_volume_is_refused(tmp_path):
     root = nifti_dataset(tmp_path)
     write_volume(root / "ct_scans/050.nii", np.full((16, 16, 4), -1000.0))

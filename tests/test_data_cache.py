@@ -233,3 +233,22 @@ def test_files_changed_while_building_leave_no_entry(dataset_dir, tmp_path, monk
     ds = PhysioNetSource(dataset_dir).load(OPTIONS, cache)
     folder = open_folder(dataset_dir)
     assert ds.dataset_hash == content_hash(dataset_dir, folder.data_files())
+
+
+def test_a_content_file_enters_the_key_even_when_not_among_the_files(tmp_path) -> None:
+    """The generic DICOM layout names its labels.csv only as `content`: an edit to it must
+    change the key, or the first load's labels would come back from the cache."""
+    from ichbench.data.cache import fingerprint
+    from ichbench.interfaces import LoadOptions
+
+    image, labels = tmp_path / "a.dcm", tmp_path / "labels.csv"
+    image.write_bytes(b"x" * 10)
+    labels.write_text("slice,label\n1,0\n")
+    key = fingerprint(tmp_path, [image], LoadOptions(), content=[labels])
+    assert fingerprint(tmp_path, [image], LoadOptions(), content=[labels]) == key
+    labels.write_text("slice,label\n1,1\n")
+    assert fingerprint(tmp_path, [image], LoadOptions(), content=[labels]) != key
+    # listed among the files as well: the same key as given once
+    assert fingerprint(tmp_path, [image, labels], LoadOptions(), content=[labels]) == fingerprint(
+        tmp_path, [image], LoadOptions(), content=[labels]
+    )

@@ -437,7 +437,7 @@ def test_resolve_unknown_dataset(dataset_registry, tmp_path):
     with pytest.raises(
         DataError,
         match=r"^Dataset 'synthetik' not found: not a registered "
-        r"dataset \(physionet, synthetic\) nor an existing "
+        r"dataset \(cq500, dicom, physionet, rsna, synthetic\) nor an existing "
         r"folder$",
     ):
         resolve_dataset("synthetik", dataset_registry)

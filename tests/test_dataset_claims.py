@@ -115,7 +115,7 @@ def test_an_unclaimed_folder_names_the_folder_and_the_datasets(tmp_path):
         resolve_dataset(str(tmp_path), registry)
     assert str(info.value) == (
         f"Dataset folder {tmp_path} is in no layout a registered "
-        "dataset recognises (marked, physionet, synthetic); give "
+        "dataset recognises (cq500, dicom, marked, physionet, rsna, synthetic); give "
         "NAME:PATH to choose one and see what it misses"
     )
 

@@ -83,7 +83,7 @@ def test_runs_at_80_columns(capsys, db: Path, ids: list[str], width) -> None:
     assert ids_resolve(capsys, db, out, ids) == set(ids)
     assert not any(i in out for i in ids)  # shortened: the random part is not needed
     assert "All: status finished; backbone tinycnn; preset quick." in out
-    for strategy in ("augment:1", "augment:2", "weight:ich"):
+    for strategy in ("augment:1", "augment:2", "ich:4"):
         assert strategy in out
 
 

@@ -238,8 +238,9 @@ def test_grid_accepts_every_run_option():
     run, grid = group.commands["run"], group.commands["grid"]
     assert {"--db", "--weights", "--exclude", "--lr", "--window"} <= _options(run)
     only_run = _options(run) - _options(grid)
-    # resuming names one run (a grid has many); a run's --json is its one result
-    assert only_run == {"--resume", "--json"}, only_run
+    # resuming names one run (a grid has many); a run's --json is its one result; --from
+    # starts from one stored configuration (a grid's base comes from its options or TOML)
+    assert only_run == {"--resume", "--json", "--from"}, only_run
 
 
 def test_exclude_none_means_nobody_everywhere(capsys, tmp_path):

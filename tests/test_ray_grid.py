@@ -341,3 +341,55 @@ def test_trials_lost_with_their_worker_are_retried_domain_errors_are_not(both_gr
     with pytest.raises(DataError):
         ray.get(ray.remote(data_error).options(**options).remote(str(tmp_path / "e")))
     assert (tmp_path / "e").read_text() == "1"
+
+
+@needs_ray
+def test_a_fractional_gpu_share_goes_into_the_task_options(local_ray):
+    executor = RayExecutor(gpus_per_trial=0.25)
+    assert executor.gpus == 0 and executor.task_options()["num_gpus"] == 0  # a CPU cluster
+    executor.gpus = 1.0  # what a cluster with one GPU reports: four trials share it
+    options = executor.task_options()
+    assert options["num_gpus"] == 0.25 and options["num_cpus"] == 1
+    assert executor.describe().endswith("0.25 GPU and 1 CPU per trial")
+    assert RayExecutor(gpus_per_trial=1).task_options()["num_gpus"] == 0
+    for share in (0, -0.5, 1.5):
+        with pytest.raises(UsageError, match=f"--gpus-per-trial {share}: expected a share"):
+            RayExecutor(gpus_per_trial=share)
+
+
+@needs_ray
+def test_cli_grid_with_a_gpu_share_completes_on_a_cpu_cluster(
+    local_ray, grid_cache, tmp_path, capsys
+):
+    db = str(tmp_path / "runs.duckdb")
+    main(
+        [
+            "grid",
+            "--data",
+            "synthetic:14,1,32",
+            "--backbone",
+            "tinycnn",
+            "--weight",
+            "ich:1,4",
+            "--folds",
+            "3",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--preset",
+            "quick",
+            "--executor",
+            "ray",
+            "--gpus-per-trial",
+            "0.25",
+            "--db",
+            db,
+        ]
+    )
+    captured = capsys.readouterr()
+    assert captured.err.count("Finished ") == 2
+    runs = Store(db).list_runs()
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"finished"}

@@ -218,11 +218,17 @@ def test_two_runs_give_table_ii_rows(env, tmp_path):
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
     ours = [r for r in rows if run_id in r or other.run_id in r]
     assert len(ours) == 2
-    assert "weight:ich,4" in ours[1] and CI_HTML.search(ours[0])
+    assert "ich:4" in ours[1] and CI_HTML.search(ours[0])
     for backbone in ("resnet50", "vgg16", "mobilenetv2", "inception_v3"):
         assert backbone in table
     for rid in (run_id, other.run_id):  # each run keeps its own sections
         assert f'id="table-slice--{rid}"' in page
+    # the runs' curves overlaid once; the dataset figure, the same for both, drawn once
+    names = {p.name for p in result.figures}
+    assert "compare-curves.png" in names
+    assert f"fig-dataset--{run_id}.png" in names
+    assert f"fig-dataset--{other.run_id}.png" not in names
+    assert f"The same as run {run_id}&#x27;s figure above" in page
     assert result.html.parent.name == "cmp"
     # the same test patients: the paired differences as a figure and the table compare prints
     paired = _section(page, "paired")

@@ -317,3 +317,44 @@ def test_the_report_dataset_figure_legend_hides_no_bar(tiny_dataset):
             source="synthetic",
         )
         assert _overlaps(fig) == []
+
+
+def test_markdown_escapes_html_from_the_store() -> None:
+    """A dataset named like HTML stays text in report.md, whose renderers pass raw HTML
+    through: in a table cell, a note and a caption alike."""
+    from ichbench.report.markdown import _section_md, table_md
+    from ichbench.report.page import Section
+    from ichbench.views.model import Row, TableData
+
+    evil = "<img src=x onerror=alert(1)>"
+    table = TableData(id="t", title="T", columns=["", ""], rows=[Row(["Dataset", evil])])
+    section = Section("s", "S", table=table, notes=[f"from {evil}"])
+    text = table_md(table) + _section_md(section)
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+
+
+def test_a_checkpoint_field_of_a_wrong_type_is_a_problem_named_not_a_crash(tmp_path) -> None:
+    """`load_fold_models` (the report's, evaluate's and predict's) names a checkpoint whose
+    fields are damaged instead of raising."""
+    import torch
+
+    from ichbench.checkpoints import checkpoint_path, load_fold_models
+    from ichbench.interfaces import BuildOptions
+    from ichbench.plugins import get_registry
+
+    built = get_registry().create("backbone", "tinycnn").build(BuildOptions(in_chans=1))
+    path = checkpoint_path(tmp_path / "runs.duckdb", "r1", 0)
+    path.parent.mkdir(parents=True)
+    ckpt = dict(
+        state_dict=built.model.state_dict(),
+        backbone="tinycnn",
+        in_chans=1,
+        image_size="big",
+        windows=["brain"],
+        fold=0,
+    )
+    torch.save(ckpt, path)
+    loaded = load_fold_models(tmp_path / "runs.duckdb", "r1", [0], torch.device("cpu"))
+    assert not loaded.any
+    (problem,) = loaded.problems
+    assert problem.startswith("fold 0: cannot load") and "big" in problem

@@ -54,7 +54,7 @@ def test_run_is_finished_with_every_fold(finished_run):
     assert sorted(store.finished_folds(result.run_id)) == [(0, 0), (0, 1), (0, 2)]
     kinds = [e.kind for e in events]
     assert kinds.count("fold_finished") == 3 and kinds[-1] == "run_finished"
-    assert "weight:ich,4" in run["strategies"]
+    assert "ich:4" in run["strategies"]  # as typed: --weight ich:4
 
 
 def test_voting_threshold_recomputed_from_stored_curves(finished_run):

@@ -21,7 +21,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _flags_without_type() -> None:
+    """On/off flags without the `<bool>` typer prints beside each in `--help`: a flag
+    takes no value, so a type column there is noise. Value options keep theirs."""
+    from typer import core
+
+    option = getattr(core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "flags_hidden", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.flags_hidden = True
+    option.display_type_rich = display_type_rich
+
+
 def create_app() -> typer.Typer:
+    _flags_without_type()
     app = typer.Typer(
         name="ichbench",
         help="Train, compare and query intracranial-hemorrhage classifiers on head CT.",
@@ -43,10 +61,12 @@ def create_app() -> typer.Typer:
 
     from ichbench.cli import (
         data_cmd,
+        evaluate_cmd,
         export_cmd,
         grid_cmd,
         manage_cmd,
         plugins_cmd,
+        predict_cmd,
         report_cmd,
         run_cmd,
         store_cmd,
@@ -62,6 +82,8 @@ def create_app() -> typer.Typer:
     export_cmd.register(app)
     sync_cmd.register(app)
     manage_cmd.register(app)
+    evaluate_cmd.register(app)
+    predict_cmd.register(app)
     return app
 
 

@@ -1,4 +1,4 @@
-"""What every command shares: the consoles, and JSON for `--json`.
+"""What every command shares: the consoles, and JSON for `--json` and CSV for `--csv`.
 
 Data goes to stdout, progress and messages to stderr, so `ichbench runs --json | jq`
 works. When output is not a terminal (a pipe, a file, CI logs) rich would assume 80
@@ -7,6 +7,8 @@ columns and truncate wide tables; `$COLUMNS`, else 200, is used instead.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -15,6 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
+
+from ichbench.errors import UsageError
 
 
 def _width(stream) -> int | None:
@@ -73,6 +77,45 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def to_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """CSV for `--csv` outputs: one column per key (in first-seen order), timestamps as ISO
+    8601, lists and objects as JSON (a spreadsheet cell holds `["augment:3.3"]`, which any
+    reader parses back), NULL and undefined numbers as empty cells. `columns` keeps the
+    header of a result without rows."""
+    columns = list(columns or [])
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(key)) for key in columns])
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(_finite(value), default=str, allow_nan=False)
+    return value
+
+
+def emit_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """CSV goes out verbatim, like JSON."""
+    out.out(to_csv(rows, columns), end="", highlight=False)
+
+
+def check_output_format(as_json: bool, as_csv: bool) -> None:
+    """`--json` and `--csv` both ask for the whole output: one of them."""
+    if as_json and as_csv:
+        raise UsageError("--csv and --json are exclusive: choose one")
 
 
 def emit_json(value: Any) -> None:

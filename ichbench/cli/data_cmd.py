@@ -13,12 +13,15 @@ from rich.table import Table
 from ichbench.cli.common import emit_json, err, out
 from ichbench.cli.options import ExcludeOpt, JsonOpt
 from ichbench.cli.progress import step_bar
-from ichbench.errors import DataError
+from ichbench.errors import DataError, UsageError
 from ichbench.exclusion import DEFAULT_EXCLUDE_TEXT, parse_exclude
 from ichbench.interfaces import SUBTYPES, LoadOptions
 from ichbench.plugins import get_registry
 
-DATASET_HELP = "A dataset folder (either release) or a dataset spec such as 'synthetic:40'."
+DATASET_HELP = (
+    "A dataset folder (PhysioNet, RSNA 2019, CQ500 or a DICOM tree with labels.csv) or a "
+    "dataset spec such as 'synthetic:40'."
+)
 
 
 def parse_windows(text: str) -> tuple[str, ...]:
@@ -62,15 +65,29 @@ def synth(
         "of it).",
     ),
     force: bool = typer.Option(False, "--force", help="Replace a previously generated dataset."),
+    fmt: str = typer.Option(
+        "nifti",
+        "--format",
+        help="nifti (the PhysioNet v1.3.x layout), rsna (DICOM in the RSNA 2019 layout) or "
+        "cq500 (DICOM series and reads.csv, patient-level labels only).",
+    ),
 ) -> None:
-    """Write a synthetic dataset in the PhysioNet v1.3.x NIfTI layout."""
+    """Write a synthetic dataset: PhysioNet's NIfTI layout, or DICOM as RSNA 2019 or CQ500."""
     from ichbench.data.synth import generate
+    from ichbench.data.synth_dicom import FORMATS, generate_dicom
 
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: expected {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     start = time.perf_counter()
     with step_bar("Generating patients") as progress:
-        summary = generate(
-            out_dir, patients, seed, size, difficulty, force=force, progress=progress
-        )
+        if fmt == "nifti":
+            summary = generate(
+                out_dir, patients, seed, size, difficulty, force=force, progress=progress
+            )
+        else:
+            summary = generate_dicom(
+                out_dir, fmt, patients, seed, size, difficulty, force=force, progress=progress
+            )
     err.print(
         f"Wrote {summary.out}: {summary.patients} patients ({summary.ich_patients} ICH), "
         f"{summary.slices} slices ({summary.ich_slices} ICH), {size} px, seed {seed}, "
@@ -144,11 +161,16 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a dataset folder and summarise what it holds; exits non-zero on a problem."""
-    from ichbench.data.inspect import check_folder, dataset_stats
+    from ichbench.data.inspect import check_dicom, check_folder, dataset_stats
 
     excluded = parse_exclude(exclude, option="--exclude")
     source, folder = _resolve(dataset)
-    if folder is None:
+    if hasattr(source, "opened"):  # a DICOM layout: headers and labels, pitfalls reported
+        with step_bar("Reading DICOM headers") as progress:
+            report = check_dicom(
+                source, excluded, deep=deep, windows=parse_windows(windows), progress=progress
+            )
+    elif folder is None:
         stats = dataset_stats(_load(source, excluded))
         data = {"dataset": source.name, "ok": True, "used": stats.as_dict()}
         if as_json:
@@ -166,7 +188,7 @@ def check(
                 )
             )
         return
-    if deep:
+    elif deep:
         with step_bar("Decoding") as progress:
             report = check_folder(
                 folder, excluded, deep=True, windows=parse_windows(windows), progress=progress
@@ -230,12 +252,23 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Class and slice-position distributions, as tables and a three-panel PNG."""
-    from ichbench.data.inspect import dataset_stats, folder_stats, missing_text, plot_stats
+    from ichbench.data.inspect import (
+        dataset_stats,
+        dicom_stats,
+        folder_stats,
+        missing_text,
+        plot_stats,
+    )
 
     excluded = parse_exclude(exclude, option="--exclude")
     source, folder = _resolve(dataset)
     missing: dict[int, int] = {}
-    if folder is not None:
+    if hasattr(source, "opened"):
+        from ichbench.data.dicom_dataset import effective_exclude
+
+        result = dicom_stats(source, excluded)
+        excluded = effective_exclude(excluded)  # PhysioNet's default means nothing here
+    elif folder is not None:
         result, missing = folder_stats(folder, excluded)
     else:
         result = dataset_stats(_load(source, excluded))

@@ -1,9 +1,10 @@
 """`ichbench grid`: run every configuration of a grid, skip what the store already has,
 rank by mean validation F1 (the study's selection rule).
 
-Trials, one per (configuration, fold), run in this process (`--executor local`, one
-configuration after the other) or over a Ray cluster (`--executor ray`); either way this
-process alone writes the store.
+Trials, one per (configuration, fold), run on this machine (`--executor local`: one
+configuration after the other in this process, or `--trials-per-gpu N` trials at once in
+worker processes sharing the device) or over a Ray cluster (`--executor ray`, a GPU or
+`--gpus-per-trial` of one each); either way this process alone writes the store.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from ichbench.cli.common import err, out
 from ichbench.cli.options import (
+    AllowRandomInitOpt,
     AugmentAllOpt,
     BackboneAxisOpt,
     BatchSizeOpt,
@@ -25,6 +27,7 @@ from ichbench.cli.options import (
     D,
     DataOpt,
     DbOpt,
+    DeviceMemoryOpt,
     DeviceOpt,
     EnsembleOpt,
     EpochsOpt,
@@ -35,6 +38,7 @@ from ichbench.cli.options import (
     NameOpt,
     NoteOpt,
     OuterOpt,
+    ParallelFoldsOpt,
     PatienceOpt,
     PatientRuleOpt,
     PresetOpt,
@@ -65,8 +69,9 @@ ExecutorOpt = Annotated[
     str,
     typer.Option(
         "--executor",
-        help="local (this process, one trial at a time) or ray (trials over a Ray "
-        "cluster, one GPU each where it has GPUs; needs the ray extra).",
+        help="local (this machine: one trial at a time, or --trials-per-gpu at once) or "
+        "ray (trials over a Ray cluster, a GPU or --gpus-per-trial of one each where it has "
+        "GPUs; needs the ray extra).",
     ),
 ]
 AddressOpt = Annotated[
@@ -75,6 +80,24 @@ AddressOpt = Annotated[
         "--address",
         help="With --executor ray: the cluster to join, 'auto' (started with `ray "
         "start`) or HOST:PORT; default: a local Ray instance.",
+    ),
+]
+TrialsPerGpuOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--trials-per-gpu",
+        help="With --executor local: (configuration, fold) trials trained at once on this "
+        "machine's device, each in its own worker process, each with the results it has "
+        "alone. Default: 1 on the CPU; on CUDA one per 4 GiB of free device memory, at most "
+        "8 and at most the CPU cores.",
+    ),
+]
+GpusPerTrialOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-trial",
+        help="With --executor ray: each trial's share of a GPU, more than 0 and at most 1 "
+        "(0.25 packs four trials on every GPU). Default: 1.",
     ),
 ]
 CpusOpt = Annotated[
@@ -140,13 +163,18 @@ def register(app: typer.Typer) -> None:
         split_seed: SplitSeedOpt = None,
         weights: WeightsFileOpt = None,
         pretrained: PretrainedOpt = None,
+        allow_random_init: AllowRandomInitOpt = False,
         exclude: ExcludeOpt = D.exclude,
         device: DeviceOpt = D.device,
         compile: CompileOpt = None,
+        device_memory: DeviceMemoryOpt = None,
         db: DbOpt = None,
         executor: ExecutorOpt = "local",
         address: AddressOpt = None,
         cpus_per_trial: CpusOpt = 1.0,
+        trials_per_gpu: TrialsPerGpuOpt = None,
+        parallel_folds: ParallelFoldsOpt = None,
+        gpus_per_trial: GpusPerTrialOpt = None,
         dry_run: DryRunOpt = False,
         name: NameOpt = None,
         tag: RunTagOpt = [],  # noqa: B006
@@ -155,7 +183,13 @@ def register(app: typer.Typer) -> None:
         """Run the cartesian product of the given options; rank by mean validation F1."""
         from ichbench.cli.plugins_cmd import print_plugin_warnings
         from ichbench.errors import UsageError
-        from ichbench.executors import import_ray, make_executor
+        from ichbench.executors import (
+            auto_trials_at_once,
+            check_gpus_per_trial,
+            check_trials_at_once,
+            import_ray,
+            make_executor,
+        )
         from ichbench.grid import Grid, axes_from_options, base_config, load_toml
         from ichbench.paths import default_db
         from ichbench.store import Store
@@ -164,6 +198,20 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--executor {executor!r}: expected {' or '.join(EXECUTORS)}")
         if address and executor != "ray":
             raise UsageError("--address is only for --executor ray")
+        check_trials_at_once(trials_per_gpu, "--trials-per-gpu")
+        if parallel_folds is not None:  # a run's option: in a grid, trials are folds too
+            if trials_per_gpu not in (None, parallel_folds):
+                raise UsageError(
+                    f"--parallel-folds {parallel_folds} and --trials-per-gpu {trials_per_gpu}: "
+                    "in a grid both count the trials trained at once; give one"
+                )
+            trials_per_gpu = parallel_folds
+        if gpus_per_trial is not None:
+            check_gpus_per_trial(gpus_per_trial)
+            if executor != "ray":
+                raise UsageError("--gpus-per-trial is only for --executor ray")
+        if trials_per_gpu is not None and executor != "local":
+            raise UsageError("--trials-per-gpu is only for --executor local")
         if executor == "ray":
             import_ray()  # fail before any work when the extra is missing
         axes = axes_from_options(strategy, weight, backbone)
@@ -179,21 +227,36 @@ def register(app: typer.Typer) -> None:
         check_repeats(repeats, base.seed)
         configs = [replace(c, seed=c.seed + i) for c in plan.configs() for i in range(repeats)]
         err.print(f"Grid [bold]{plan.grid_id}[/]: {len(configs)} configuration(s)")
-        _check_all(configs)  # a dry run says what would fail, too
+        _check_all(configs, allow_random_init)  # a dry run says what would fail, too
         if dry_run:
             for cfg in configs:
                 out.print(" ".join(_describe(cfg)))
             return
         print_plugin_warnings()
         store = db or default_db()  # opened once the inputs are known to be good
-        trials = make_executor(executor, address, device=device, cpus_per_trial=cpus_per_trial)
-        labels = {"name": name, "tags": tag, "note": note}
+        packed = trials_per_gpu
+        if executor == "local" and packed is None:
+            from ichbench.device import resolve_device
+
+            packed = auto_trials_at_once(resolve_device(device))
+        trials = make_executor(
+            executor,
+            address,
+            device=device,
+            cpus_per_trial=cpus_per_trial,
+            trials_per_gpu=packed if executor == "local" else None,
+            gpus_per_trial=gpus_per_trial,
+        )
+        labels = {"name": name, "tags": tag, "note": note, "allow_random_init": allow_random_init}
         try:
-            if executor == "local":
+            if executor == "local" and packed > 1:
+                err.print(f"Packed: {packed} trials at once on this machine's device")
+                _run_distributed(trials, configs, store, plan.grid_id, **labels)
+            elif executor == "local":
                 _run_local(trials, configs, store, plan.grid_id, **labels)
             else:
                 configs = _for_cluster(configs, trials.device)
-                _check_all(configs)
+                _check_all(configs, allow_random_init)
                 err.print(trials.describe())
                 _run_distributed(trials, configs, store, plan.grid_id, **labels)
         finally:
@@ -203,13 +266,14 @@ def register(app: typer.Typer) -> None:
             _select_honestly(Store(store), plan.grid_id)
 
 
-def _check_all(configs: list[RunConfig]) -> None:
+def _check_all(configs: list[RunConfig], allow_random_init: bool = False) -> None:
     """Resolve every configuration and create its plugins before anything runs, so a bad
-    value anywhere in the grid fails before the store is created or touched."""
+    value anywhere in the grid (pretrained weights asked for and missing among them)
+    fails before the store is created or touched."""
     from ichbench.protocol import RunProtocol
 
     for cfg in configs:
-        RunProtocol(cfg)
+        RunProtocol(cfg, allow_random_init=allow_random_init).check_weights_found()
 
 
 def _for_cluster(configs: list[RunConfig], trial_device: str) -> list[RunConfig]:
@@ -221,7 +285,15 @@ def _for_cluster(configs: list[RunConfig], trial_device: str) -> list[RunConfig]
     ]
 
 
-def _run_local(executor, configs: list[RunConfig], store, grid_id: str, **labels) -> None:
+def _run_local(
+    executor,
+    configs: list[RunConfig],
+    store,
+    grid_id: str,
+    *,
+    allow_random_init: bool = False,
+    **labels,
+) -> None:
     """One configuration after the other, with the progress bars of `ichbench run`."""
     from ichbench.cli.progress import RunProgress
     from ichbench.lifecycle import Lifecycle
@@ -230,7 +302,7 @@ def _run_local(executor, configs: list[RunConfig], store, grid_id: str, **labels
     for i, cfg in enumerate(configs, start=1):
         label = f"[{i}/{len(configs)}] {' '.join(_describe(cfg))}"
         with RunProgress() as progress:
-            job = _plan(lifecycle, cfg, progress, label)
+            job = _plan(lifecycle, cfg, progress, label, allow_random_init)
             if job is None:
                 continue
             err.print(label)
@@ -238,13 +310,14 @@ def _run_local(executor, configs: list[RunConfig], store, grid_id: str, **labels
                 pass
 
 
-def _plan(lifecycle, cfg: RunConfig, progress, label: str):
+def _plan(lifecycle, cfg: RunConfig, progress, label: str, allow_random_init: bool = False):
     """The configuration's job, or None, said on stderr, when it has nothing to run here:
     finished already, or being run by another live process."""
     from ichbench.jobs import Job
     from ichbench.protocol import RunProtocol
 
-    job = lifecycle.open(RunProtocol(cfg, observers=[progress]), reuse=True)
+    protocol = RunProtocol(cfg, observers=[progress], allow_random_init=allow_random_init)
+    job = lifecycle.open(protocol, reuse=True)
     if isinstance(job, Job):
         return job
     reason = f"already finished as {job}" if isinstance(job, str) else f"skipped: {job.error}"
@@ -252,9 +325,18 @@ def _plan(lifecycle, cfg: RunConfig, progress, label: str):
     return None
 
 
-def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str, **run_labels) -> None:
+def _run_distributed(
+    executor,
+    configs: list[RunConfig],
+    store,
+    grid_id: str,
+    *,
+    allow_random_init: bool = False,
+    **run_labels,
+) -> None:
     """Every configuration's run prepared here first, then all their trials in flight at
-    once; a line per fold and per run as results come back."""
+    once (over a cluster, or packed on this machine's device); a line per fold and per run
+    as results come back."""
     from ichbench.cli.progress import GridProgress, fold_line, fold_name
     from ichbench.events import FoldFinished
     from ichbench.lifecycle import Lifecycle
@@ -265,7 +347,13 @@ def _run_distributed(executor, configs: list[RunConfig], store, grid_id: str, **
         jobs, job_labels = [], []
         try:
             for i, cfg in enumerate(configs):
-                job = _plan(lifecycle, cfg, progress, f"[{i + 1}/{len(configs)}] {labels[i]}")
+                job = _plan(
+                    lifecycle,
+                    cfg,
+                    progress,
+                    f"[{i + 1}/{len(configs)}] {labels[i]}",
+                    allow_random_init,
+                )
                 if job is None:
                     continue
                 jobs.append(job)

@@ -45,7 +45,9 @@ def tag(
     run_id: Annotated[
         str,
         typer.Argument(
-            metavar="RUN", help="Run id or a unique prefix.", autocompletion=complete_run_ids
+            metavar="RUN",
+            help="Run id, or a unique prefix or suffix of it.",
+            autocompletion=complete_run_ids,
         ),
     ],
     tags: Annotated[

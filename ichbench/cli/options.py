@@ -27,6 +27,10 @@ DbOpt = Annotated[
     typer.Option("--db", help="Run store (DuckDB file). Default: $ICHBENCH_DB or ./runs.duckdb."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+CsvOpt = Annotated[
+    bool,
+    typer.Option("--csv", help="Print CSV instead of tables (lists and objects as JSON cells)."),
+]
 
 # ---------------------------------------------------------------- the experiment
 
@@ -153,6 +157,14 @@ PretrainedOpt = Annotated[
     bool | None,
     typer.Option(
         "--pretrained/--no-pretrained", help="Start from pretrained weights (default: preset)."
+    ),
+]
+AllowRandomInitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-random-init",
+        help="With --pretrained: train from random initialisation when no pretrained weights "
+        "are found (recorded as pretrained=false) instead of stopping.",
     ),
 ]
 ExcludeOpt = Annotated[
@@ -320,7 +332,48 @@ def experiment_config(options: Mapping[str, Any], **axes: Any) -> RunConfig:
         exclude=list(parse_exclude(options["exclude"], option="--exclude")),
         device=options["device"],
         compile=bool(options["compile"]),
+        device_memory=options.get("device_memory"),
         backbone=axes.get("backbone"),
         strategies=list(axes.get("strategies") or []),
         weights=list(axes.get("weight_specs") or []),
     )
+
+
+# ---------------------------------------------------------------- packing trials on a device
+
+
+def _checked_parallel_folds(value: int | None) -> int | None:
+    from ichbench.executors import check_trials_at_once
+
+    check_trials_at_once(value, "--parallel-folds")
+    return value
+
+
+ParallelFoldsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--parallel-folds",
+        help="Folds trained at once on this machine's device, each in its own worker "
+        "process, each with the results it has alone (same seed, same weights; on the "
+        "CPU at the same torch thread count). Default: 1 on the CPU; on CUDA one per 4 GiB "
+        "of free device memory, at most 8 and at most the CPU cores. Not part of the "
+        "configuration.",
+        callback=_checked_parallel_folds,
+    ),
+]
+
+
+# ---------------------------------------------------------------- images larger than the device
+
+
+DeviceMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--device-memory",
+        metavar="GIB",
+        help="GiB the dataset's images may take on the training device; larger, they stay "
+        "in the memory-mapped cache and each batch is streamed to the device (the same "
+        "batches). Default: a CUDA device's free memory, no limit on the CPU. Not part "
+        "of the configuration.",
+    ),
+]

@@ -68,7 +68,7 @@ class Bars:
 
     def __init__(self, *columns) -> None:
         self.progress = Progress(*columns, console=err, transient=False)
-        self.data_task = None
+        self.data_tasks: dict[str, object] = {}
 
     def __enter__(self):
         self.progress.start()
@@ -80,9 +80,15 @@ class Bars:
     def shared(self, event: Event) -> bool:
         """Handle the events every observer shows alike; False for the others."""
         if isinstance(event, DataProgress):
-            if self.data_task is None:
-                self.data_task = self.progress.add_task("Preprocessing", total=event.total, info="")
-            self.progress.update(self.data_task, completed=event.done)
+            task = self.data_tasks.get(event.stage)
+            if task is None:
+                label = event.stage
+                if event.stage != "Preprocessing":  # said whole on a line that stays
+                    err.print(escape(event.stage))
+                    label = event.stage.split(" (", 1)[0]  # the bar: its first words
+                task = self.progress.add_task(label, total=event.total, info="")
+                self.data_tasks[event.stage] = task
+            self.progress.update(task, completed=event.done)
         elif isinstance(event, RunWarning):
             err.print(f"[yellow]Warning:[/] {escape(event.message)}")
         else:

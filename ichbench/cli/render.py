@@ -13,6 +13,7 @@ file` or `| less` reads as it does on the screen.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -403,8 +404,12 @@ def print_run_tables(console: Console, store: Store, run_id: str, wide: bool = F
 
 def print_run(console: Console, store: Store, run_id: str, wide: bool = False) -> None:
     """`ichbench show`: provenance, then the run's tables beside the paper's."""
+    from ichbench.views.validation import validation_table
+
     data = load_run_data(store, run_id, results=False)
     emit(console, rich_table(provenance_table(data)), Text(""))
+    if data.folds:
+        emit(console, rich_table(validation_table(data), wide), Text(""))
     _print_tables(console, data, store.baselines(), wide)
 
 
@@ -481,4 +486,6 @@ def _cell(value: Any) -> Text:
         return Text(f"{value:.6g}")
     if isinstance(value, datetime):
         return Text(value.isoformat(sep=" ", timespec="seconds"))
+    if isinstance(value, dict):  # a JSON column's object, in JSON's spelling
+        return Text(json.dumps(value, default=str))
     return Text(str(value))

@@ -15,7 +15,7 @@ RunsArg = Annotated[
     list[str],
     typer.Argument(
         metavar="RUN...",
-        help="Run ids (or unique prefixes); several give a comparison.",
+        help="Run ids (or unique prefixes or suffixes); several give a comparison.",
         autocompletion=complete_run_ids,
     ),
 ]

@@ -52,11 +52,12 @@ def resolved_lines(
         ("Network", f"{cfg.backbone} at {cfg.image_size} px; {_weights(built, cfg)}"),
         (
             "Training",
-            f"at most {cfg.epochs} epochs (patience {cfg.patience}), batch {cfg.batch_size}, "
+            f"at most {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} "
+            f"(patience {cfg.patience}), batch {cfg.batch_size}, "
             f"lr {cfg.lr:g}",
         ),
         ("Windows", ", ".join(cfg.windows or [])),
-        ("Strategies", ", ".join(cfg.strategy_specs()) or "none"),
+        ("Strategies", ", ".join(cfg.typed_specs()) or "none"),
         ("Recipe", recipe_text(cfg.as_dict(), [])),
         ("Ensemble / patient rule", f"{cfg.ensemble} / {cfg.patient_rule}"),
         ("Split", split),

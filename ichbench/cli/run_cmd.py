@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from ichbench.cli.common import emit_json, err, out, said
+from ichbench.cli.common import complete_run_ids, emit_json, err, out, said
 from ichbench.cli.options import (
+    AllowRandomInitOpt,
     AugmentAllOpt,
     BackboneOpt,
     BatchSizeOpt,
@@ -19,6 +20,7 @@ from ichbench.cli.options import (
     D,
     DataOpt,
     DbOpt,
+    DeviceMemoryOpt,
     DeviceOpt,
     EnsembleOpt,
     EpochsOpt,
@@ -29,6 +31,7 @@ from ichbench.cli.options import (
     NameOpt,
     NoteOpt,
     OuterOpt,
+    ParallelFoldsOpt,
     PatienceOpt,
     PatientRuleOpt,
     PresetOpt,
@@ -50,7 +53,7 @@ from ichbench.cli.options import (
     experiment_config,
     given_options,
 )
-from ichbench.config import RunConfig, check_repeats
+from ichbench.config import EXECUTION_ONLY, RunConfig, check_repeats
 from ichbench.errors import UsageError
 
 ResumeOpt = Annotated[
@@ -58,7 +61,8 @@ ResumeOpt = Annotated[
     typer.Option(
         "--resume",
         help="Finish an unfinished run: finished folds are kept. The run's stored "
-        "configuration is used; only --db and --compile/--no-compile apply.",
+        "configuration is used; only --db, --compile/--no-compile and --device-memory "
+        "apply.",
     ),
 ]
 
@@ -95,11 +99,15 @@ def register(app: typer.Typer) -> None:
         split_seed: SplitSeedOpt = None,
         weights: WeightsFileOpt = None,
         pretrained: PretrainedOpt = None,
+        allow_random_init: AllowRandomInitOpt = False,
         exclude: ExcludeOpt = D.exclude,
         device: DeviceOpt = D.device,
         compile: CompileOpt = None,
+        device_memory: DeviceMemoryOpt = None,
+        parallel_folds: ParallelFoldsOpt = None,
         db: DbOpt = None,
         resume: ResumeOpt = None,
+        from_run: FromOpt = None,
         dry_run: DryRunOpt = False,
         as_json: RunJsonOpt = False,
         name: NameOpt = None,
@@ -115,6 +123,11 @@ def register(app: typer.Typer) -> None:
 
         db_path = db or default_db()
         store = db_path  # opened once the inputs are known to be good
+        if resume is not None and from_run is not None:
+            raise UsageError(
+                "--resume and --from are exclusive: --resume finishes a run, --from starts "
+                "a new one with a stored configuration"
+            )
         if resume is not None:
             _check_resume(ctx, resume)
             store = Store(db_path, create=False)
@@ -123,20 +136,43 @@ def register(app: typer.Typer) -> None:
             config, resume = RunConfig.from_dict(run["config"]), run["run_id"]
             if compile is not None:  # a setting of the machine: a resumed run may change it
                 config = replace(config, compile=compile)
+            if device_memory is not None:
+                config = replace(config, device_memory=device_memory)
         else:
             config = experiment_config(
                 ctx.params, backbone=backbone, strategies=strategy, weight_specs=weight
             )
+            if from_run is not None:
+                store = Store(db_path, create=False)
+                config = _from_stored(ctx, store.get_run(from_run), config)
             check_repeats(repeats, config.seed)
             if dry_run:
-                _dry_run(config)
+                _dry_run(config, allow_random_init)
                 return
             if repeats > 1:
                 if as_json:
                     raise UsageError("--json with --repeats: give --json one run at a time")
-                _run_repeats(config, repeats, db_path, name=name, tags=tag, note=note)
+                _run_repeats(
+                    config,
+                    repeats,
+                    store,
+                    name=name,
+                    tags=tag,
+                    note=note,
+                    allow_random_init=allow_random_init,
+                    parallel_folds=parallel_folds,
+                )
                 return
-        result, lifecycle = execute(config, store, resume=resume, name=name, tags=tag, note=note)
+        result, lifecycle = execute(
+            config,
+            store,
+            resume=resume,
+            name=name,
+            tags=tag,
+            note=note,
+            allow_random_init=allow_random_init,
+            parallel_folds=parallel_folds,
+        )
         if not lifecycle.pending(result.run_id).empty:
             err.print(
                 f"Run [bold]{result.run_id}[/] finished; its results are on disk in "
@@ -159,6 +195,16 @@ RunJsonOpt = Annotated[
         "stderr).",
     ),
 ]
+FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        metavar="RUN",
+        help="A new run with the stored configuration of RUN (an id, or a unique prefix or "
+        "suffix of one); the options given replace the settings they name.",
+        autocompletion=complete_run_ids,
+    ),
+]
 DryRunOpt = Annotated[
     bool,
     typer.Option(
@@ -169,22 +215,69 @@ DryRunOpt = Annotated[
 ]
 
 
-def _dry_run(config: RunConfig) -> None:
+def _dry_run(config: RunConfig, allow_random_init: bool) -> None:
     """The resolved configuration with the first fold's network built (whether its
-    weights are found), and nothing else: no data, no store."""
+    weights are found), and nothing else: no data, no store. Pretrained weights asked for
+    and missing are the error the run would stop with."""
     from ichbench.cli.resolved import resolved_lines
     from ichbench.protocol import RunProtocol
 
-    protocol = RunProtocol(config)
-    channels = len(protocol.cfg.windows) * (2 * int(protocol.cfg.context) + 1)
-    built = protocol.build_model(0, channels)
+    protocol = RunProtocol(config, allow_random_init=allow_random_init)
+    built = protocol.build_model(0, protocol.configured_in_chans())
     pairs = resolved_lines(config, protocol, built)
     print_pairs(out, "Resolved configuration (dry run: nothing trained)", pairs)
+    protocol.check_pretrained(built)
+
+
+# options of `run` that are not settings of the configuration, and the settings whose
+# option has another name
+NOT_SETTINGS = (
+    "db",
+    "resume",
+    "from_run",
+    "dry_run",
+    "as_json",
+    "name",
+    "tag",
+    "note",
+    "repeats",
+    "allow_random_init",
+)
+OPTION_FIELDS = {
+    "window": "windows",
+    "weights": "weights_file",
+    "strategy": "strategies",
+    "weight": "weights",
+}
+
+
+def _from_stored(ctx: typer.Context, run: dict, given: RunConfig) -> RunConfig:
+    """`--from RUN`: the run's stored, resolved configuration, with the settings of the
+    options typed now in place of its own. Where the run trains (device, compile) is this
+    invocation's. A preset cannot apply: it fills settings, and a stored configuration
+    has them all."""
+    typed = [name for name in given_options(ctx) if name not in NOT_SETTINGS]
+    if "preset" in typed:
+        raise UsageError(
+            f"--preset with --from {run['run_id']}: the stored configuration already has "
+            "every setting a preset fills; give the settings to change instead"
+        )
+    fresh = given.as_dict()
+    merged = dict(run["config"])
+    for name in typed:
+        merged[OPTION_FIELDS.get(name, name)] = fresh[OPTION_FIELDS.get(name, name)]
+    for name in EXECUTION_ONLY:
+        merged[name] = fresh[name]
+    if "weights" in typed:
+        merged["weights_digest"] = None  # recomputed from the file given now
+    return RunConfig.from_dict(merged)
 
 
 def print_pairs(console, title: str, pairs: list[tuple[str, str]]) -> None:
     """Field / value lines under a title, wrapped to the console's width."""
     from rich.table import Table
+
+    from ichbench.cli.render import emit
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -192,10 +285,18 @@ def print_pairs(console, title: str, pairs: list[tuple[str, str]]) -> None:
     for name, value in pairs:
         grid.add_row(name, value)
     console.print(f"[bold]{title}[/]")
-    console.print(grid)
+    emit(console, grid)
 
 
-RESUME_OPTIONS = ("db", "compile", "resume", "as_json")  # what a resumed run may be given
+RESUME_OPTIONS = (
+    "db",
+    "compile",
+    "device_memory",
+    "resume",
+    "as_json",
+    "allow_random_init",
+    "parallel_folds",
+)  # what a resumed run may be given
 
 
 def _check_resume(ctx: typer.Context, resume: str) -> None:
@@ -250,6 +351,8 @@ def execute(
     name: str | None = None,
     tags: list[str] | tuple[str, ...] = (),
     note: str | None = None,
+    allow_random_init: bool = False,
+    parallel_folds: int | None = None,
 ):
     """Run one configuration with progress bars; returns the result and its lifecycle.
 
@@ -267,7 +370,8 @@ def execute(
 
     print_plugin_warnings()
     with RunProgress() as progress:
-        protocol = RunProtocol(config, observers=[progress])
+        protocol = RunProtocol(config, observers=[progress], allow_random_init=allow_random_init)
+        protocol.check_weights_found()  # before the store is created or touched
         if resume is None:
             from ichbench.cli.resolved import resolved_lines
 
@@ -275,7 +379,7 @@ def execute(
         lifecycle = Lifecycle(store, grid_id=grid_id, name=name, tags=tags, note=note)
         job = lifecycle.open(protocol, resume=resume)
         try:
-            (result,) = lifecycle.drive([job], LocalExecutor())
+            (result,) = lifecycle.drive([job], LocalExecutor(trials_at_once=parallel_folds))
         except KeyboardInterrupt:  # marked interrupted: say how to go on, once bars are gone
             result = None
     if result is None:

@@ -7,8 +7,6 @@ sandboxed connection.
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,14 +15,22 @@ import typer
 
 from ichbench import paths
 from ichbench.cli import render
-from ichbench.cli.common import complete_run_ids, emit_json, err, out
-from ichbench.cli.options import DbOpt, JsonOpt
+from ichbench.cli.common import (
+    check_output_format,
+    complete_run_ids,
+    emit_csv,
+    emit_json,
+    err,
+    out,
+)
+from ichbench.cli.options import CsvOpt, DbOpt, JsonOpt
 from ichbench.errors import UsageError
 from ichbench.formatting import DASH, fmt_list
 from ichbench.provenance import check_tags
 from ichbench.store import Store
 from ichbench.store.reads import SORTABLE, STATUSES
 from ichbench.store.sql import run_query
+from ichbench.views.evaluation import show_evaluations
 from ichbench.views.metrics import (
     compare_table,
     literature_caveat,
@@ -108,9 +114,11 @@ def runs(
         typer.Option("--wide", help="Every column and whole run ids, however wide the table gets."),
     ] = False,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List runs, newest first, with their vote's test F1."""
+    check_output_format(as_json, as_csv)
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
     if sort is not None and sort not in SORTABLE:
@@ -134,6 +142,11 @@ def runs(
     _say_waiting(store)
     if as_json:
         emit_json(rows)
+        return
+    if as_csv:  # with no run, the header alone: a reader still sees every column
+        emit_csv(rows, None if rows else run_query(store, "SELECT * FROM run_summary LIMIT 0")[0])
+        if not rows:
+            err.print("No runs match.")
         return
     if not rows:
         err.print("No runs match.")
@@ -186,7 +199,9 @@ def show(
     run_id: Annotated[
         str,
         typer.Argument(
-            metavar="RUN", help="Run id or a unique prefix of it.", autocompletion=complete_run_ids
+            metavar="RUN",
+            help="Run id, or a unique prefix or suffix of it.",
+            autocompletion=complete_run_ids,
         ),
     ],
     wide: Annotated[
@@ -194,10 +209,13 @@ def show(
         typer.Option("--wide", help="Each 95% CI in brackets beside its value, however wide."),
     ] = False,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
     db: DbOpt = None,
 ) -> None:
     """One run: config, provenance, per-fold and vote metrics with 95% CIs at slice and
-    patient level, beside the paper's numbers."""
+    patient level, beside the paper's numbers. `--csv` prints its metrics, a row per
+    model, scope and split."""
+    check_output_format(as_json, as_csv)
     store = _open(db)
     run = store.get_run(run_id)
     _say_waiting(store, run["run_id"])
@@ -209,17 +227,26 @@ def show(
                 "metrics": store.run_metrics(run["run_id"]),
                 "outer_votes": store.outer_votes(run["run_id"]),
                 "baselines": store.baselines(),
+                "evaluations": store.evaluations(run["run_id"]),
             }
         )
         return
+    if as_csv:
+        emit_csv(store.run_metrics(run["run_id"]))
+        return
     render.print_run(out, store, run["run_id"], wide)
+    evaluations = show_evaluations(store, run["run_id"])  # external validation, if any
+    if evaluations is not None:
+        render.emit(out, render.rich_table(evaluations, wide=wide))
 
 
 def compare(
     run_ids: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="RUN", help="Run ids or unique prefixes.", autocompletion=complete_run_ids
+            metavar="RUN",
+            help="Run ids, or unique prefixes or suffixes of them.",
+            autocompletion=complete_run_ids,
         ),
     ] = None,
     grid: Annotated[
@@ -230,12 +257,14 @@ def compare(
         typer.Option("--wide", help="Every column and whole run ids, however wide the tables get."),
     ] = False,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
     db: DbOpt = None,
 ) -> None:
     """Runs side by side (the vote's test metrics, slice and patient level, mean
     validation F1) with the literature's reported results. Two runs tested on the same
     patients also get B - A for every metric with a paired 95% CI, DeLong's test on the
     slice AUCs and McNemar's on the patient decisions."""
+    check_output_format(as_json, as_csv)
     if not run_ids and not grid:
         raise UsageError("compare needs at least one RUN or --grid GRID")
     store = _open(db)
@@ -268,6 +297,9 @@ def compare(
             | ({"paired": paired} if paired is not None else {})
         )
         return
+    if as_csv:
+        emit_csv(rows)
+        return
     known = [r["run_id"] for r in store.list_runs()]
     table = compare_table(rows, baselines, "compare", brief=True)
     render.emit(out, render.rich_table(table, wide=wide, known_ids=known))
@@ -299,15 +331,14 @@ def _check_comparable(a: dict, b: dict) -> None:
 
 def sql(
     query: Annotated[str, typer.Argument(metavar="SQL", help="One SELECT statement.")],
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    as_csv: CsvOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects.")] = False,
     db: DbOpt = None,
 ) -> None:
     """Run a read-only SQL query on the store (see docs/store.md for the schema). A
     mistake in the query exits 2 with DuckDB's hints; an empty result says "0 rows" (on
     stderr with --json or --csv, whose output stays valid)."""
-    if as_csv and as_json:
-        raise UsageError("--csv and --json are exclusive: choose one")
+    check_output_format(as_json, as_csv)
     columns, rows = run_query(_open(db), query)
     if not rows:
         console = err if as_json or as_csv else out
@@ -317,11 +348,7 @@ def sql(
     if as_json:
         emit_json([dict(zip(columns, row, strict=True)) for row in rows])
     elif as_csv:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        out.out(buffer.getvalue(), end="", highlight=False)
+        emit_csv([dict(zip(columns, row, strict=True)) for row in rows], columns)
     elif rows:
         out.print(render.sql_table(columns, rows, width=out.width))
 

@@ -258,6 +258,86 @@ def folder_stats(
     return _present(PhysioNetFolder(root, layout, label_path, labels, patients, tuple(exclude)))
 
 
+# --------------------------------------------------------------------------- DICOM layouts
+
+DICOM_LAYOUTS = {"rsna": "RSNA 2019 (DICOM)", "cq500": "CQ500 (DICOM)", "dicom": "DICOM tree"}
+
+
+def _plan_stats(plan) -> LabelStats:
+    """Statistics of a DICOM dataset's planned rows; a patient-level-only dataset counts
+    its ICH patients from their labels (it has no ICH slice)."""
+    stats = stats_of(plan.patient_ids, plan.labels, plan.subtypes, plan.positions)
+    if plan.truth is not None:
+        ich = sorted(p for p, label in plan.truth.items() if label == 1)
+        stats.ich_patients = len(ich)
+    return stats
+
+
+def check_dicom(
+    source: Any,
+    exclude: tuple[int, ...] = DEFAULT_EXCLUDE,
+    *,
+    deep: bool = False,
+    windows: tuple[str, ...] = ("brain",),
+    progress: Progress | None = None,
+) -> CheckReport:
+    """`data check` of a DICOM layout (`rsna`, `cq500`, `dicom`): headers and labels only
+    (pixels with `deep`). The release's pitfalls are warnings: handled, but reported.
+    Raises DataError only when nothing can be summarised (no labels, no files)."""
+    from ichbench.data.dicom_dataset import build_arrays, effective_exclude, plan_rows
+    from ichbench.interfaces import LoadOptions
+
+    opened = source.opened()
+    warnings = list(opened.warnings)
+    errors: list[str] = []
+    try:
+        full = plan_rows(opened, ())
+        used = plan_rows(opened, exclude)
+    except DataError as exc:
+        errors.append(str(exc))
+        full = used = None
+    if used is not None:
+        warnings += used.notes
+        if used.truth is not None:
+            warnings.append(
+                f"{opened.label_file}: patient-level labels only; evaluate on this dataset "
+                "(`ichbench evaluate RUN --data ...`), never train on it"
+            )
+        if deep:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    build_arrays(
+                        opened,
+                        LoadOptions(image_size=DEEP_SIZE, windows=windows, exclude=exclude),
+                        Path(tmp),
+                        progress,
+                    )
+                except DataError as exc:
+                    errors.append(str(exc))
+    empty = stats_of(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 5)), np.zeros(0))
+    return CheckReport(
+        root=str(opened.tree.root),
+        layout=DICOM_LAYOUTS.get(opened.layout, opened.layout),
+        label_file=str(opened.label_file),
+        all=_plan_stats(full) if full is not None else empty,
+        used=_plan_stats(used) if used is not None else empty,
+        excluded=sorted(set(effective_exclude(exclude)) & set(full.names if full else ())),
+        masks="none",
+        warnings=warnings,
+        errors=errors,
+        deep=deep,
+    )
+
+
+def dicom_stats(source: Any, exclude: tuple[int, ...] = DEFAULT_EXCLUDE) -> LabelStats:
+    """`data stats` of a DICOM layout, from headers and labels (no pixel read)."""
+    from ichbench.data.dicom_dataset import plan_rows
+
+    return _plan_stats(plan_rows(source.opened(), exclude))
+
+
 def dataset_stats(dataset: SliceDataset) -> LabelStats:
     """Statistics of a loaded dataset (any source, including third-party plugins)."""
     return stats_of(

@@ -95,9 +95,20 @@ def _check_raw_header(path: Path, img) -> None:
         )
 
 
+HU_RANGE = (-10_000.0, 100_000.0)
+"""Values a CT in Hounsfield units never leaves (air is -1000, dense metal tens of
+thousands): a scan beyond them has a wrong scale, and every window would saturate."""
+
+
 def check_hounsfield(path: Path, hu: np.ndarray) -> None:
-    """A head CT in Hounsfield units holds air near -1000 HU and is never uniform."""
+    """A head CT in Hounsfield units holds air near -1000 HU, stays within `HU_RANGE`, and
+    is never uniform."""
     low, high = float(hu.min()), float(hu.max())
+    if low < HU_RANGE[0] or high > HU_RANGE[1]:
+        raise DataError(
+            f"{path}: values from {low:.4g} to {high:.4g}, far outside Hounsfield units "
+            f"({HU_RANGE[0]:g} to {HU_RANGE[1]:g}); check the scale (scl_slope, RescaleSlope)"
+        )
     if low == high:
         raise DataError(f"{path}: every voxel is {low:g} HU; a head CT holds air, tissue and bone")
     if low > 0:

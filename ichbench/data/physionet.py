@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from ichbench.data.cache import (
-    allocate_array,
+    Unit,
     content_hash,
+    fill_rows,
     fingerprint,
     load_cached,
     save_arrays,
+    start_rows,
 )
 from ichbench.data.folder import PhysioNetFolder, check_slices, match_problems, open_folder
 from ichbench.data.jpg import decode_jpg, jpg_masks, jpg_slices
@@ -102,9 +104,18 @@ def has_masks(folder: PhysioNetFolder, patients: list[int]) -> bool:
 
 
 def build_arrays(
-    folder: PhysioNetFolder, options: LoadOptions, out: Path, progress: Progress | None = None
+    folder: PhysioNetFolder,
+    options: LoadOptions,
+    out: Path,
+    progress: Progress | None = None,
+    *,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Decode every used patient into `out` (the cache's temp folder); returns the metadata."""
+    """Decode every used patient into `out` (the cache's partial folder); the metadata.
+
+    Patients are decoded in `workers` processes (`ichbench.data.cache.fill_rows`), each
+    writing its rows in place; the patients an interrupted build of the same plan already
+    wrote into `out` are not decoded again."""
     windows = check_windows(tuple(options.windows), layout=folder.layout)
     size = int(options.image_size)
     if size < 8:
@@ -122,22 +133,20 @@ def build_arrays(
         counts[pid] = folder.slice_count(pid)
     with_masks = has_masks(folder, patients)
     n = len(table)
-    images = allocate_array(out / "images.npy", np.uint8, (n, len(windows), size, size))
-    masks = allocate_array(out / "masks.npy", np.uint8, (n, size, size)) if with_masks else None
+    arrays = {"images": (np.uint8, (n, len(windows), size, size))}
+    if with_masks:
+        arrays["masks"] = (np.uint8, (n, size, size))
+    units = []
     for i, pid in enumerate(patients):
-        rows = table.rows_of(pid)
-        index = table.slice_numbers[rows] - 1
-        patient_images, patient_masks = decode_patient(folder, pid, windows, size, with_masks)
-        images[rows] = patient_images[index]
-        if masks is not None and patient_masks is not None:
-            masks[rows] = patient_masks[index]
-        if progress is not None:
-            progress(i + 1, len(patients))
-    images.flush()
-    del images
-    if masks is not None:
-        masks.flush()
-        del masks
+        rows = table.rows_of(pid)  # contiguous: the table is sorted by (patient, slice)
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        if stop - start != len(rows):
+            raise DataError(f"{folder.label_path}: the rows of patient {pid} are not together")
+        units.append(Unit(i, start, stop, (pid, table.slice_numbers[rows] - 1)))
+    plan = [[u.index, u.task[0], u.start, u.stop] for u in units]
+    files = start_rows(out, arrays, plan)
+    context = (folder, windows, size, with_masks)
+    fill_rows(out, files, units, _decode_rows, context, workers=workers, progress=progress)
     save_arrays(
         out,
         {
@@ -161,6 +170,18 @@ def build_arrays(
     }
 
 
+def _decode_rows(context: tuple, task: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """One patient's rows in label-table order (a worker's unit of `build_arrays`)."""
+    folder, windows, size, with_masks = context
+    pid, index = task
+    images, masks = decode_patient(folder, pid, windows, size, with_masks)
+    out = {"images": images[index]}
+    if with_masks:  # a patient without a mask volume has no hemorrhage drawn
+        none = np.zeros((len(index), size, size), np.uint8)
+        out["masks"] = masks[index] if masks is not None else none
+    return out
+
+
 def folder_key(folder: PhysioNetFolder, options: LoadOptions) -> str:
     """The cache key of a folder loaded with `options`: its labels read in full, its images
     by size and times (see `ichbench.data.cache.fingerprint`)."""
@@ -180,8 +201,11 @@ def load_folder(
     *,
     name: str,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> SliceDataset:
-    """Load a PhysioNet folder through the preprocessing cache."""
+    """Load a PhysioNet folder through the preprocessing cache; a first load decodes in
+    `workers` processes (None: `ichbench.data.cache.pool_size`) and resumes an
+    interrupted one."""
     exclude = tuple(options.exclude)
     folder = open_folder(root, exclude)
     check_windows(tuple(options.windows), layout=folder.layout)
@@ -191,7 +215,7 @@ def load_folder(
         # Read again after the key, and checked against it after decoding and hashing: an
         # entry (and its dataset_hash) only ever holds what its key describes.
         fresh = open_folder(root, exclude)
-        meta = build_arrays(fresh, options, tmp, progress)
+        meta = build_arrays(fresh, options, tmp, progress, workers=workers)
         if folder_key(fresh, options) != key:
             raise DataError(
                 f"{fresh.root}: its files changed while it was being loaded; load it again"

@@ -17,6 +17,7 @@ existed, mark included: a mark without a `difficulty` is an easy dataset.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import os
 import shutil
@@ -229,6 +230,20 @@ def made_with(folder: Path, patients: int, seed: int, size: int, difficulty: str
     )
 
 
+def _staged(progress: Callable[..., None] | None, stage: str) -> Progress | None:
+    """`progress` told which stage it hears of, where it takes a `description` (the
+    core's do); a caller's plain `(done, total)` callback hears the counts alone."""
+    if progress is None:
+        return None
+    try:
+        params = inspect.signature(progress).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return progress
+    if any(p.name == "description" or p.kind is p.VAR_KEYWORD for p in params):
+        return lambda done, total: progress(done, total, description=stage)
+    return progress
+
+
 @dataclass
 class SyntheticSource:
     """The `synthetic[:PATIENTS[,SEED[,SIZE[,DIFFICULTY]]]]` dataset: generated once into the
@@ -250,9 +265,12 @@ class SyntheticSource:
     def _ready(self, target: Path) -> bool:
         return made_with(target, self.patients, self.seed, self.size, self.difficulty)
 
-    def folder(self, cache_dir: Path | None = None) -> Path:
+    def folder(
+        self, cache_dir: Path | None = None, progress: Callable[..., None] | None = None
+    ) -> Path:
         """The generated folder, generating it first when absent or when its mark says it
-        was generated with other parameters."""
+        was generated with other parameters; `progress(done, total, description=...)`
+        hears of the generation, which takes a while on first use."""
         base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         name = f"p{self.patients}-s{self.seed}-px{self.size}"
         if self.difficulty != DEFAULT_DIFFICULTY:
@@ -267,8 +285,15 @@ class SyntheticSource:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 if not self._ready(target):
+                    stage = f"Generating {self.name} (first use; kept in {target})"
                     generate(
-                        target, self.patients, self.seed, self.size, self.difficulty, force=True
+                        target,
+                        self.patients,
+                        self.seed,
+                        self.size,
+                        self.difficulty,
+                        force=True,
+                        progress=_staged(progress, stage),
                     )
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -280,5 +305,5 @@ class SyntheticSource:
         cache_dir: Path,
         progress: Callable[[int, int], None] | None = None,
     ) -> SliceDataset:
-        root = self.folder(cache_dir)
+        root = self.folder(cache_dir, progress)
         return PhysioNetSource(root, name=self.name).load(options, cache_dir, progress)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from ichbench.report import model_sections as M
 from ichbench.report import store_sections as S
+from ichbench.report.compare_sections import drop_repeated_figures, overlay_section
 from ichbench.report.config_table import config_table, without_config_row
+from ichbench.report.evaluation_section import evaluation_sections
 from ichbench.report.html import render_html
 from ichbench.report.markdown import render_markdown
 from ichbench.report.page import (
@@ -113,6 +115,8 @@ def build_report(
         )
         if len(reports) == 2:
             compare.append(S.paired_section(store, summaries[0], summaries[1]))
+        compare.append(overlay_section(reports))
+        drop_repeated_figures(reports)
     ctx.step("Writing the report")
     result = _write(out, reports, compare, Path(db))
     result.wall_s = time.perf_counter() - started
@@ -179,7 +183,7 @@ def _run_sections(
         for s in sec.values():
             if s.table is not None and s.id.startswith("table-"):
                 s.notes.insert(0, note)
-    return [sec[k] for k in SECTION_IDS]
+    return [sec[k] for k in SECTION_IDS] + evaluation_sections(ctx.db, data, suffix)
 
 
 def _write(out: Path, reports: list[RunReport], compare: list[Section], db: Path) -> ReportResult:

@@ -3,6 +3,7 @@ or a pull request, where a self-contained page cannot be shown."""
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 from ichbench import __version__
@@ -11,9 +12,15 @@ from ichbench.views import TableData
 from ichbench.views.metrics import status_note
 
 
+def _md_text(text: object) -> str:
+    """Text from the store (a dataset's name, a note) with its HTML escaped: Markdown
+    renderers pass raw HTML through, so a name like `<img onerror=...>` would run."""
+    return escape(str(text), quote=False)
+
+
 def _md_cell(text: str) -> str:
-    """A cell's text, its `|` and `*` (a footnote mark, not emphasis) escaped."""
-    return str(text).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
+    """A cell's text, its HTML, `|` and `*` (a footnote mark, not emphasis) escaped."""
+    return _md_text(text).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
 
 
 def table_md(t: TableData) -> str:
@@ -38,26 +45,31 @@ def table_md(t: TableData) -> str:
 
 
 def _section_md(s: Section, level: str = "##") -> str:
-    parts = [f"{level} {heading(s)}", ""]
-    parts += [f"> **Note:** {n}\n" for n in s.notes]
+    parts = [f"{level} {_md_text(heading(s))}", ""]
+    parts += [f"> **Note:** {_md_text(n)}\n" for n in s.notes]
     if s.table is not None:
         parts += [table_md(s.table), ""]
     if s.figure is not None:
-        parts += [f"![{s.figure.title}]({s.figure.filename})", "", f"_{caption(s)}_", ""]
+        parts += [
+            f"![{_md_text(s.figure.title)}]({s.figure.filename})",
+            "",
+            f"_{_md_text(caption(s))}_",
+            "",
+        ]
     return "\n".join(parts)
 
 
 def render_markdown(
     reports: list[RunReport], compare: list[Section], generated: str, db: Path
 ) -> str:
-    lines = [f"# {title(reports)}", ""]
+    lines = [f"# {_md_text(title(reports))}", ""]
     for r in reports:
         status = r.data.status if r.data.finished else f"**{r.data.status.upper()} — not finished**"
-        lines.append(f"- `{r.data.run_id}` ({status}): {summary(r.data)}")
+        lines.append(f"- `{r.data.run_id}` ({status}): {_md_text(summary(r.data))}")
     lines += ["", f"Generated {generated} by ichbench {__version__} from `{db}`.", ""]
     for r in reports:
         if not r.data.finished:
-            lines += [f"> **Warning:** {status_note(r.data)}", ""]
+            lines += [f"> **Warning:** {_md_text(status_note(r.data))}", ""]
     lines += [_section_md(c) for c in compare]
     for r in reports:
         level = "##"

@@ -506,6 +506,96 @@ LEFT JOIN done d ON d.run_id = r.run_id
 """)
 
 
+def m008_evaluations(con: duckdb.DuckDBPyConnection) -> None:
+    """External validation: a finished run's fold models, vote and patient rule applied to
+    another dataset (`ichbench evaluate`). An evaluation belongs to its run (every table
+    carries `run_id`, so removing the run removes its evaluations) and is keyed by its own
+    id, since one run may be evaluated on many datasets, or on one dataset twice. A dataset
+    may have patient labels only (CQ500's reads): `slice_labels` says so, its slices'
+    labels are NULL and it has no slice-level metrics."""
+    con.execute("""
+CREATE TABLE evaluations (
+    evaluation_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    dataset_hash VARCHAR,
+    source VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    patients INTEGER NOT NULL,
+    slices INTEGER NOT NULL,
+    slice_labels BOOLEAN NOT NULL,
+    threshold DOUBLE,
+    preprocessing JSON,
+    device VARCHAR,
+    wall_s DOUBLE,
+    ichbench_version VARCHAR
+)""")
+    con.execute(f"""
+CREATE TABLE evaluation_metrics (
+    evaluation_id VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    scope VARCHAR NOT NULL CHECK (scope IN ('slice', 'patient')),
+    threshold DOUBLE,
+    sensitivity DOUBLE,
+    specificity DOUBLE,
+    precision DOUBLE,
+    f1 DOUBLE,
+    accuracy DOUBLE,
+    auc DOUBLE,
+    tp INTEGER,
+    fp INTEGER,
+    tn INTEGER,
+    fn INTEGER,
+    n INTEGER,
+{_ci_columns()},
+    ci_method VARCHAR,
+    brier DOUBLE,
+    ece DOUBLE,
+    PRIMARY KEY (evaluation_id, scope)
+)""")
+    con.execute("""
+CREATE TABLE evaluation_predictions (
+    evaluation_id VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    patient_id INTEGER NOT NULL,
+    slice INTEGER NOT NULL,
+    label INTEGER CHECK (label IN (0, 1)),
+    prob DOUBLE,
+    decision BOOLEAN NOT NULL,
+    PRIMARY KEY (evaluation_id, patient_id, slice)
+)""")
+    con.execute("""
+CREATE TABLE evaluation_patients (
+    evaluation_id VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    patient_id INTEGER NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    score DOUBLE,
+    decision BOOLEAN NOT NULL,
+    PRIMARY KEY (evaluation_id, patient_id)
+)""")
+
+
+def typed_spec(spec: str) -> str:
+    """A class weight in the spelling of the command line: `weight:ich,4` -> `ich:4`;
+    anything else as it is."""
+    name, _, args = spec.partition(":")
+    cls, comma, value = args.partition(",")
+    return f"{cls}:{value}" if name == "weight" and comma and cls and value else spec
+
+
+def m009_typed_strategies(con: duckdb.DuckDBPyConnection) -> None:
+    """Class weights recorded as the user types them (`--weight ich:4` is `ich:4`, not the
+    registry's `weight:ich,4`), so that the command line's spelling finds older runs in
+    SQL too. Rewritten in Python, row by row: no SQL lambda reads alike in every DuckDB
+    version this supports."""
+    rows = con.execute("SELECT run_id, strategies FROM runs").fetchall()
+    for run_id, strategies in rows:
+        typed = [typed_spec(s) for s in strategies or []]
+        if typed != list(strategies or []):
+            con.execute("UPDATE runs SET strategies = ? WHERE run_id = ?", [typed, run_id])
+
+
 MIGRATIONS: list[Migration] = [
     ("m001_initial_tables", m001_initial_tables),
     ("m002_seed_baselines", m002_seed_baselines),
@@ -514,6 +604,8 @@ MIGRATIONS: list[Migration] = [
     ("m005_patient_decisions_notes_plugins", m005_patient_decisions_notes_plugins),
     ("m006_outer_folds", m006_outer_folds),
     ("m007_run_labels", m007_run_labels),
+    ("m008_evaluations", m008_evaluations),
+    ("m009_typed_strategies", m009_typed_strategies),
 ]
 
 

@@ -11,6 +11,7 @@ only one of a run of the study's single split).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from ichbench.config import WEIGHT_CLASSES, canonical_spec
 from ichbench.errors import StoreError
 from ichbench.records import EpochRecord, FoldRecord, PatientDecisions, Predictions
 from ichbench.store import migrations
@@ -71,6 +73,44 @@ def first_line(exc: BaseException) -> str:
 
 def exists(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
     return con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None
+
+
+def strategy_terms(text: str) -> tuple[list[str], list[str]]:
+    """What `runs --strategy TEXT` matches among a run's stored specs: exact specs, and
+    prefixes. A spec matches itself in its canonical spelling (`augment:3.30` finds
+    `augment:3.3`); a name matches any of its arguments (`augment`, `ich`). A class weight
+    is found in either spelling, `ich:4` or the registry's `weight:ich,4` (which stores
+    written before weights were recorded as typed still hold); `weight` finds any."""
+    spec = canonical_spec(text.strip())
+    name, _, args = spec.partition(":")
+    if name == "weight" and not args:
+        return [], ["weight:"] + [f"{cls}:" for cls in WEIGHT_CLASSES]
+    if name == "weight" and "," in args:
+        cls, _, value = args.partition(",")
+        return [spec, f"{cls}:{value}"], []
+    if not args:
+        return [name], [f"{name}:", f"weight:{name},"]
+    return [spec, f"weight:{name},{args}"], []
+
+
+def _json_parsed(description: list[tuple], rows: list[tuple]) -> list[tuple]:
+    """Values of JSON columns as the objects they hold (DuckDB hands them over as text), so
+    `sql --json` prints the configuration as an object rather than an escaped string."""
+    kinds = [str(d[1]) for d in description]
+    parsed = [i for i, kind in enumerate(kinds) if kind == "JSON"]
+    if not parsed:
+        return rows
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in parsed:
+            if isinstance(values[i], str):
+                try:
+                    values[i] = json.loads(values[i])
+                except ValueError:
+                    pass  # not valid JSON after all: shown as the text it is
+        out.append(tuple(values))
+    return out
 
 
 def _fold_cond(fold: int | None, outer: int | None = 0) -> tuple[str, list[Any]]:
@@ -174,11 +214,13 @@ class StoreReads:
             where.append("contains(lower(coalesce(dataset, '')), lower(?))")
             params.append(dataset)
         if strategy is not None:
+            exact, prefixes = strategy_terms(strategy)
             where.append(
                 "EXISTS (SELECT 1 FROM unnest(strategies) AS s(spec) "
-                "WHERE s.spec = ? OR starts_with(s.spec, ?))"
+                "WHERE list_contains(?::VARCHAR[], s.spec) OR EXISTS (SELECT 1 FROM "
+                "unnest(?::VARCHAR[]) AS p(prefix) WHERE starts_with(s.spec, p.prefix)))"
             )
-            params += [strategy, strategy + ":"]
+            params += [exact, prefixes]
         if since is not None:
             where.append("started_at >= ?")
             params.append(since)
@@ -609,6 +651,45 @@ class StoreReads:
                 )
             )
 
+    # ------------------------------------------------------------------ evaluations
+
+    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's evaluations on other datasets, oldest first, each with its metrics by
+        scope (`metrics`: {"slice": row, "patient": row}, a scope it lacks absent);
+        `preprocessing` decoded. Empty in an older store, which has none."""
+        with self._reader() as con:
+            full = self._resolve(con, run_id)
+            rows = dicts(
+                con.execute(
+                    "SELECT * FROM evaluations WHERE run_id = ? ORDER BY created_at, evaluation_id",
+                    [full],
+                )
+            )
+            metrics = dicts(
+                con.execute(
+                    "SELECT * FROM evaluation_metrics WHERE run_id = ? ORDER BY scope DESC",
+                    [full],
+                )
+            )
+        for row in rows:
+            if isinstance(row.get("preprocessing"), str):
+                row["preprocessing"] = json.loads(row["preprocessing"])
+            row["metrics"] = {
+                m["scope"]: m for m in metrics if m["evaluation_id"] == row["evaluation_id"]
+            }
+        return rows
+
+    def evaluation_patients(self, evaluation_id: str) -> dict[str, np.ndarray]:
+        """One evaluation's patient decisions as columns (patient_id, label, score,
+        decision), by patient."""
+        with self._reader() as con:
+            result = con.execute(
+                "SELECT patient_id, label, score, decision FROM evaluation_patients "
+                "WHERE evaluation_id = ? ORDER BY patient_id",
+                [evaluation_id],
+            ).fetchnumpy()
+        return {k: np.asarray(v) for k, v in result.items()}
+
     # ------------------------------------------------------------------ user SQL
 
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
@@ -628,8 +709,9 @@ class StoreReads:
                 )
             try:
                 result = con.execute(sql)
-                columns = [d[0] for d in result.description or []]
-                return columns, result.fetchall()
+                description = result.description or []
+                columns = [d[0] for d in description]
+                return columns, _json_parsed(description, result.fetchall())
             except duckdb.Error as exc:
                 text = first_line(exc)
                 if "read-only" in text or "Permission" in text:

@@ -351,6 +351,20 @@ class Store(StoreReads):
                     [grid_id, *[values[c] for c in names], now()],
                 )
 
+    def write_evaluation(self, evaluation) -> None:
+        """Record an evaluation of a finished run on another dataset
+        (`ichbench.evaluation.EvaluationRecord`: its row, metrics, slice predictions and
+        patient decisions) in one transaction: all of it or, on any failure, none. The run
+        must still be there and finished when the transaction runs."""
+        with self._transaction() as con:
+            status = self._require_run(con, evaluation.run_id)
+            if status != "finished":
+                raise StoreError(
+                    f"Run '{evaluation.run_id}' is {status}: only a finished run's "
+                    "evaluation can be recorded"
+                )
+            writes.insert_evaluation(con, evaluation)
+
     def _missing_folds(self, con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
         rows = con.execute(
             "SELECT DISTINCT s.outer_fold, s.fold FROM splits s WHERE s.run_id = ? "

@@ -199,3 +199,69 @@ def insert_patients(
         "CASE WHEN isnan(score) THEN NULL ELSE score END, decision, ? FROM {frame}",
         [run_id, fold, outer],
     )
+
+
+# --------------------------------------------------------------------------- evaluations
+
+EVALUATION_METRIC_COLUMNS = [
+    c for c in METRIC_COLUMNS if c not in ("run_id", "fold", "model", "split", "outer_fold")
+]
+
+
+def insert_evaluation(con: duckdb.DuckDBPyConnection, evaluation) -> None:
+    """An evaluation (`ichbench.evaluation.EvaluationRecord`) whole: its row, its metrics
+    (one row per scope it has), every slice's score and decision and every patient's;
+    a slice without a label (a dataset labelled per patient) has label NULL."""
+    ev, run_id = evaluation.evaluation_id, evaluation.run_id
+    con.execute(
+        "INSERT INTO evaluations (evaluation_id, run_id, dataset, dataset_hash, source, "
+        "created_at, patients, slices, slice_labels, threshold, preprocessing, device, "
+        "wall_s, ichbench_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ev,
+            run_id,
+            evaluation.dataset,
+            evaluation.dataset_hash,
+            evaluation.source,
+            evaluation.created_at,
+            int(evaluation.patients),
+            int(evaluation.slices),
+            bool(evaluation.slice_labels),
+            num(evaluation.threshold),
+            optional_json(evaluation.preprocessing),
+            evaluation.device,
+            num(evaluation.wall_s),
+            evaluation.version,
+        ],
+    )
+    for metric in evaluation.metrics:
+        row = metric.as_row()
+        row.update(run_id=run_id, fold=None, model="vote", outer_fold=None)
+        values = dict(zip(METRIC_COLUMNS, metric_values(row), strict=True))
+        names = EVALUATION_METRIC_COLUMNS
+        con.execute(
+            f"INSERT INTO evaluation_metrics (evaluation_id, run_id, {', '.join(names)}) "
+            f"VALUES (?, ?, {', '.join('?' for _ in names)})",
+            [ev, run_id, *[values[c] for c in names]],
+        )
+    slices = evaluation.slice_frame()
+    if len(slices["patient_id"]):
+        scan_insert(
+            con,
+            slices,
+            "INSERT INTO evaluation_predictions (evaluation_id, run_id, patient_id, slice, "
+            "label, prob, decision) SELECT ?, ?, patient_id, slice, "
+            "CASE WHEN label < 0 THEN NULL ELSE label END, "
+            "CASE WHEN isnan(prob) THEN NULL ELSE prob END, decision FROM {frame}",
+            [ev, run_id],
+        )
+    patients = evaluation.patient_frame()
+    if len(patients["patient_id"]):
+        scan_insert(
+            con,
+            patients,
+            "INSERT INTO evaluation_patients (evaluation_id, run_id, patient_id, label, "
+            "score, decision) SELECT ?, ?, patient_id, label, "
+            "CASE WHEN isnan(score) THEN NULL ELSE score END, decision FROM {frame}",
+            [ev, run_id],
+        )
