@@ -351,3 +351,14 @@ def test_grid_stops_on_missing_pretrained_weights_unless_allowed(capsys, tmp_pat
     code, out, err = run_main(capsys, *grid, "--allow-random-init", "--dry-run")
     assert code == 0, err
     assert len(out.strip().splitlines()) == 2  # the two configurations, nothing run
+
+
+def test_a_dataset_name_beside_a_folder_of_that_name_says_how_to_mean_the_folder(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rsna").mkdir()
+    code, _, err = run_main(capsys, "run", "--data", "rsna", "--dry-run")
+    assert code == ExitCode.USAGE
+    (line,) = error_lines(err)
+    assert "rsna:PATH" in line and "give ./rsna to read it" in line

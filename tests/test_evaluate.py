@@ -144,13 +144,28 @@ def test_patient_decisions_follow_the_slice_decisions_under_any(evaluated) -> No
         assert score == pytest.approx(top)
 
 
+def test_show_with_evaluations_reads_at_80_columns(evaluated, capsys, monkeypatch) -> None:
+    """Every evaluation's row whole in an 80-column terminal: nothing cut, no line wider."""
+    from rich.cells import cell_len
+
+    from ichbench.cli import common
+
+    db, run_id, _ = evaluated
+    monkeypatch.setattr(common.out, "width", 80)  # the data console's width, as a terminal's
+    code, out, _ = run_main(capsys, "show", run_id, "--db", str(db))
+    assert code == 0 and "Evaluations on other datasets" in out
+    assert "…" not in out
+    wide = [line for line in out.splitlines() if cell_len(line) > 80]
+    assert wide == []
+
+
 def test_show_lists_evaluations_beside_the_internal_test(evaluated, capsys, monkeypatch) -> None:
     db, run_id, _ = evaluated
     monkeypatch.setenv("COLUMNS", "250")
     code, out, _ = run_main(capsys, "show", run_id, "--db", str(db))
     assert code == 0
     assert "Evaluations on other datasets" in out
-    assert "the run's own test set" in out
+    assert "(own test set)" in out
     assert OTHER in out
     code, out, _ = run_main(capsys, "show", run_id, "--db", str(db), "--json")
     assert code == 0

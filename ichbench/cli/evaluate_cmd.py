@@ -16,7 +16,9 @@ from ichbench.exclusion import DEFAULT_EXCLUDE, parse_exclude
 RunArg = Annotated[
     str,
     typer.Argument(
-        metavar="RUN", help="Run id or a unique prefix of it.", autocompletion=complete_run_ids
+        metavar="RUN",
+        help="Run id, or a unique prefix or suffix of it.",
+        autocompletion=complete_run_ids,
     ),
 ]
 OtherOpt = Annotated[

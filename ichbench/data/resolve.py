@@ -48,4 +48,14 @@ def dataset_entry(text: str, registry: Registry) -> tuple[Entry, Spec]:
 def resolve_dataset(text: str, registry: Registry) -> DatasetSource:
     """A registered dataset by spec name; else an existing folder, read by its claimant."""
     entry, spec = dataset_entry(text, registry)
-    return entry.create(spec)
+    try:
+        return entry.create(spec)
+    except UsageError as exc:
+        folder = Path(text).expanduser()
+        if spec.args or not folder.exists():
+            raise
+        # `--data rsna` beside a folder named rsna: the registered name won; say how to
+        # mean the folder
+        raise UsageError(
+            f"{exc} (a folder {text!r} is here too: give ./{text} to read it)"
+        ) from None

@@ -59,7 +59,7 @@ def evaluations_table(
         rows.append(
             Row(
                 [
-                    f"{run.get('dataset')} (the run's own test set)",
+                    f"{run.get('dataset')} (own test set)",
                     str(patients) if patients is not None else DASH,
                     str(slices) if slices is not None else DASH,
                     *_cells(internal),
@@ -68,7 +68,9 @@ def evaluations_table(
             )
         )
     for ev in evaluations:
-        label = f"{ev['dataset']} ({ev['evaluation_id']}, {fmt_time(ev['created_at'])})"
+        # the dataset, and the end of the evaluation's id (the random part, as a run's),
+        # with its date: short enough that the table fits a terminal's 80 columns
+        label = f"{ev['dataset']} ({ev['evaluation_id'][-6:]}, {fmt_time(ev['created_at'])[:10]})"
         rows.append(
             Row(
                 [label, str(ev["patients"]), str(ev["slices"]), *_cells(ev["metrics"])],
