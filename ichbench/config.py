@@ -194,6 +194,12 @@ def canonical_number(text: str) -> str:
     return repr(number)
 
 
+def check_device_memory(gib: float | None) -> None:
+    """`--device-memory GIB`: a positive, finite budget, or none."""
+    if gib is not None and not (math.isfinite(gib) and gib > 0):
+        raise UsageError(f"--device-memory {gib}: must be above 0 GiB")
+
+
 def canonical_spec(text: str) -> str:
     """`Augment:3.30` -> `augment:3.3`: the name lower-cased, numeric arguments in their
     canonical spelling, other arguments untouched. A spec that does not parse is returned
@@ -339,10 +345,7 @@ class RunConfig:
                 f"--batch-size {self.batch_size}: must be at least {MIN_BATCH_SIZE} "
                 "(a one-sample batch cannot train batch norm, so it is skipped)"
             )
-        if self.device_memory is not None and not (
-            math.isfinite(self.device_memory) and self.device_memory > 0
-        ):
-            raise UsageError(f"--device-memory {self.device_memory}: must be above 0 GiB")
+        check_device_memory(self.device_memory)
         check_folds(self.folds)
         check_test_size(self.test_size)
         check_outer_count(self.outer)

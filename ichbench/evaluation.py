@@ -66,6 +66,8 @@ class RunModel:
     calibrators: list[Any] | None  # one per fold model, for a calibrating ensemble
     tta: str = "none"
     batch_size: int = 64
+    device_memory: float | None = None  # GiB the images may take on the device (streamed beyond)
+    streamed: str | None = None  # how the last images scored were streamed, if they were
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -121,17 +123,21 @@ class RunModel:
         """Each fold model's probability of ICH for every slice, (folds, slices), computed
         as the run computed its test predictions (`training.predict`: same batches of
         network input, slice context within each scan, test-time flips)."""
-        from ichbench.training import DeviceImages, TrainSettings, predict
+        from ichbench.streaming import StreamedImages, images_for
+        from ichbench.training import TrainSettings, predict
 
         n = len(patient_ids)
         device = self.models[0].device
-        data = DeviceImages(
+        # on the device when they fit, else streamed from the cache, as training does
+        data = images_for(
             images,
             np.zeros(n, dtype=np.int64),
             device,
             patient_ids=np.asarray(patient_ids),
             context=self.context,
+            device_memory=self.device_memory,
         )
+        self.streamed = data.describe() if isinstance(data, StreamedImages) else None
         chunks = [np.arange(s, min(s + PREDICT_CHUNK, n)) for s in range(0, n, PREDICT_CHUNK)]
         total, done = len(chunks) * len(self.models), 0
         out = np.zeros((len(self.models), n), dtype=np.float64)
@@ -489,6 +495,7 @@ def evaluate(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     device: torch.device | None = None,
+    device_memory: float | None = None,
 ) -> EvaluationRecord:
     """Apply a finished run to every patient of `data` and measure it there: slice
     metrics with patient-bootstrap CIs where the dataset labels slices, patient metrics
@@ -499,6 +506,7 @@ def evaluate(
     started = time.perf_counter()
     created = utc_now()
     model = load_run_model(store, run_id, device)
+    model.device_memory = device_memory
 
     def data_progress(done: int, total: int, description: str | None = None) -> None:
         """A dataset source's progress; `description` names a stage before decoding (a
@@ -527,6 +535,8 @@ def evaluate(
     record.preprocessing["exclude"] = list(exclude)
     if note:
         record.notes.append(note)
+    if model.streamed:
+        record.notes.append(model.streamed)
     absent = sorted(set(getattr(dataset, "not_found_excluded", ())) - set(DEFAULT_EXCLUDE))
     if absent:  # a mistyped --exclude left out nobody: said, as `run` says it
         record.notes.append(

@@ -457,3 +457,60 @@ def test_the_runs_patients_under_another_name_are_refused(env, tmp_path, capsys)
     assert code == 0, err
     (ev,) = Store(db, create=False).evaluations(run_id)
     assert ev["patients"] == len(split.test)
+
+
+def test_an_external_dataset_larger_than_the_budget_is_streamed_alike(
+    evaluated, capsys, tmp_path
+) -> None:
+    """`evaluate --device-memory` below the other dataset's size streams its images from
+    the cache: the same scores and metrics as on the device."""
+    import duckdb
+
+    db, run_id, _ = evaluated
+    code, out, err = run_main(
+        capsys, "evaluate", run_id, "--data", OTHER, "--db", str(db), "--json"
+    )
+    assert code == 0, err
+    resident = json.loads(out)
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(Path(db).read_bytes())
+    with duckdb.connect(str(copy)) as con:  # forget the evaluations, keep the run
+        for table in ("evaluation_patients", "evaluation_predictions", "evaluation_metrics"):
+            con.execute(f"DELETE FROM {table}")
+        con.execute("DELETE FROM evaluations")
+    runs_folder = Path(f"{db}.runs")
+    (tmp_path / "copy.duckdb.runs").symlink_to(runs_folder)
+    code, out, err = run_main(
+        capsys,
+        "evaluate",
+        run_id,
+        "--data",
+        OTHER,
+        "--db",
+        str(copy),
+        "--json",
+        "--device-memory",
+        "0.000001",
+    )
+    assert code == 0, err
+    assert "images streamed to cpu batch by batch" in err
+    streamed = json.loads(out)
+
+    def without_ids(metrics: dict) -> dict:
+        return {k: {n: v for n, v in m.items() if n != "evaluation_id"} for k, m in metrics.items()}
+
+    assert without_ids(streamed["metrics"]) == without_ids(resident["metrics"])
+
+    def probs(path: Path, evaluation_id: str) -> list:
+        with duckdb.connect(str(path), read_only=True) as con:
+            return con.execute(
+                "SELECT patient_id, slice, prob FROM evaluation_predictions "
+                "WHERE evaluation_id = ? ORDER BY patient_id, slice",
+                [evaluation_id],
+            ).fetchall()
+
+    assert probs(copy, streamed["evaluation_id"]) == probs(db, resident["evaluation_id"])
+    code, _, err = run_main(
+        capsys, "evaluate", run_id, "--data", OTHER, "--db", str(db), "--device-memory", "0"
+    )
+    assert code == 2 and "--device-memory 0" in err

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from ichbench.cli.common import complete_run_ids, emit_json, err, out
-from ichbench.cli.options import DbOpt, JsonOpt
+from ichbench.cli.options import DbOpt, DeviceMemoryOpt, JsonOpt
 from ichbench.exclusion import DEFAULT_EXCLUDE, parse_exclude
 
 RunArg = Annotated[
@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         run_id: RunArg,
         data: OtherOpt,
         exclude: OtherExcludeOpt = None,
+        device_memory: DeviceMemoryOpt = None,
         db: DbOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -60,12 +61,14 @@ def register(app: typer.Typer) -> None:
         `evaluation_patients`."""
         from ichbench.cli import render
         from ichbench.cli.progress import step_bar
+        from ichbench.config import check_device_memory
         from ichbench.evaluation import evaluate as run_evaluation
         from ichbench.evaluation import same_evaluation
         from ichbench.paths import default_db
         from ichbench.store import Store
         from ichbench.views.evaluation import evaluation_metrics_table
 
+        check_device_memory(device_memory)
         left_out = DEFAULT_EXCLUDE if exclude is None else parse_exclude(exclude)
         store = Store(Path(db) if db else default_db(), create=False)
         with step_bar("Evaluating") as update:
@@ -73,7 +76,14 @@ def register(app: typer.Typer) -> None:
             def progress(description: str, done: int, total: int) -> None:
                 update(done, total, description=description)
 
-            record = run_evaluation(store, run_id, data, exclude=left_out, progress=progress)
+            record = run_evaluation(
+                store,
+                run_id,
+                data,
+                exclude=left_out,
+                progress=progress,
+                device_memory=device_memory,
+            )
         earlier = same_evaluation(record, store.evaluations(record.run_id))
         if earlier is None:
             store.write_evaluation(record)
