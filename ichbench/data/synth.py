@@ -19,8 +19,6 @@ from __future__ import annotations
 import fcntl
 import inspect
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +51,7 @@ from ichbench.data.synth_patients import (
     real_templates,
     synth_patient,
 )
-from ichbench.data.synth_target import check_target, remove_dead_temps, replace, temp_folder
+from ichbench.data.synth_target import built_beside
 from ichbench.errors import UsageError
 from ichbench.interfaces import LoadOptions, SliceDataset
 from ichbench.paths import cache_dir as default_cache_dir
@@ -134,21 +132,8 @@ def generate(
     """Write a synthetic dataset to `out` atomically: built in a temp folder, then renamed."""
     check_params(patients, seed, size, difficulty)
     out = Path(out).expanduser()
-    check_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(out)
-    tmp = temp_folder(out)
-    try:
+    with built_beside(out, force) as tmp:
         summary = _write_dataset(tmp, patients, seed, size, DIFFICULTIES[difficulty], progress)
-        replace(tmp, out)
-    except OSError as exc:
-        if exc.filename or exc.errno is None:
-            raise
-        # A failed write() names no file; the temp folder is gone, so name the target.
-        strerror = exc.strerror or os.strerror(exc.errno)
-        raise OSError(exc.errno, f"{strerror}, writing the synthetic dataset", str(out)) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     summary.out = out
     return summary
 

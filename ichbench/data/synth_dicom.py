@@ -21,8 +21,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ import numpy as np
 
 from ichbench.data.synth_files import FOV_MM, GENERATOR_NAME, HU_OFFSET, PARAMS_FILE, SLICE_MM
 from ichbench.data.synth_patients import DIFFICULTIES, real_templates, synth_patient
-from ichbench.data.synth_target import check_target, remove_dead_temps, replace, temp_folder
+from ichbench.data.synth_target import built_beside
 from ichbench.errors import UsageError
 from ichbench.interfaces import SUBTYPES
 
@@ -329,11 +327,7 @@ def generate_dicom(
     if pitfalls and fmt != "rsna":
         raise UsageError("pitfalls are written in the RSNA layout only")
     out = Path(out).expanduser()
-    check_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(out)
-    tmp = temp_folder(out)
-    try:
+    with built_beside(out, force) as tmp:
         if fmt == "rsna":
             summary = _write_rsna(tmp, patients, seed, size, difficulty, pitfalls, progress)
         else:
@@ -351,13 +345,5 @@ def generate_dicom(
             "files": [*written, PARAMS_FILE],
         }
         (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
-        replace(tmp, out)
-    except OSError as exc:
-        if exc.filename or exc.errno is None:
-            raise
-        strerror = exc.strerror or os.strerror(exc.errno)
-        raise OSError(exc.errno, f"{strerror}, writing the synthetic dataset", str(out)) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     summary.out = out
     return summary

@@ -11,10 +11,12 @@ removed by the next one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from ichbench.data.layout import MASKS, NIFTI_LABELS, SCANS
@@ -128,3 +130,25 @@ def replace(tmp: Path, out: Path) -> None:
             old.unlink()
     else:
         tmp.rename(out)
+
+
+@contextlib.contextmanager
+def built_beside(out: Path, force: bool) -> Iterator[Path]:
+    """A temporary folder beside `out` for a generator to write a whole dataset into,
+    renamed onto `out` when the block ends without error, removed whatever happens: a
+    dataset appears whole or not at all. `out` must be a folder the generator may write
+    (`check_target`). A failed `write()` names no file, so the error then names `out`."""
+    check_target(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(out)
+    tmp = temp_folder(out)
+    try:
+        yield tmp
+        replace(tmp, out)
+    except OSError as exc:
+        if exc.filename or exc.errno is None:
+            raise
+        strerror = exc.strerror or os.strerror(exc.errno)
+        raise OSError(exc.errno, f"{strerror}, writing the synthetic dataset", str(out)) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
