@@ -26,6 +26,7 @@ from ichbench.config import RunConfig
 from ichbench.data.open import open_dataset
 from ichbench.data.preprocess import channel_stats
 from ichbench.data.resolve import resolve_dataset
+from ichbench.data.windows import check_windows
 from ichbench.device import resolve_device
 from ichbench.errors import DataError, LeakageError, PluginError, UsageError
 from ichbench.events import (
@@ -89,6 +90,7 @@ class RunProtocol:
         self.requires_pretrained = config.pretrained is True and not allow_random_init
         self._said: set[str] = set()  # the backbone's warnings, said once per run
         self.build_warnings: list[str] = []
+        self._quiet = False  # building only to check: the backbone's warnings unsaid
         self.emit = Emitter(observers)
         self.cache_dir = cache_dir or default_cache_dir()
         device = resolve_device(config.device)
@@ -104,6 +106,7 @@ class RunProtocol:
                 f"{' and '.join(self.plugins.dataset.windows_offered())} (its "
                 f"images come windowed); use --window {' --window '.join(have)}"
             )
+        check_windows(tuple(self.cfg.windows))  # a mistyped name fails before any work
         self.timings: dict[str, float] = {"data": 0.0, "train": 0.0, "eval": 0.0}
         self._data: DeviceImages | None = None
         self._split: tuple[SliceDataset, NestedSplit] | None = None
@@ -183,9 +186,15 @@ class RunProtocol:
 
     def check_weights_found(self) -> None:
         """`check_pretrained` on the first fold's network, before any data or store is
-        touched; nothing to do unless pretrained weights are required."""
+        touched; nothing to do unless pretrained weights are required. Its warnings are
+        not said: either the error says why, or preflight's build says them."""
         if self.requires_pretrained:
-            self.check_pretrained(self.build_model(0, self.configured_in_chans()))
+            said, self._quiet = self._quiet, True
+            try:
+                built = self.build_model(0, self.configured_in_chans())
+            finally:
+                self._quiet = said
+            self.check_pretrained(built)
 
     def build_model(self, fold: int, in_chans: int) -> BuiltModel:
         """The fold's network, seeded. What the backbone warns about (no pretrained weights,
@@ -207,7 +216,7 @@ class RunProtocol:
                 continue
             message = str(warning.message)
             self.build_warnings.append(message)
-            if message not in self._said:
+            if message not in self._said and not self._quiet:
                 self._said.add(message)
                 self.emit(RunWarning(message=message))
         return built
@@ -273,7 +282,10 @@ class RunProtocol:
         initialisation (recorded as pretrained=false)."""
         if not self.requires_pretrained or built.pretrained:
             return
-        said = " ".join(dict.fromkeys(self.build_warnings)) or "no reason given."
+        said = (
+            " ".join(dict.fromkeys(self.build_warnings))
+            or "no reason; it may have no pretrained weights to offer."
+        )
         raise UsageError(
             f"--pretrained: {self.cfg.backbone} got no pretrained weights. The backbone "
             f"said: {said} With --allow-random-init the run goes on from random "

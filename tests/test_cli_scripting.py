@@ -362,3 +362,33 @@ def test_a_dataset_name_beside_a_folder_of_that_name_says_how_to_mean_the_folder
     assert code == ExitCode.USAGE
     (line,) = error_lines(err)
     assert "rsna:PATH" in line and "give ./rsna to read it" in line
+
+
+def test_sql_keeps_two_columns_of_one_name(capsys, made) -> None:
+    """CSV keeps both (a row as a dict would have merged them); JSON, whose objects hold
+    a name once, refuses rather than drop one."""
+    db, _ = made
+    code, out, _ = run_main(capsys, "sql", "select 1 as a, 2 as a", "--csv", "--db", str(db))
+    assert code == 0 and out == "a,a\n1,2\n"
+    code, out, err = run_main(capsys, "sql", "select 1 as a, 2 as a", "--json", "--db", str(db))
+    assert code == ExitCode.USAGE and out == ""
+    (line,) = error_lines(err)
+    assert "'a' is named twice" in line
+
+
+def test_a_mistyped_window_fails_the_dry_run_too(capsys) -> None:
+    code, out, err = run_main(capsys, "run", *TINY_ARGS, "--window", "brian", "--dry-run")
+    assert code == ExitCode.USAGE and out == ""
+    (line,) = error_lines(err)
+    assert "Unknown window 'brian'" in line and "Did you mean 'brain'?" in line
+
+
+def test_explicit_pretrained_stop_is_said_once_without_a_contradicting_warning(capsys) -> None:
+    """The error says why; no warning before it claims the run goes on from random
+    initialisation."""
+    args = [a if a != "tinycnn" else "timm:resnet18" for a in TINY_ARGS]
+    code, _, err = run_main(capsys, "run", *args, "--pretrained")
+    assert code == ExitCode.USAGE
+    assert "Warning:" not in err
+    (line,) = error_lines(err)
+    assert "HF_HUB_OFFLINE" in line

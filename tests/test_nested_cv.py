@@ -118,6 +118,11 @@ def test_show_and_runs_lead_with_the_pooled_result(nested, capsys):
     assert code == 0, err
     assert "pooled" in out and "outer fold 2" in out and "mean ± sd" in out
     assert "Not like for like" in out  # tinycnn on phantoms beside ResNet50s on real scans
+    # the validation side has every outer fold's fits, named outer.fold
+    block = out[out.index("Validation (how each fold was chosen)") :]
+    block = block[: block.index("\n\n")]
+    fits = [line.split()[1] for line in block.splitlines() if line.startswith("fold ")]
+    assert fits == [f"{o}.{f}" for o in range(OUTER) for f in range(2)]
 
 
 def test_a_nested_run_interrupted_in_its_second_outer_fold_resumes(tmp_path, capsys, monkeypatch):

@@ -87,11 +87,17 @@ def to_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     columns = list(columns or [])
     for row in rows:
         columns += [key for key in row if key not in columns]
+    return table_csv(columns, [[row.get(key) for key in columns] for row in rows])
+
+
+def table_csv(columns: list[str], rows: list) -> str:
+    """CSV of rows given as sequences in `columns` order (a query's result may name two
+    columns alike, which a row as a dict would merge), cells as in `to_csv`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_csv_cell(row.get(key)) for key in columns])
+        writer.writerow([_csv_cell(value) for value in row])
     return buffer.getvalue()
 
 

@@ -408,8 +408,9 @@ def print_run(console: Console, store: Store, run_id: str, wide: bool = False) -
 
     data = load_run_data(store, run_id, results=False)
     emit(console, rich_table(provenance_table(data)), Text(""))
-    if data.folds:
-        emit(console, rich_table(validation_table(data), wide), Text(""))
+    every_fold = store.folds(run_id, outer=None)  # all outer folds' fits, nested or not
+    if every_fold:
+        emit(console, rich_table(validation_table(data, every_fold), wide), Text(""))
     _print_tables(console, data, store.baselines(), wide)
 
 

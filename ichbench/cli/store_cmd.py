@@ -22,6 +22,7 @@ from ichbench.cli.common import (
     emit_json,
     err,
     out,
+    table_csv,
 )
 from ichbench.cli.options import CsvOpt, DbOpt, JsonOpt
 from ichbench.errors import UsageError
@@ -346,9 +347,15 @@ def sql(
             f"0 rows (columns: {', '.join(columns)})", highlight=False, markup=False, soft_wrap=True
         )
     if as_json:
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:  # a JSON object holds a name once: one of the columns would be lost
+            raise UsageError(
+                f"--json: column {twice[0]!r} is named twice in the result; name each "
+                "column once (AS), or use --csv"
+            )
         emit_json([dict(zip(columns, row, strict=True)) for row in rows])
     elif as_csv:
-        emit_csv([dict(zip(columns, row, strict=True)) for row in rows], columns)
+        out.out(table_csv(columns, rows), end="", highlight=False)
     elif rows:
         out.print(render.sql_table(columns, rows, width=out.width))
 

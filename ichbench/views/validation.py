@@ -36,14 +36,16 @@ def _samples(fold: dict[str, Any]) -> tuple[str, str]:
     return f"{ich + healthy:,}", f"{ich / (ich + healthy):.2f}"
 
 
-def validation_table(data: RunData) -> TableData:
-    """A row per recorded fold (validation F1 at its own threshold, that threshold, the
+def validation_table(data: RunData, folds: list[dict[str, Any]] | None = None) -> TableData:
+    """A row per recorded fold (`folds`: every outer fold's, where the run has several;
+    default the folds `data` holds) (validation F1 at its own threshold, that threshold, the
     epoch kept, samples per epoch and their ICH share, validation patients), then the
     mean ± sd of the validation F1: the number the grid selects by."""
-    outers = {(f.get("outer_fold") or 0) for f in data.folds}
+    folds = data.folds if folds is None else folds
+    outers = {(f.get("outer_fold") or 0) for f in folds}
     rows: list[Row] = []
     values: list[float | None] = []
-    for fold in sorted(data.folds, key=lambda f: ((f.get("outer_fold") or 0), f["fold"])):
+    for fold in sorted(folds, key=lambda f: ((f.get("outer_fold") or 0), f["fold"])):
         outer = fold.get("outer_fold") or 0
         value = _val_f1(data, outer, fold["fold"])
         values.append(value)
