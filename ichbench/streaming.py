@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ichbench.augment import augment_batch
-from ichbench.data.preprocess import context_table, to_unit
-from ichbench.training import DeviceImages, TrainSettings
+from ichbench.data.preprocess import context_table
+from ichbench.training import DeviceImages
 
 GIB = 2**30
 READ_AHEAD = 4  # batches gathered ahead of the one in use
@@ -142,24 +141,13 @@ class StreamedImages(DeviceImages):
             self._host_tables[n] = context_table(self.patient_ids, n)
         return self._host_tables[n]
 
-    def unit_batch(
-        self,
-        index: torch.Tensor,
-        augment: torch.Tensor | None,
-        settings: TrainSettings,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """As `DeviceImages.unit_batch`: the same rows, the same floats."""
-        rows = self._fetch(index, settings.context)
-        batch = rows.to(self.device, non_blocking=self.pin)
-        if settings.context:
-            stacked = batch.reshape(len(index), 2 * settings.context + 1, *self.row_shape)
-            x = to_unit(stacked.reshape(stacked.shape[0], -1, *stacked.shape[-2:]))
-        else:
-            x = to_unit(batch)
-        if augment is not None and len(augment):
-            x[augment] = augment_batch(x[augment], generator)
-        return x
+    def rows(self, index: torch.Tensor, context: int) -> torch.Tensor:
+        """As `DeviceImages.rows`: the same rows, read from the cache (ahead where the
+        epoch's order allows) and copied to the device."""
+        batch = self._fetch(index, context).to(self.device, non_blocking=self.pin)
+        if context:
+            return batch.reshape(len(index), 2 * context + 1, *self.row_shape)
+        return batch
 
     def _fetch(self, index: torch.Tensor, context: int) -> torch.Tensor:
         """The uint8 rows of `index` (with their context rows) on the host: gathered

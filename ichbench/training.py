@@ -175,6 +175,14 @@ class DeviceImages:
             self._tables[n] = torch.from_numpy(table).to(self.device)
         return self._tables[n]
 
+    def rows(self, index: torch.Tensor, context: int) -> torch.Tensor:
+        """The uint8 images of `index` on the device: (B, C, H, W), or with `context` n
+        (B, 2n+1, C, H, W), each row's neighbours in scan order. Where they come from is
+        all a subclass changes (`ichbench.streaming` reads them from the cache)."""
+        if context:
+            return self.images[self.context_rows(context)[index]]
+        return self.images[index]
+
     def unit_batch(
         self,
         index: torch.Tensor,
@@ -184,11 +192,10 @@ class DeviceImages:
     ) -> torch.Tensor:
         """The rows of `index` as float images in [0, 1] (with their slice context), the
         positions in `augment` transformed: the batch before resizing and normalisation."""
-        if settings.context:
-            stacked = self.images[self.context_rows(settings.context)[index]]
-            x = to_unit(stacked.reshape(stacked.shape[0], -1, *stacked.shape[-2:]))
-        else:
-            x = to_unit(self.images[index])
+        batch = self.rows(index, settings.context)
+        if settings.context:  # the neighbours' windows as channels, offset-major
+            batch = batch.reshape(batch.shape[0], -1, *batch.shape[-2:])
+        x = to_unit(batch)
         if augment is not None and len(augment):
             x[augment] = augment_batch(x[augment], generator)
         return x
