@@ -18,12 +18,18 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ichbench.data.dicom import SliceHeader
-from ichbench.data.dicom_dataset import OpenedTree, Progress, dicom_files, load_tree, scan_tree
+from ichbench.data.dicom_dataset import (
+    DicomSource,
+    OpenedTree,
+    Progress,
+    dicom_files,
+    scan_tree,
+)
 from ichbench.data.synth_dicom import CQ500_READS, CQ500_SUBTYPES
 from ichbench.errors import DataError
-from ichbench.interfaces import LoadOptions, SliceDataset
 
 READERS = ("R1", "R2", "R3")
 FOLDER_NAME = re.compile(r"CQ500-?CT-?(\d+)", re.IGNORECASE)
@@ -143,36 +149,14 @@ def open_cq500(root: Path, progress: Progress | None = None) -> OpenedTree:
     return OpenedTree(tree, label_file, "cq500", patient_truth=reads.truth, warnings=warnings)
 
 
-@dataclass
-class Cq500Source:
+class Cq500Source(DicomSource):
     """The `cq500:PATH` dataset: patient-level labels only (evaluation, not training)."""
 
-    root: Path
-    name: str = ""
+    layout: ClassVar[str] = "cq500"
+    labels: ClassVar[str] = CQ500_READS
 
-    def __post_init__(self) -> None:
-        self.root = Path(self.root).expanduser().resolve()
-        if not self.name:
-            self.name = f"cq500:{self.root}"
-
-    def folder(self) -> Path:
-        return self.root
+    def files(self) -> list[Path]:
+        return dicom_files(self.root)
 
     def opened(self, progress: Progress | None = None) -> OpenedTree:
         return open_cq500(self.root, progress)
-
-    def load(
-        self, options: LoadOptions, cache_dir: Path, progress: Progress | None = None
-    ) -> SliceDataset:
-        # the label file is one of the files the cache key hashes: edited labels are new data
-        return load_tree(
-            self.root,
-            [*dicom_files(self.root), self.root / CQ500_READS],
-            self.root / CQ500_READS,
-            self.opened,
-            options,
-            cache_dir,
-            name=self.name,
-            layout="cq500",
-            progress=progress,
-        )

@@ -29,7 +29,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -418,18 +418,29 @@ def open_generic(root: Path, progress: Progress | None = None) -> OpenedTree:
 
 @dataclass
 class DicomSource:
-    """The `dicom:PATH` dataset: a tree of CT files and its `labels.csv`."""
+    """The `dicom:PATH` dataset: a tree of CT files and its `labels.csv`.
+
+    The other DICOM layouts (`rsna`, `cq500`) are this with their own `layout`, label
+    file, `files` and `opened`: loading through the cache is the same for all."""
 
     root: Path
     name: str = ""
+    layout: ClassVar[str] = "dicom"
+    labels: ClassVar[str] = DICOM_LABELS
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser().resolve()
         if not self.name:
-            self.name = f"dicom:{self.root}"
+            self.name = f"{self.layout}:{self.root}"
 
     def folder(self) -> Path:
         return self.root
+
+    def files(self) -> list[Path]:
+        """The layout's image files."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: no such folder")
+        return dicom_files(self.root)
 
     def opened(self, progress: Progress | None = None) -> OpenedTree:
         return open_generic(self.root, progress)
@@ -437,16 +448,15 @@ class DicomSource:
     def load(
         self, options: LoadOptions, cache_dir: Path, progress: Progress | None = None
     ) -> SliceDataset:
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: no such folder")
+        # the label file enters the cache key by its content: edited labels are new data
         return load_tree(
             self.root,
-            dicom_files(self.root),
-            self.root / DICOM_LABELS,
+            self.files(),
+            self.root / self.labels,
             self.opened,
             options,
             cache_dir,
             name=self.name,
-            layout="dicom",
+            layout=self.layout,
             progress=progress,
         )

@@ -20,12 +20,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ichbench.data.dicom import SliceHeader
-from ichbench.data.dicom_dataset import OpenedTree, Progress, load_tree, scan_tree
+from ichbench.data.dicom_dataset import DicomSource, OpenedTree, Progress, scan_tree
 from ichbench.data.synth_dicom import RSNA_LABELS, RSNA_SUBTYPES, RSNA_TRAIN
 from ichbench.errors import DataError
-from ichbench.interfaces import SUBTYPES, LoadOptions, SliceDataset
+from ichbench.interfaces import SUBTYPES
 
 LABEL_NAMES = (*RSNA_SUBTYPES, "any")
 
@@ -146,36 +147,14 @@ def open_rsna(root: Path, progress: Progress | None = None) -> OpenedTree:
     )
 
 
-@dataclass
-class RsnaSource:
+class RsnaSource(DicomSource):
     """The `rsna:PATH` dataset: the RSNA 2019 training set (stage 2)."""
 
-    root: Path
-    name: str = ""
+    layout: ClassVar[str] = "rsna"
+    labels: ClassVar[str] = RSNA_LABELS
 
-    def __post_init__(self) -> None:
-        self.root = Path(self.root).expanduser().resolve()
-        if not self.name:
-            self.name = f"rsna:{self.root}"
-
-    def folder(self) -> Path:
-        return self.root
+    def files(self) -> list[Path]:
+        return rsna_files(self.root)
 
     def opened(self, progress: Progress | None = None) -> OpenedTree:
         return open_rsna(self.root, progress)
-
-    def load(
-        self, options: LoadOptions, cache_dir: Path, progress: Progress | None = None
-    ) -> SliceDataset:
-        # the label file is one of the files the cache key hashes: edited labels are new data
-        return load_tree(
-            self.root,
-            [*rsna_files(self.root), self.root / RSNA_LABELS],
-            self.root / RSNA_LABELS,
-            self.opened,
-            options,
-            cache_dir,
-            name=self.name,
-            layout="rsna",
-            progress=progress,
-        )
